@@ -1,0 +1,127 @@
+"""Score a submission against the ground truth: macro F1 over the 18 classes, accuracy, per task.
+
+    SM_GROUND_TRUTH_DIR=demo_data/eval SM_OUTPUT_DATA_DIR=output python evaluation.py
+    python evaluation.py --gt_dir demo_data/eval --output_dir output --output_name output
+
+Reads <gt_dir>/gt.csv and <output_dir>/<output_name>.csv (both ImageID, ans). Prints JSON (f1,
+accuracy, per-task F1, per-class precision/recall/F1/support) and writes
+<output_dir>/<output_name>_confusion.png and <output_name>_scores.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from dataset import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
+from utils import UserError, atomic_path, cli, env_default, load_dotenv_once, write_json_atomic
+
+CLASSES = list(range(18))
+
+
+def class_names():
+    return [f"{MASK_NAMES[m]}/{GENDER_NAMES[g]}/{AGE_NAMES[a]}" for m, g, a in zip(*decode(np.arange(18)))]
+
+
+def macro_f1(y_true, y_pred, labels=CLASSES):
+    return float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0))
+
+
+def score(y_true, y_pred):
+    """Pure: 18-class labels in, metrics dict out (macro F1 over all 18 classes, as scored)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = {"f1": macro_f1(y_true, y_pred), "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0}
+    for name, t, p, n in zip(("mask", "gender", "age"), decode(y_true), decode(y_pred), (3, 2, 3)):
+        out[f"f1_{name}"] = macro_f1(t, p, list(range(n)))
+    return out
+
+
+def per_class(y_true, y_pred):
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=CLASSES, zero_division=0)
+    return [dict(cls=c, name=n, precision=float(a), recall=float(b), f1=float(x), support=int(y))
+            for c, n, a, b, x, y in zip(CLASSES, class_names(), p, r, f, s)]
+
+
+def confusion_figure(y_true, y_pred, title=""):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = confusion_matrix(y_true, y_pred, labels=CLASSES)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(18):
+        for j in range(18):
+            if cm[i, j]:
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=6,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(CLASSES, class_names(), rotation=90, fontsize=6)
+    ax.set_yticks(CLASSES, class_names(), fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def read_answers(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found ({what})")
+    try:
+        df = pd.read_csv(path, dtype={"ImageID": str})
+    except Exception as e:
+        raise UserError(f"{path}: cannot be read as CSV ({e})")
+    for c in ("ImageID", "ans"):
+        if c not in df.columns:
+            raise UserError(f"{path}: missing column {c!r}; expected ImageID,ans")
+    ans = pd.to_numeric(df["ans"], errors="coerce")
+    bad = ans.isna() | (ans != ans.round()) | (ans < 0) | (ans > 17)
+    if bad.any():
+        raise UserError(f"{path}: ans must be an integer in 0-17; row {int(bad.idxmax()) + 2} has "
+                        f"{df['ans'][bad].iloc[0]!r}")
+    if df["ImageID"].duplicated().any():
+        raise UserError(f"{path}: ImageID {df['ImageID'][df['ImageID'].duplicated()].iloc[0]!r} appears twice")
+    return df.assign(ans=ans.astype(int))
+
+
+def evaluate_files(gt_path, sub_path):
+    gt, sub = read_answers(gt_path, "ground truth"), read_answers(sub_path, "submission")
+    missing, extra = set(gt["ImageID"]) - set(sub["ImageID"]), set(sub["ImageID"]) - set(gt["ImageID"])
+    if missing or extra:
+        raise UserError(f"{sub_path}: {len(missing)} ImageIDs missing and {len(extra)} extra compared with "
+                        f"{gt_path} (e.g. {sorted(missing or extra)[0]!r}); the submission must cover exactly "
+                        "the ground truth's images")
+    merged = gt.merge(sub, on="ImageID", suffixes=("_true", "_pred"))
+    return merged["ans_true"].to_numpy(), merged["ans_pred"].to_numpy()
+
+
+@cli
+def main(argv):
+    load_dotenv_once()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gt_dir", default=env_default("SM_GROUND_TRUTH_DIR", "demo_data/eval"),
+                    help="folder with gt.csv (env SM_GROUND_TRUTH_DIR)")
+    ap.add_argument("--output_dir", default=env_default("SM_OUTPUT_DATA_DIR", "output"),
+                    help="folder with the submission (env SM_OUTPUT_DATA_DIR)")
+    ap.add_argument("--output_name", default="output", help="submission is <output_dir>/<output_name>.csv")
+    ap.add_argument("--gt_name", default="gt.csv")
+    args = ap.parse_args(argv)
+    out_dir = Path(args.output_dir)
+    y_true, y_pred = evaluate_files(Path(args.gt_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
+    result = {**score(y_true, y_pred), "n": int(len(y_true)), "per_class": per_class(y_true, y_pred)}
+    write_json_atomic(out_dir / f"{args.output_name}_scores.json", result)
+    fig = confusion_figure(y_true, y_pred, f"macro F1 {result['f1']:.4f}, accuracy {result['accuracy']:.4f}")
+    with atomic_path(out_dir / f"{args.output_name}_confusion.png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
+    print(f"{'class':>4} {'name':<26} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}")
+    for r in result["per_class"]:
+        print(f"{r['cls']:>4} {r['name']:<26} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:>5}")
+
+
+if __name__ == "__main__":
+    main()

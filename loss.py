@@ -1,0 +1,74 @@
+"""Losses by name. Every loss takes (logits (B, K), target probabilities (B, K)) so that one-hot
+labels, smoothed labels and CutMix/MixUp targets go through the same code.
+
+Used by train.py (`--loss NAME`); not a script.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from utils import UserError
+
+
+def cross_entropy(logits, target, weight=None, smoothing=0.0):
+    # torch's built-in: probability targets, class weights and label smoothing in one call
+    return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+
+
+def focal(logits, target, weight=None, smoothing=0.0, gamma=2.0):
+    logp = F.log_softmax(logits.float(), dim=1)
+    target = target * (1 - smoothing) + smoothing / target.shape[1]
+    loss = -(target * (1 - logp.exp()) ** gamma * logp)
+    if weight is not None:
+        loss = loss * weight
+    return loss.sum(1).mean()
+
+
+def f1(logits, target, weight=None, smoothing=0.0, eps=1e-7):
+    """1 - soft macro F1 over the batch (differentiable surrogate of the metric)."""
+    p = F.softmax(logits.float(), dim=1)
+    tp = (p * target).sum(0)
+    prec = tp / (p.sum(0) + eps)
+    rec = tp / (target.sum(0) + eps)
+    return 1 - (2 * prec * rec / (prec + rec + eps)).mean()
+
+
+def symmetric_ce(logits, target, weight=None, smoothing=0.0, alpha=0.1, beta=1.0):
+    """Symmetric cross entropy (Wang et al. 2019): CE plus reverse CE, robust to label noise."""
+    ce = cross_entropy(logits, target, weight, smoothing)
+    p = F.softmax(logits.float(), dim=1).clamp(min=1e-7)
+    rce = -(p * target.clamp(min=1e-4).log()).sum(1).mean()
+    return alpha * ce + beta * rce
+
+
+# name -> (function, default label smoothing, uses class weights)
+LOSSES = {
+    "cross_entropy": (cross_entropy, 0.0, False),
+    "label_smoothing": (cross_entropy, 0.1, False),
+    "weighted_ce": (cross_entropy, 0.0, True),
+    "focal": (focal, 0.0, False),
+    "f1": (f1, 0.0, False),
+    "symmetric_ce": (symmetric_ce, 0.0, False),
+}
+
+
+def class_weights(counts):
+    """Inverse-frequency weights from the training split's class counts, mean 1."""
+    counts = torch.as_tensor(counts, dtype=torch.float).clamp(min=1)
+    w = counts.sum() / counts
+    return w / w.mean()
+
+
+def create_loss(name, class_counts=None, smoothing=None):
+    """-> loss(logits, target_probs). `class_counts` feeds weighted_ce."""
+    if name not in LOSSES:
+        raise UserError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+    fn, default_smoothing, weighted = LOSSES[name]
+    eps = default_smoothing if smoothing is None else smoothing
+    w = class_weights(class_counts) if weighted and class_counts is not None else None
+
+    def loss(logits, target):
+        return fn(logits, target, weight=None if w is None else w.to(logits.device), smoothing=eps)
+
+    return loss

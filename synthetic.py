@@ -1,0 +1,218 @@
+"""Demo data: render a small dataset in the competition layout, or build one from real faces.
+
+    python synthetic.py --out demo_data                         # drawn people (default 150)
+    python synthetic.py --out big --people 1000 --seed 1
+    python synthetic.py --faces ../shared/realdata/utkface_subset --out realface_data
+
+Writes <out>/train/images/<id>_<gender>_<race>_<age>/{mask1..5,incorrect_mask,normal}.jpg,
+<out>/train/train.csv, <out>/eval/images/<hash>.jpg, <out>/eval/info.csv (ans=0) and the ground
+truth <out>/eval/gt.csv (ImageID, ans). Deterministic for a seed. The split is by person.
+
+Drawn people: identity (face shape, skin, hair) is shared by a person's 7 photos; gender and age are
+carried by noisy cues (hair length and colour, face width, lips, brows, wrinkles, grey hair) that
+overlap near the age bounds; masks come in several shapes and colours, incorrect masks leave the
+nose or the mouth and nose exposed; pose, scale, background, light and JPEG quality vary per photo.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFilter
+
+from dataset import MASK_STEMS, age_class, encode
+from utils import UserError, cli, write_csv_atomic
+
+W, H = 384, 512
+SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 135], [198, 134, 96], [141, 85, 54], [95, 60, 40]])
+HAIR = np.array([[20, 16, 14], [60, 40, 25], [110, 75, 40], [170, 130, 80], [40, 30, 30]])
+MASK_COLOURS = np.array([[240, 240, 240], [160, 200, 230], [30, 30, 35], [230, 170, 190], [130, 130, 135],
+                         [70, 90, 150], [200, 220, 200], [230, 210, 160]])
+SHAPES = ("surgical", "kf94", "cloth")
+
+
+def sample_person(rng, i):
+    gender = int(rng.random() < 0.55)
+    r = rng.random()  # roughly the competition's mix: few people at 60
+    age = int(rng.integers(18, 30)) if r < 0.42 else int(rng.integers(30, 60)) if r < 0.85 else 60
+    true_age = age if age < 60 else int(rng.integers(60, 78))
+    return dict(id=f"{i + 1:06d}", gender=gender, age=age, true_age=true_age,
+                skin=SKIN[rng.integers(len(SKIN))] + rng.integers(-12, 12, 3),
+                hair=HAIR[rng.integers(len(HAIR))] + rng.integers(-10, 10, 3),
+                # noisy cues: each overlaps between the groups
+                face_w=rng.normal(1.0 - 0.07 * gender, 0.05), face_h=rng.normal(1.0, 0.05),
+                long_hair=rng.random() < (0.8 if gender else 0.15),
+                brow=rng.normal(2.6 - 0.9 * gender, 0.5),
+                lips=rng.random() < (0.6 if gender else 0.1),
+                beard=(not gender) and rng.random() < 0.35,
+                grey=float(np.clip((true_age - 38) / 30 + rng.normal(0, 0.15), 0, 1)),
+                wrinkles=float(np.clip((true_age - 25) / 40 + rng.normal(0, 0.12), 0, 1.2)),
+                bg=rng.integers(60, 235, (2, 3)), shirt=rng.integers(20, 230, 3))
+
+
+def _ellipse(cx, cy, rx, ry, a0=0, a1=2 * math.pi, n=48):
+    t = np.linspace(a0, a1, n)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+
+
+def render(p, mask_state, rng, mask_style=None):
+    """One 384x512 photo. mask_state: 'wear' | 'nose' (nose exposed) | 'chin' (only chin) | 'none'."""
+    bg = np.linspace(p["bg"][0], p["bg"][1], H)[:, None, :].repeat(W, 1)
+    img = Image.fromarray((bg + rng.normal(0, 6, (H, W, 3))).clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    scale = 72 * rng.uniform(0.88, 1.12)
+    cx, cy = W / 2 + rng.normal(0, 10), 215 + rng.normal(0, 10)
+    ang = math.radians(rng.normal(0, 6))
+    ca, sa = math.cos(ang), math.sin(ang)
+    fw, fh = p["face_w"], p["face_h"]
+
+    def T(pts):  # face frame (half-width ~1) -> pixels, with the photo's rotation and scale
+        pts = np.asarray(pts, float)
+        x, y = pts[:, 0] * fw, pts[:, 1] * fh
+        return [(cx + scale * (ca * a - sa * b), cy + scale * (sa * a + ca * b)) for a, b in zip(x, y)]
+
+    def col(c, jitter=0):
+        return tuple(int(v) for v in np.clip(np.asarray(c) + jitter, 0, 255))
+
+    hair = p["hair"] * (1 - p["grey"]) + np.array([200, 200, 205]) * p["grey"]
+    skin = p["skin"]
+    # body and neck
+    d.polygon([(cx - 170, H), (cx - 150, 430), (cx - 60, 380), (cx + 60, 380), (cx + 150, 430), (cx + 170, H)],
+              fill=col(p["shirt"]))
+    d.polygon(T([(-0.45, 0.9), (0.45, 0.9), (0.5, 2.3), (-0.5, 2.3)]), fill=col(skin, -20))
+    if p["long_hair"]:
+        d.polygon(T(np.concatenate([_ellipse(0, -0.2, 1.3, 1.3, math.pi, 2 * math.pi),
+                                    [(1.35, 1.0), (1.2, 2.2), (-1.2, 2.2), (-1.35, 1.0)]])), fill=col(hair))
+    # ears, head
+    for sx in (-1, 1):
+        d.polygon(T(_ellipse(sx * 1.0, 0.0, 0.18, 0.3)), fill=col(skin, -10))
+    d.polygon(T(_ellipse(0, 0.1, 1.0, 1.25)), fill=col(skin))
+    # hair cap
+    d.polygon(T(np.concatenate([_ellipse(0, -0.35, 1.08, 0.95, math.pi, 2 * math.pi),
+                                [(1.05, -0.25), (-1.05, -0.25)]])), fill=col(hair))
+    # wrinkles: forehead lines and nasolabial folds, more with age
+    n_lines = int(p["wrinkles"] * 4)
+    for k in range(n_lines):
+        y = -0.55 + 0.09 * k
+        d.line(T([(-0.5, y), (0, y - 0.03), (0.5, y)]), fill=col(skin, -45), width=2)
+    # eyes, brows
+    for sx in (-1, 1):
+        d.polygon(T(_ellipse(sx * 0.38, -0.15, 0.16, 0.07)), fill=(245, 245, 245))
+        d.polygon(T(_ellipse(sx * 0.38, -0.15, 0.06, 0.06)), fill=(40, 30, 25))
+        d.line(T([(sx * 0.2, -0.33), (sx * 0.4, -0.38), (sx * 0.58, -0.33)]), fill=col(hair, -30),
+               width=max(1, int(p["brow"] * scale / 72)))
+        if p["wrinkles"] > 0.55:
+            d.line(T([(sx * 0.58, -0.12), (sx * 0.68, -0.08)]), fill=col(skin, -50), width=2)
+    # nose, mouth, beard
+    d.line(T([(0, -0.1), (-0.08, 0.3), (0.08, 0.32)]), fill=col(skin, -55), width=3)
+    if p["beard"]:
+        d.polygon(T(np.concatenate([_ellipse(0, 0.55, 0.75, 0.75, 0, math.pi)])), fill=col(hair, 20))
+    lips = (190, 60, 80) if p["lips"] else col(skin, -60)
+    d.polygon(T(_ellipse(0, 0.62, 0.28, 0.08)), fill=lips)
+    if p["wrinkles"] > 0.35:
+        for sx in (-1, 1):
+            d.line(T([(sx * 0.25, 0.32), (sx * 0.38, 0.62)]), fill=col(skin, -40), width=2)
+    if mask_state != "none":
+        shape, colour = mask_style
+        top = {"wear": 0.08, "nose": 0.4, "chin": 0.8}[mask_state]
+        if shape == "kf94":
+            pts = [(-1.02, top + 0.15), (0, top - 0.1), (1.02, top + 0.15), (0.9, 1.0), (0, 1.42), (-0.9, 1.0)]
+        elif shape == "cloth":
+            pts = np.concatenate([[(-1.0, top + 0.1)], _ellipse(0, top + 0.1, 1.0, 1.25 - top, 0, math.pi),
+                                  [(1.0, top + 0.1), (0, top - 0.05)]])
+        else:
+            pts = [(-1.04, top), (1.04, top), (0.95, 1.1), (0.5, 1.35), (-0.5, 1.35), (-0.95, 1.1)]
+        d.polygon(T(pts), fill=col(colour))
+        for sx in (-1, 1):  # ear loops
+            d.line(T([(sx * 1.0, top + 0.05), (sx * 1.08, -0.05)]), fill=col(colour, -30), width=2)
+        if shape == "surgical":  # pleats and a shaded lower half
+            for k in range(3):
+                y = top + 0.2 + k * (1.1 - top) / 3.5
+                d.line(T([(-0.95, y), (0.95, y)]), fill=col(colour, -35), width=2)
+        d.line(T([(-0.9, 1.05), (0, 1.3), (0.9, 1.05)]), fill=col(colour, -25), width=3)
+    # light: a random gradient, then blur and JPEG at a random quality
+    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2))), np.float32)
+    g = rng.uniform(0.75, 1.2) + rng.uniform(-0.2, 0.2) * np.linspace(-1, 1, W)[None, :, None]
+    arr = (arr * g + rng.normal(0, 4, arr.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=int(rng.integers(60, 96)))
+    return buf.getvalue()
+
+
+def drawn_people(n, seed):
+    """Yields (person dict, {stem: jpeg bytes}) for n drawn people."""
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        p = sample_person(rng, i)
+        styles = [(SHAPES[rng.integers(3)], MASK_COLOURS[rng.integers(len(MASK_COLOURS))]) for _ in range(6)]
+        photos = {f"mask{k + 1}": render(p, "wear", rng, styles[k]) for k in range(5)}
+        photos["incorrect_mask"] = render(p, "nose" if rng.random() < 0.7 else "chin", rng, styles[5])
+        photos["normal"] = render(p, "none", rng)
+        yield p, photos
+
+
+def write_dataset(people, out, eval_ratio, seed):
+    """Writes train/ and eval/ splits by person from (person, photos) pairs. Returns counts."""
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_rows, eval_rows = [], []
+    for p, photos in people:
+        is_eval = np.random.default_rng([seed, int(p["id"][:6]), 7]).random() < eval_ratio
+        gname = "female" if p["gender"] else "male"
+        folder = f"{p['id']}_{gname}_{p.get('race', 'Asian')}_{p['age']}"
+        for stem, data in photos.items():
+            label = int(encode(MASK_STEMS[stem], p["gender"], age_class(p["age"])))
+            if is_eval:
+                name = hashlib.sha1(f"{seed}-{folder}-{stem}".encode()).hexdigest()[:24] + ".jpg"
+                dst = tmp / "eval" / "images" / name
+                eval_rows.append((name, label))
+            else:
+                dst = tmp / "train" / "images" / folder / f"{stem}.jpg"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+        if not is_eval:
+            train_rows.append(dict(id=p["id"], gender=gname, race=p.get("race", "Asian"), age=p["age"], path=folder))
+    if not train_rows or not eval_rows:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError("too few people for a train and an eval split; raise --people")
+    pd.DataFrame(train_rows).to_csv(tmp / "train" / "train.csv", index=False)
+    ev = pd.DataFrame(eval_rows, columns=["ImageID", "ans"])
+    ev = ev.iloc[np.random.default_rng(seed).permutation(len(ev))]
+    ev.assign(ans=0).to_csv(tmp / "eval" / "info.csv", index=False)
+    ev.to_csv(tmp / "eval" / "gt.csv", index=False)
+    shutil.rmtree(out, ignore_errors=True)  # replaced whole: never a mix of two generations
+    tmp.rename(out)
+    return len(train_rows), len(ev) // 7
+
+
+@cli
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="demo_data", help="output root (replaced if it exists)")
+    ap.add_argument("--people", type=int, default=150, help="number of drawn people")
+    ap.add_argument("--eval_ratio", type=float, default=0.2, help="share of people in eval/")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--faces", default=None, help="folder of real face photos (UTKFace names or a "
+                    "labels CSV): build the dataset from them instead of drawing people")
+    ap.add_argument("--faces_csv", default=None, help="CSV with path, age, gender (0 male, 1 female)")
+    args = ap.parse_args(argv)
+    if args.faces:
+        from realfaces import real_people
+        people = real_people(args.faces, args.faces_csv, args.seed)
+    else:
+        people = drawn_people(args.people, args.seed)
+    n_train, n_eval = write_dataset(people, args.out, args.eval_ratio, args.seed)
+    print(f"wrote {args.out}: {n_train} train people ({n_train * 7} photos), {n_eval} eval people "
+          f"({n_eval * 7} photos); ground truth in {args.out}/eval/gt.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,579 @@
+"""Train mask/gender/age classifiers: single split, stratified k-fold CV, multi-task; one loop for all.
+
+    SM_CHANNEL_TRAIN=demo_data/train SM_MODEL_DIR=model python train.py            # holdout split
+    python train.py --cv True                  # 5-fold CV by person, oof.csv + CV macro F1
+    python train.py --cv True --fold 2 --run_dir model/cv1   # one fold (run folds in parallel)
+    python train.py --merge model/cv1          # merge the folds' out-of-fold predictions
+    python train.py --multi=True               # three models: mask, gender, age
+    python train.py --heads                    # one backbone, three heads
+    python train.py --resume model/exp3        # continue an interrupted run
+    torchrun --standalone --nproc_per_node=2 train.py ...   # DistributedDataParallel
+
+Env vars (also read from .env): SM_CHANNEL_TRAIN (training dir with train.csv and images/ or
+faces/), SM_MODEL_DIR (where run folders go). Flags override them. Each run writes
+<model_dir>/<name>[N]/ with config.json, best.pth, last.pth, metrics.json, valid_preds.csv and
+TensorBoard logs in tb/ (CV: fold<i>/ each, plus oof.csv and cv.json; multi: mask/ gender/ age/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import distributed
+from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, BatchDataset, BatchTransform, ImageCache, Log,
+                     age_class, build_table, encode, holdout_split, kfold_split, make_loader, people_of,
+                     task_targets)
+from evaluation import confusion_figure, macro_f1, score
+from loss import LOSSES, create_loss
+from model import (combine_probs, create_model, load_checkpoint, marginal, save_checkpoint, split_heads,
+                   task_probs)
+from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
+from utils import (UserError, add_bool, cli, env_default, increment_dir, load_dotenv_once, seed_everything,
+                   write_csv_atomic, write_json_atomic)
+
+MULTI_TASKS = ("mask", "gender", "age")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = ap.add_argument
+    g = ap.add_argument_group("data")
+    g.add_argument("--data_dir", default=env_default("SM_CHANNEL_TRAIN", "demo_data/train"),
+                   help="training dir (env SM_CHANNEL_TRAIN)")
+    g.add_argument("--model_dir", default=env_default("SM_MODEL_DIR", "model"), help="runs go here (env SM_MODEL_DIR)")
+    g.add_argument("--name", default="exp", help="run folder name, auto-incremented: exp, exp2, ...")
+    g.add_argument("--run_dir", default=None, help="exact run folder (reused: for fold jobs sharing one run)")
+    g.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
+                   help="faces/ (face_image.py crops) or images/ (centre crop); auto: faces/ when present")
+    g.add_argument("--img_size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    g.add_argument("--age_bounds", type=int, nargs=2, default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"),
+                   help="age classes for training labels; validation always uses 30 60")
+    g.add_argument("--extra_data", nargs="*", default=[], help="other training dirs in the same layout: added to "
+                   "the training side of every split, never validated on")
+    g.add_argument("--fixes", default=None, help="label fixes CSV (default: the repo's label_fixes.csv)")
+    g.add_argument("--max_bad", type=float, default=0.01, help="fail when more than this share of images is bad")
+    g.add_argument("--cache_dir", default=None, help="decoded-image cache (default <model_dir>/.cache)")
+    g = ap.add_argument_group("mode")
+    add_bool(g, "--cv", False, "stratified k-fold CV by person")
+    g.add_argument("--k_folds", type=int, default=5)
+    g.add_argument("--fold", type=int, default=None, help="run only this fold (0-based)")
+    g.add_argument("--merge", default=None, metavar="RUN_DIR", help="merge the folds of a CV run and exit")
+    g.add_argument("--val_ratio", type=float, default=0.2)
+    add_bool(g, "--multi", False, "three separate models: mask, gender, age")
+    add_bool(g, "--heads", False, "one backbone with mask, gender and age heads")
+    g.add_argument("--head_weights", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("MASK", "GENDER", "AGE"))
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    g = ap.add_argument_group("model and recipe")
+    g.add_argument("--model", default="efficientnet_lite0", help="any timm model name")
+    add_bool(g, "--pretrained", True, "start from ImageNet weights")
+    g.add_argument("--pretrained_path", default=None, help="local ImageNet state dict")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch_size", type=int, default=64, help="per process")
+    g.add_argument("--valid_batch_size", type=int, default=128)
+    g.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight_decay", type=float, default=1e-2)
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="onecycle")
+    g.add_argument("--warmup_epochs", type=float, default=1.0)
+    g.add_argument("--loss", choices=sorted(LOSSES), default="label_smoothing")
+    g.add_argument("--smoothing", type=float, default=None, help="label smoothing (default: the loss's own)")
+    g.add_argument("--augment", choices=sorted(AUG_PRESETS), default="basic")
+    g.add_argument("--cutmix", type=float, default=0.0, help="probability of CutMix per batch")
+    g.add_argument("--mixup", type=float, default=0.0, help="probability of MixUp per batch")
+    g.add_argument("--sampler", choices=("uniform", "weighted"), default="uniform",
+                   help="weighted: draw classes evenly")
+    g.add_argument("--drop_rate", type=float, default=0.2)
+    g.add_argument("--clip_grad", type=float, default=0.0, help="max gradient norm (0: off)")
+    g.add_argument("--ema", type=float, default=0.0, help="EMA decay of weights, e.g. 0.999 (0: off)")
+    g.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better F1 (0: off)")
+    g.add_argument("--seed", type=int, default=42)
+    g = ap.add_argument_group("hardware")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_bool(g, "--amp", True, "mixed precision on CUDA (bf16 where supported); no-op on CPU")
+    add_bool(g, "--channels_last", True, "channels_last on CUDA; no-op on CPU")
+    add_bool(g, "--compile", False, "torch.compile on CUDA; no-op on CPU")
+    g.add_argument("--workers", type=int, default=None, help="loader workers (default 0 on CPU, 4 on CUDA)")
+    add_bool(g, "--progress", True, "tqdm bars")
+    return ap
+
+
+# --- data ----------------------------------------------------------------------------------------
+def resolve_source(data_dir, source):
+    if source == "auto":
+        return "faces" if (Path(data_dir) / "faces" / "boxes.csv").is_file() else "images"
+    return source
+
+
+def load_data(cfg, log):
+    """Label table of the main dataset (+ extra datasets) and the decoded-image cache over all of it."""
+    tables = []
+    fixes = cfg["fixes"] or str(Path(__file__).resolve().parent / "label_fixes.csv")
+    for i, d in enumerate([cfg["data_dir"]] + list(cfg["extra_data"])):
+        d = Path(d)
+        if not d.is_dir():
+            raise UserError(f"{d} is not a directory: set SM_CHANNEL_TRAIN / --data_dir / --extra_data to a "
+                            "training dir holding train.csv and images/ (python synthetic.py makes a demo one)")
+        t = build_table(d, tuple(cfg["age_bounds"]), fixes, cfg["max_bad"], log)
+        source = resolve_source(d, cfg["source"])
+        if source == "faces":
+            t["path"] = t["path"].str.replace("images/", "faces/", n=1, regex=False)
+            missing = [p for p in t["path"] if not (d / p).is_file()]
+            if missing:
+                raise UserError(f"{d / missing[0]} (and {len(missing) - 1} more) not found: run "
+                                f"'python face_image.py --data_dir {d.parent}' or pass --source images")
+        t["file"] = [str(d / p) for p in t["path"]]
+        t["crop"] = "none" if source == "faces" else "center"
+        t["extra"] = i > 0
+        if i > 0:
+            t["people_path"] = f"extra{i}:" + t["people_path"]
+        tables.append(t)
+    table = pd.concat(tables, ignore_index=True)
+    # labels for training use the training bounds; validation is always scored with the official ones
+    table["label_official"] = encode(table["mask"], table["gender"], age_class(table["age_years"]))
+    cache_dir = Path(cfg["cache_dir"] or Path(cfg["model_dir"]) / ".cache")
+    caches = {}
+    for crop, part in table.groupby("crop", sort=True):
+        caches[crop] = ImageCache(part["file"].tolist(), cfg["img_size"], crop, cache_dir, log)
+    images, ok = _join_caches(table, caches)
+    table["cache_row"] = np.arange(len(table))
+    bad = int((~ok).sum())
+    if bad / len(ok) > cfg["max_bad"]:
+        raise UserError(f"{cfg['data_dir']}: {bad} of {len(ok)} images cannot be decoded; fix them or raise --max_bad")
+    table = table[ok].reset_index(drop=True)
+    mb = sum(c.nbytes for c in caches.values()) / 2**20
+    log_main(f"data: {len(table)} images of {table['people_path'].nunique()} people "
+             f"({int(table['extra'].sum())} extra images); image cache {mb:.0f} MiB "
+             f"({len(table)} x {cfg['img_size'][0]} x {cfg['img_size'][1]} x 3 bytes)")
+    return table, images
+
+
+def _join_caches(table, caches):
+    if len(caches) == 1:  # the usual case: the memory-mapped file itself, shared by workers
+        (c,) = caches.values()
+        return c, c.ok
+    parts, ok = [], []
+    for crop, part in table.groupby("crop", sort=True):
+        parts.append(np.asarray(caches[crop].array))
+        ok.append(caches[crop].ok)
+    order = np.concatenate([g.index.to_numpy() for _, g in table.groupby("crop", sort=True)])
+    arr, okk = np.empty((len(table),) + parts[0].shape[1:], np.uint8), np.empty(len(table), bool)
+    arr[order], okk[order] = np.concatenate(parts), np.concatenate(ok)
+    return arr, okk
+
+
+# --- plan: which (fold, task) units this invocation trains ---------------------------------------
+def plan_units(cfg, table):
+    main_people = people_of(table[~table["extra"]].assign(sub_label=lambda t: t["label_official"] % 6))
+    extra_people = sorted(table.loc[table["extra"], "people_path"].unique())
+    if cfg["cv"]:
+        splits = kfold_split(main_people, cfg["k_folds"], cfg["seed"])
+        folds = range(cfg["k_folds"]) if cfg["fold"] is None else [cfg["fold"]]
+        if cfg["fold"] is not None and not 0 <= cfg["fold"] < cfg["k_folds"]:
+            raise UserError(f"--fold {cfg['fold']} is outside 0..{cfg['k_folds'] - 1}")
+        splits = [(f"fold{i}", splits[i]) for i in folds]
+    else:
+        splits = [("", holdout_split(main_people, cfg["val_ratio"], cfg["seed"]))]
+    if cfg["multi"]:
+        task_sets = [((t,), t) for t in MULTI_TASKS]
+    elif cfg["heads"]:
+        task_sets = [(MULTI_TASKS, "")]
+    else:
+        task_sets = [(("label",), "")]
+    return [dict(subdir=str(Path(s, sub)) if s or sub else "", tasks=tasks, train=list(tr) + extra_people, valid=va)
+            for s, (tr, va) in splits for tasks, sub in task_sets]
+
+
+# --- helpers that are objects, so the loop has no branches for features that are off ----------
+class NoEma:
+    def __init__(self, model):
+        self.module = model
+
+    def update(self, model, step=None):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, sd):
+        pass
+
+
+class OneHot:
+    """Stands in for timm's Mixup when CutMix and MixUp are off: hard labels as probabilities."""
+
+    def __call__(self, x, y):
+        return x, torch.nn.functional.one_hot(y, 18).float()
+
+
+def make_mixer(cfg):
+    p = cfg["cutmix"] + cfg["mixup"]
+    if p <= 0:
+        return OneHot()
+    from timm.data import Mixup
+    mix = Mixup(mixup_alpha=0.2 if cfg["mixup"] else 0.0, cutmix_alpha=1.0 if cfg["cutmix"] else 0.0,
+                prob=min(1.0, p), switch_prob=cfg["cutmix"] / p if cfg["mixup"] and cfg["cutmix"] else 0.5,
+                label_smoothing=0.0, num_classes=18)
+    one_hot = OneHot()
+    return lambda x, y: mix(x, y) if len(x) % 2 == 0 else one_hot(x, y)  # timm needs an even batch
+
+
+class NullWriter:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def log_main(*a):
+    if distributed.is_main_process():
+        print(*a, flush=True)
+
+
+def unit_metrics(tasks, probs, labels_official):
+    """Pure: metrics of one unit from its per-task probabilities. Units that cover the 18 classes
+    are scored as the competition is; a single-task unit by that task's macro F1."""
+    if "label" in tasks or set(tasks) == set(MULTI_TASKS):
+        return score(labels_official, combine_probs(probs).argmax(1).numpy())
+    (t,) = tasks
+    y = task_targets(labels_official, [t])[:, 0]
+    pred = probs[t].argmax(1).numpy()
+    f1 = macro_f1(y, pred, list(range(TASKS[t])))
+    return {"f1": f1, "accuracy": float((y == pred).mean()), f"f1_{t}": f1}
+
+
+def heads_loss(logits, target18, tasks, loss_fns, weights):
+    heads = split_heads(logits, tasks)
+    return sum(weights[t] * loss_fns[t](heads[t], marginal(target18, t)) for t in tasks)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def train_one_epoch(model, loader, ctx, epoch):
+    """One pass over the training loader; -> metrics dict over all of the epoch's predictions."""
+    model.train()
+    loader.sampler.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(ctx["seed"] * 1000 + epoch)
+    seed_everything(ctx["seed"] * 1000 + epoch)  # dropout and MixUp: same stream after a resume
+    total, n, preds, ys = 0.0, 0, [], []
+    bar = ctx["bar"](loader, desc=f"epoch {epoch + 1} train")
+    for x, y, _ in bar:
+        x = x.to(ctx["device"], non_blocking=True)
+        y = y[:, 0].to(ctx["device"], non_blocking=True)
+        x = ctx["transform"](x, train=True, generator=gen).contiguous(memory_format=ctx["memory_format"])
+        x, target = ctx["mixer"](x, y)
+        with ctx["autocast"]():
+            logits = model(x)
+            loss = heads_loss(logits, target, ctx["tasks"], ctx["loss_fns"], ctx["head_weights"])
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; the last good checkpoint is "
+                            f"{ctx['out'] / 'last.pth'}; lower --lr or enable --clip_grad")
+        ctx["optimizer"].zero_grad(set_to_none=True)
+        ctx["scaler"].scale(loss).backward()
+        ctx["scaler"].unscale_(ctx["optimizer"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx["clip_grad"] or math.inf)
+        ctx["scaler"].step(ctx["optimizer"])
+        ctx["scaler"].update()
+        ctx["schedule"].step()
+        ctx["ema"].update(ctx["raw_model"])
+        total += loss.item() * len(y)
+        n += len(y)
+        preds.append(logits.detach().float().cpu())
+        ys.append(y.cpu())
+        bar.set_postfix(loss=f"{total / n:.4f}", lr=f"{ctx['optimizer'].param_groups[0]['lr']:.2e}")
+    probs = task_probs(torch.cat(preds), ctx["tasks"])
+    m = unit_metrics(ctx["tasks"], probs, torch.cat(ys).numpy())
+    return {"loss": total / max(n, 1), "f1": m["f1"], "accuracy": m["accuracy"],
+            "lr": ctx["optimizer"].param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def evaluate(model, loader, ctx):
+    """Validation over every sample exactly once (gathered from all ranks); -> metrics dict plus
+    'probs' {task: (N, K)} in dataset order."""
+    model.eval()
+    out = []
+    for x, y, idx in ctx["bar"](loader, desc="valid"):
+        x = ctx["transform"](x.to(ctx["device"])).contiguous(memory_format=ctx["memory_format"])
+        with ctx["autocast"]():
+            logits = model(x)
+        target = torch.nn.functional.one_hot(y[:, 0].to(ctx["device"]), 18).float()
+        loss = heads_loss(logits, target, ctx["tasks"], ctx["loss_fns"], ctx["head_weights"])
+        out.append((idx, logits.float().cpu(), loss.item() * len(idx)))
+    parts = [p for rank_parts in distributed.gather_objects(out) for p in rank_parts]
+    idx = torch.cat([p[0] for p in parts])
+    logits = torch.cat([p[1] for p in parts])[idx.argsort()]
+    n = len(idx)
+    probs = task_probs(logits, ctx["tasks"])
+    m = unit_metrics(ctx["tasks"], probs, ctx["valid_labels"])
+    return {**m, "loss": sum(p[2] for p in parts) / max(n, 1), "n": n, "probs": probs}
+
+
+def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
+    """Trains one model on train_people, validates on valid_people; -> best metrics. Every mode calls this."""
+    tasks = tuple(unit["tasks"])
+    tr_rows = np.flatnonzero(table["people_path"].isin(set(train_people)))
+    va_rows = np.flatnonzero(table["people_path"].isin(set(valid_people)))
+    if len(tr_rows) == 0 or len(va_rows) == 0:
+        raise UserError("a split has no images; use more people or a smaller --k_folds / --val_ratio")
+    cache_rows = table["cache_row"].to_numpy()
+    train_labels = table["label"].to_numpy()[tr_rows]
+    ds_tr = BatchDataset(images, cache_rows[tr_rows], task_targets(train_labels, ["label"]))
+    ds_va = BatchDataset(images, cache_rows[va_rows], task_targets(table["label"].to_numpy()[va_rows], ["label"]))
+    dev = dist.device
+    cuda = dev.type == "cuda"
+    workers = cfg["workers"] if cfg["workers"] is not None else (4 if cuda else 0)
+    weights = None
+    if cfg["sampler"] == "weighted":
+        counts = np.bincount(train_labels, minlength=18)
+        weights = 1.0 / counts[train_labels]
+    loader_tr = make_loader(ds_tr, cfg["batch_size"], True, cfg["seed"], weights, workers, dist.rank, dist.world, cuda)
+    loader_va = make_loader(ds_va, cfg["valid_batch_size"], False, cfg["seed"], None, workers, dist.rank, dist.world,
+                            cuda)
+
+    seed_everything(cfg["seed"])
+    model = create_model(cfg["model"], tasks, cfg["pretrained"], cfg["pretrained_path"], cfg["drop_rate"])
+    pcfg = model.pretrained_cfg
+    mean, std = list(pcfg.get("mean", (0.485, 0.456, 0.406))), list(pcfg.get("std", (0.229, 0.224, 0.225)))
+    memory_format = torch.channels_last if cfg["channels_last"] and cuda else torch.contiguous_format
+    model = model.to(dev, memory_format=memory_format)
+    raw_model = model
+    ema = NoEma(raw_model)
+    if cfg["ema"] > 0:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(raw_model, decay=cfg["ema"])
+    optimizer = create_optimizer(cfg["optimizer"], raw_model, cfg["lr"], cfg["weight_decay"])
+    schedule = create_scheduler(cfg["scheduler"], optimizer, cfg["lr"], cfg["epochs"], len(loader_tr),
+                                cfg["warmup_epochs"])
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = cfg["amp"] and cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if cfg["compile"] and cuda:
+        model = torch.compile(model)
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
+
+    counts = {t: np.bincount(task_targets(train_labels, [t])[:, 0], minlength=TASKS[t]) for t in tasks}
+    weights_by_task = dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0)
+    meta = dict(arch=cfg["model"], tasks=list(tasks), img_size=list(cfg["img_size"]), mean=mean, std=std,
+                crop=table["crop"].iloc[va_rows[0]], age_bounds=list(cfg["age_bounds"]), config=cfg,
+                valid_people=len(valid_people), train_people=len(train_people))
+    bar = (lambda it, desc: __import__("tqdm").tqdm(it, desc=desc, leave=False, file=sys.stderr)) \
+        if cfg["progress"] and dist.is_main else (lambda it, desc: _Quiet(it))
+    ctx = dict(device=dev, tasks=tasks, seed=cfg["seed"], transform=BatchTransform(mean, std, cfg["augment"]),
+               valid_eval=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
+               autocast=(lambda: torch.autocast(dev.type, amp_dtype)) if use_amp else nullcontext,
+               loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
+               head_weights=weights_by_task, optimizer=optimizer, scaler=scaler, schedule=schedule, ema=ema,
+               raw_model=raw_model, clip_grad=cfg["clip_grad"], bar=bar, out=out,
+               valid_labels=table["label_official"].to_numpy()[va_rows])
+    writer = NullWriter()
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"))
+
+    start, best, bad_epochs, history = 0, -1.0, 0, []
+    if (out / "last.pth").is_file():  # resume: same weights, optimizer, schedule and epoch
+        ck = load_checkpoint(out / "last.pth")
+        raw_model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["schedule"])
+        scaler.load_state_dict(ck["scaler"])
+        ema.load_state_dict(ck["ema"])
+        start, best, bad_epochs, history = ck["epoch"] + 1, ck["best_f1"], ck["bad_epochs"], ck["history"]
+        log_main(f"[{unit['subdir'] or 'run'}] resuming after epoch {start} (best F1 {best:.4f})")
+    best_metrics = next((h for h in history if h.get("best")), None)
+
+    for epoch in range(start, cfg["epochs"]):
+        t0 = time.time()
+        tr = train_one_epoch(model, loader_tr, ctx, epoch)
+        ctx_eval = {**ctx, "transform": ctx["valid_eval"]}
+        va = evaluate(ema.module, loader_va, ctx_eval)
+        probs = va.pop("probs")
+        improved = va["f1"] > best
+        bad_epochs = 0 if improved else bad_epochs + 1
+        rec = {"epoch": epoch + 1, "time": round(time.time() - t0, 2),
+               **{f"train_{k}": v for k, v in tr.items()}, **{f"valid_{k}": v for k, v in va.items()},
+               "best": improved}
+        history.append(rec)
+        if improved:
+            best, best_metrics = va["f1"], rec
+        if dist.is_main:
+            log_main(f"[{unit['subdir'] or 'run'}] epoch {epoch + 1}/{cfg['epochs']} train loss {tr['loss']:.4f} "
+                     f"f1 {tr['f1']:.4f} | valid loss {va['loss']:.4f} f1 {va['f1']:.4f} acc {va['accuracy']:.4f}"
+                     + "".join(f" {t} {va[f'f1_{t}']:.3f}" for t in MULTI_TASKS if f"f1_{t}" in va)
+                     + f" | {rec['time']:.1f}s" + (" *" if improved else ""))
+            for k, v in tr.items():
+                writer.add_scalar(f"train/{k}", v, epoch + 1)
+            for k, v in va.items():
+                writer.add_scalar(f"valid/{k}", v, epoch + 1)
+            m = {**meta, "epoch": epoch + 1, "metrics": rec}
+            if improved:
+                save_checkpoint(out / "best.pth", ema.module, m)
+                _write_valid_preds(out / "valid_preds.csv", table.iloc[va_rows], probs, tasks)
+                _log_figures(writer, epoch + 1, tasks, probs, ctx["valid_labels"], images, cache_rows[va_rows])
+            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+                   "python": list(random.getstate()[1])}
+            save_checkpoint(out / "last.pth", raw_model, m, optimizer=optimizer, schedule=schedule, scaler=scaler,
+                            ema=ema, epoch=epoch, best_f1=best, bad_epochs=bad_epochs, history=history, rng=rng)
+        distributed.barrier()
+        if cfg["patience"] and bad_epochs >= cfg["patience"]:
+            log_main(f"[{unit['subdir'] or 'run'}] early stop: no better F1 for {bad_epochs} epochs")
+            break
+    result = {"best_epoch": best_metrics["epoch"] if best_metrics else None, "best_f1": best,
+              "best": best_metrics, "history": history, "tasks": list(tasks)}
+    if dist.is_main:
+        write_json_atomic(out / "metrics.json", result)  # its presence marks the unit as done
+        writer.close()
+    distributed.barrier()
+    return result
+
+
+class _Quiet:
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return iter(self.it)
+
+    def set_postfix(self, **k):
+        pass
+
+
+def _write_valid_preds(path, rows, probs, tasks):
+    cols = {f"{t}{k}" if t != "label" else f"p{k}": p[:, k].numpy() for t, p in probs.items() for k in range(p.shape[1])}
+    df = pd.DataFrame({"path": rows["path"].to_numpy(), "people_path": rows["people_path"].to_numpy(),
+                       "label": rows["label_official"].to_numpy(), **cols})
+    write_csv_atomic(df, path, float_format="%.6f")
+
+
+def _log_figures(writer, step, tasks, probs, labels, images, rows):
+    if isinstance(writer, NullWriter) or not ("label" in tasks or set(tasks) == set(MULTI_TASKS)):
+        return
+    pred = combine_probs(probs).argmax(1).numpy()
+    writer.add_figure("valid/confusion", confusion_figure(labels, pred, f"epoch {step}"), step)
+    wrong = np.flatnonzero(pred != labels)[:16]
+    if len(wrong):
+        arr = images.array if isinstance(images, ImageCache) else images
+        import torchvision
+        grid = torchvision.utils.make_grid(torch.from_numpy(np.asarray(arr[np.sort(rows[wrong])])).permute(0, 3, 1, 2),
+                                           nrow=8)
+        writer.add_image("valid/misclassified", grid, step)
+
+
+# --- cross-validation merge ----------------------------------------------------------------------
+def merge_cv(run_dir, k=None, quiet_missing=False):
+    """Join the folds' out-of-fold predictions into oof.csv (path, label, p0..p17) and cv.json."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{cfg_path} not found: --merge takes a CV run folder written by train.py --cv True")
+    cfg = json.loads(cfg_path.read_text())
+    k = k or cfg["k_folds"]
+    subs = [t for t in MULTI_TASKS] if cfg["multi"] else [""]
+    missing = [f"fold{i}" for i in range(k) if not all((run_dir / f"fold{i}" / s / "metrics.json").is_file()
+                                                         for s in subs)]
+    if missing:
+        if quiet_missing:
+            log_main(f"folds still missing: {', '.join(missing)}; merge later with python train.py --merge {run_dir}")
+            return None
+        raise UserError(f"{run_dir}: folds {', '.join(missing)} have not finished; run them with --fold i "
+                        f"--run_dir {run_dir}")
+    parts = []
+    for i in range(k):
+        frames = [pd.read_csv(run_dir / f"fold{i}" / s / "valid_preds.csv") for s in subs]
+        base = frames[0][["path", "people_path", "label"]]
+        probs = {}
+        for f in frames:
+            for t in ("label",) + MULTI_TASKS:
+                cols = [c for c in f.columns if (c.startswith("p") and c[1:].isdigit() if t == "label"
+                                                 else c.startswith(t) and c[len(t):].isdigit())]
+                if cols:
+                    probs[t] = torch.tensor(f[cols].to_numpy())
+        p18 = combine_probs(probs).numpy()
+        parts.append(pd.concat([base.assign(fold=i), pd.DataFrame(p18, columns=[f"p{c}" for c in range(18)])], axis=1))
+    oof = pd.concat(parts, ignore_index=True)
+    if oof["path"].duplicated().any():
+        raise UserError(f"{run_dir}: an image appears in more than one fold's validation set")
+    m = score(oof["label"].to_numpy(), oof[[f"p{c}" for c in range(18)]].to_numpy().argmax(1))
+    write_csv_atomic(oof, run_dir / "oof.csv", float_format="%.6f")
+    write_json_atomic(run_dir / "cv.json", {**m, "n": len(oof), "folds": k})
+    log_main(f"CV ({k} folds, {len(oof)} out-of-fold images): macro F1 {m['f1']:.4f} accuracy {m['accuracy']:.4f} "
+             f"(mask {m['f1_mask']:.3f} gender {m['f1_gender']:.3f} age {m['f1_age']:.3f}) -> {run_dir / 'oof.csv'}")
+    return m
+
+
+# --- entry ---------------------------------------------------------------------------------------
+def resolve_run_dir(cfg, dist):
+    if cfg["resume"]:
+        run_dir = Path(cfg["resume"])
+    elif cfg["run_dir"]:
+        run_dir = Path(cfg["run_dir"])
+    else:
+        run_dir = increment_dir(Path(cfg["model_dir"]), cfg["name"]) if dist.is_main else None
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@cli
+def main(argv):
+    load_dotenv_once()
+    args = build_parser().parse_args(argv)
+    if args.merge:
+        merge_cv(args.merge)
+        return
+    cfg = vars(args).copy()
+    if args.resume:
+        path = Path(args.resume) / "config.json"
+        if not path.is_file():
+            raise UserError(f"{path} not found: --resume takes a run folder written by train.py")
+        saved = json.loads(path.read_text())
+        cfg = {**saved, "resume": args.resume, "progress": args.progress, "device": args.device,
+               "workers": args.workers}
+    if cfg["multi"] and cfg["heads"]:
+        raise UserError("--multi (three models) and --heads (one model, three heads) exclude each other")
+    if cfg["batch_size"] < 1 or cfg["epochs"] < 1:
+        raise UserError("--batch_size and --epochs must be at least 1")
+    dist = distributed.setup(cfg["device"])
+    try:
+        run_dir = resolve_run_dir(cfg, dist)
+        cfg.update(run_dir=str(run_dir), world_size=dist.world, data_dir=str(cfg["data_dir"]))
+        if dist.is_main and not (run_dir / "config.json").is_file():
+            write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
+        log = Log(quiet=not dist.is_main)
+        table, images = load_data(cfg, log)
+        units = plan_units(cfg, table)
+        t0 = time.time()
+        results = {}
+        for unit in units:
+            out = run_dir / unit["subdir"]
+            if (out / "metrics.json").is_file():
+                log_main(f"[{unit['subdir'] or 'run'}] already finished, skipped")
+                results[unit["subdir"]] = json.loads((out / "metrics.json").read_text())
+                continue
+            results[unit["subdir"]] = run_fold(unit["train"], unit["valid"], cfg, unit, table, images, out, dist)
+        summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}
+        if cfg["cv"] and dist.is_main:
+            cv = merge_cv(run_dir, cfg["k_folds"], quiet_missing=True)
+            if cv:
+                summary["cv"] = cv
+        if dist.is_main:
+            summary["wall_time_s"] = round(time.time() - t0, 1)
+            write_json_atomic(run_dir / "summary.json", summary)
+            log_main(f"done in {summary['wall_time_s']:.0f}s -> {run_dir}")
+    finally:
+        distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()

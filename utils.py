@@ -1,0 +1,169 @@
+"""Small helpers every script shares: clear errors, atomic writes, boolean flags, env defaults.
+
+Not a script; imported by train.py, inference.py, evaluation.py, face_image.py, ...
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+def cli(main):
+    """Run `main(argv)`; turn UserError (and CUDA OOM) into one line on stderr and exit 2.
+
+    `--debug` anywhere on the command line shows the traceback instead.
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        argv = sys.argv[1:] if argv is None else list(argv)
+        debug = "--debug" in argv
+        argv = [a for a in argv if a != "--debug"]
+        try:
+            return main(argv)
+        except UserError as e:
+            if debug:
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        except Exception as e:  # OOM is a user-fixable condition, everything else is a bug
+            if debug or not _is_oom(e):
+                raise
+            print(f"error: out of memory ({str(e).splitlines()[0][:120]}); "
+                  "try a smaller --batch_size or --img_size", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
+
+
+def str2bool(v) -> bool:
+    """argparse type for booleans: '--cv True', '--cv=false', '--cv 1' all mean what they say."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {v!r}")
+
+
+def add_bool(parser, name, default, help=""):
+    """`--name` alone means True; `--name False` / `--name=True` are also accepted."""
+    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
+
+
+def env_default(name, fallback=None):
+    """Value of a SageMaker-style env var (from the environment or a .env file), else fallback."""
+    return os.environ.get(name) or fallback
+
+
+def load_dotenv_once():
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # optional at import time; requirements install it
+        return
+    load_dotenv(override=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temp path next to `path`; on success rename it over `path`, on failure delete it.
+
+    Readers never see a half-written file, and an interrupted writer leaves only a temp file
+    with a name that starts with '.tmp-' (ignored and cleaned by the next run).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path, text: str):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_csv_atomic(df, path, **kw):
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, **kw)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def seed_everything(seed: int):
+    import torch
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def require_dir(path, what, hint):
+    if not path:
+        raise UserError(f"{what} is not set: {hint}")
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{what} {p} is not a directory: {hint}")
+    return p
+
+
+def inside(root, rel) -> Path:
+    """Resolve `rel` under `root`, refusing paths that escape it (e.g. '../../etc/passwd')."""
+    root = Path(root).resolve()
+    p = (root / rel).resolve()
+    if p != root and root not in p.parents:
+        raise UserError(f"path {rel!r} points outside the data directory {root}")
+    return p
+
+
+def increment_dir(base: Path, name: str) -> Path:
+    """base/name, base/name2, base/name3, ...: never reuse a previous run's folder."""
+    p = base / name
+    n = 2
+    while p.exists():
+        p = base / f"{name}{n}"
+        n += 1
+    return p
