@@ -305,24 +305,34 @@ def prepare(img, size, crop):
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def decode_many(paths, sizes_crops, workers=None, desc="decode"):
+def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, chunk=256):
     """Decode each file once and prepare it for every (size, crop) asked: -> ({(size, crop): uint8
-    array (N, H, W, 3)}, ok mask). Threads: cv2 releases the GIL while decoding."""
+    array (N, H, W, 3)}, ok mask). crop 'face' needs face_fn (list of images -> list of face crops,
+    e.g. MTCNN + the shared crop of face_image.py). Threads: cv2 releases the GIL while decoding."""
     from tqdm import tqdm
     n = len(paths)
     out = {k: np.zeros((n, k[0][0], k[0][1], 3), np.uint8) for k in sizes_crops}
     ok = np.zeros(n, bool)
+    if any(c == "face" for _, c in sizes_crops) and face_fn is None:
+        raise ValueError("crop 'face' needs a face_fn")
+    with ThreadPoolExecutor(workers or os.cpu_count()) as ex, \
+            tqdm(total=n, desc=desc, leave=False, disable=True if n < 200 else None, file=sys.stderr) as bar:
+        for start in range(0, n, chunk):
+            idx = range(start, min(n, start + chunk))
+            imgs = list(ex.map(lambda i: read_rgb(paths[i]), idx))
+            good = [j for j, im in enumerate(imgs) if im is not None]
+            faces = dict(zip(good, face_fn([imgs[j] for j in good]))) if face_fn and good else {}
 
-    def work(i):
-        img = read_rgb(paths[i])
-        if img is not None:
-            for (size, crop), arr in out.items():
-                arr[i] = prepare(img, size, crop)
-            ok[i] = True
+            def work(j):
+                if imgs[j] is None:
+                    return
+                for (size, crop), arr in out.items():
+                    arr[start + j] = prepare(faces[j] if crop == "face" else imgs[j], size,
+                                             "none" if crop == "face" else crop)
+                ok[start + j] = True
 
-    with ThreadPoolExecutor(workers or os.cpu_count()) as ex:
-        list(tqdm(ex.map(work, range(n)), total=n, desc=desc, leave=False, disable=n < 200,
-                  file=sys.stderr))
+            list(ex.map(work, range(len(imgs))))
+            bar.update(len(imgs))
     return out, ok
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from dataset import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
-from utils import UserError, atomic_path, cli, env_default, load_dotenv_once, write_json_atomic
+from utils import UserError, add_bool, atomic_path, cli, env_default, load_dotenv_once, write_json_atomic
 
 CLASSES = list(range(18))
 
@@ -109,6 +109,7 @@ def main(argv):
                     help="folder with the submission (env SM_OUTPUT_DATA_DIR)")
     ap.add_argument("--output_name", default="output", help="submission is <output_dir>/<output_name>.csv")
     ap.add_argument("--gt_name", default="gt.csv")
+    add_bool(ap, "--per_class", True, "print the per-class table after the JSON line")
     args = ap.parse_args(argv)
     out_dir = Path(args.output_dir)
     y_true, y_pred = evaluate_files(Path(args.gt_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
@@ -118,6 +119,8 @@ def main(argv):
     with atomic_path(out_dir / f"{args.output_name}_confusion.png") as tmp:
         fig.savefig(tmp, dpi=110)
     print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
+    if not args.per_class:
+        return
     print(f"{'class':>4} {'name':<26} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}")
     for r in result["per_class"]:
         print(f"{r['cls']:>4} {r['name']:<26} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:>5}")

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import io
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -64,8 +65,8 @@ def _ellipse(cx, cy, rx, ry, a0=0, a1=2 * math.pi, n=48):
 
 def render(p, mask_state, rng, mask_style=None):
     """One 384x512 photo. mask_state: 'wear' | 'nose' (nose exposed) | 'chin' (only chin) | 'none'."""
-    bg = np.linspace(p["bg"][0], p["bg"][1], H)[:, None, :].repeat(W, 1)
-    img = Image.fromarray((bg + rng.normal(0, 6, (H, W, 3))).clip(0, 255).astype(np.uint8))
+    bg = np.linspace(p["bg"][0], p["bg"][1], H, dtype=np.float32)[:, None, :]
+    img = Image.fromarray((bg + 6 * rng.standard_normal((H, W, 3), dtype=np.float32)).clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
     scale = 72 * rng.uniform(0.88, 1.12)
     cx, cy = W / 2 + rng.normal(0, 10), 215 + rng.normal(0, 10)
@@ -140,22 +141,30 @@ def render(p, mask_state, rng, mask_style=None):
     # light: a random gradient, then blur and JPEG at a random quality
     arr = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2))), np.float32)
     g = rng.uniform(0.75, 1.2) + rng.uniform(-0.2, 0.2) * np.linspace(-1, 1, W)[None, :, None]
-    arr = (arr * g + rng.normal(0, 4, arr.shape)).clip(0, 255).astype(np.uint8)
+    arr = (arr * g.astype(np.float32) + 4 * rng.standard_normal(arr.shape, dtype=np.float32)).clip(0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=int(rng.integers(60, 96)))
     return buf.getvalue()
 
 
+def draw_person(seed_i):
+    """(seed, i) -> (person dict, {stem: jpeg bytes}): the person's identity and its 7 photos."""
+    seed, i = seed_i
+    rng = np.random.default_rng([seed, i])
+    p = sample_person(rng, i)
+    styles = [(SHAPES[rng.integers(3)], MASK_COLOURS[rng.integers(len(MASK_COLOURS))]) for _ in range(6)]
+    photos = {f"mask{k + 1}": render(p, "wear", rng, styles[k]) for k in range(5)}
+    photos["incorrect_mask"] = render(p, "nose" if rng.random() < 0.7 else "chin", rng, styles[5])
+    photos["normal"] = render(p, "none", rng)
+    return p, photos
+
+
 def drawn_people(n, seed):
-    """Yields (person dict, {stem: jpeg bytes}) for n drawn people."""
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        p = sample_person(rng, i)
-        styles = [(SHAPES[rng.integers(3)], MASK_COLOURS[rng.integers(len(MASK_COLOURS))]) for _ in range(6)]
-        photos = {f"mask{k + 1}": render(p, "wear", rng, styles[k]) for k in range(5)}
-        photos["incorrect_mask"] = render(p, "nose" if rng.random() < 0.7 else "chin", rng, styles[5])
-        photos["normal"] = render(p, "none", rng)
-        yield p, photos
+    """Yields (person, photos) for n drawn people, rendered in parallel (each person has its own
+    random stream, so the output is the same for any number of processes)."""
+    import multiprocessing as mp
+    with mp.get_context("fork").Pool(min(os.cpu_count() or 1, 8)) as pool:
+        yield from pool.imap(draw_person, [(seed, i) for i in range(n)], chunksize=4)
 
 
 def write_dataset(people, out, eval_ratio, seed):
@@ -203,10 +212,11 @@ def main(argv):
     ap.add_argument("--faces", default=None, help="folder of real face photos (UTKFace names or a "
                     "labels CSV): build the dataset from them instead of drawing people")
     ap.add_argument("--faces_csv", default=None, help="CSV with path, age, gender (0 male, 1 female)")
+    ap.add_argument("--limit", type=int, default=None, help="with --faces: use at most N photos")
     args = ap.parse_args(argv)
     if args.faces:
         from realfaces import real_people
-        people = real_people(args.faces, args.faces_csv, args.seed)
+        people = real_people(args.faces, args.faces_csv, args.seed, args.limit)
     else:
         people = drawn_people(args.people, args.seed)
     n_train, n_eval = write_dataset(people, args.out, args.eval_ratio, args.seed)

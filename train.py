@@ -316,6 +316,45 @@ def evaluate(model, loader, ctx):
     return {**m, "loss": sum(p[2] for p in parts) / max(n, 1), "n": n, "probs": probs}
 
 
+def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
+    """Model, optimizer, schedule, scaler, EMA, losses and the loop's context for one unit.
+    -> (model as trained: compiled/DDP-wrapped, raw model, ctx). Also used by benchmark.py."""
+    dev = dist.device
+    cuda = dev.type == "cuda"
+    seed_everything(cfg["seed"])
+    model = create_model(cfg["model"], tasks, cfg["pretrained"], cfg["pretrained_path"], cfg["drop_rate"])
+    pcfg = model.pretrained_cfg
+    mean, std = list(pcfg.get("mean", (0.485, 0.456, 0.406))), list(pcfg.get("std", (0.229, 0.224, 0.225)))
+    memory_format = torch.channels_last if cfg["channels_last"] and cuda else torch.contiguous_format
+    model = model.to(dev, memory_format=memory_format)
+    raw_model = model
+    ema = NoEma(raw_model)
+    if cfg["ema"] > 0:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(raw_model, decay=cfg["ema"])
+    optimizer = create_optimizer(cfg["optimizer"], raw_model, cfg["lr"], cfg["weight_decay"])
+    schedule = create_scheduler(cfg["scheduler"], optimizer, cfg["lr"], cfg["epochs"], steps_per_epoch,
+                                cfg["warmup_epochs"])
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = cfg["amp"] and cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if cfg["compile"] and cuda:
+        model = torch.compile(model)
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
+    counts = {t: np.bincount(task_targets(train_labels, [t])[:, 0], minlength=TASKS[t]) for t in tasks}
+    bar = (lambda it, desc: __import__("tqdm").tqdm(it, desc=desc, leave=False, file=sys.stderr, disable=None)) \
+        if cfg["progress"] and dist.is_main else (lambda it, desc: _Quiet(it))
+    ctx = dict(device=dev, tasks=tasks, seed=cfg["seed"], transform=BatchTransform(mean, std, cfg["augment"]),
+               valid_eval=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
+               autocast=(lambda: torch.autocast(dev.type, amp_dtype)) if use_amp else nullcontext,
+               loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
+               head_weights=dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0), optimizer=optimizer,
+               scaler=scaler, schedule=schedule, ema=ema, raw_model=raw_model, clip_grad=cfg["clip_grad"], bar=bar,
+               mean=mean, std=std, out=Path(cfg.get("run_dir") or "."))
+    return model, raw_model, ctx
+
+
 def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     """Trains one model on train_people, validates on valid_people; -> best metrics. Every mode calls this."""
     tasks = tuple(unit["tasks"])
@@ -338,42 +377,12 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     loader_va = make_loader(ds_va, cfg["valid_batch_size"], False, cfg["seed"], None, workers, dist.rank, dist.world,
                             cuda)
 
-    seed_everything(cfg["seed"])
-    model = create_model(cfg["model"], tasks, cfg["pretrained"], cfg["pretrained_path"], cfg["drop_rate"])
-    pcfg = model.pretrained_cfg
-    mean, std = list(pcfg.get("mean", (0.485, 0.456, 0.406))), list(pcfg.get("std", (0.229, 0.224, 0.225)))
-    memory_format = torch.channels_last if cfg["channels_last"] and cuda else torch.contiguous_format
-    model = model.to(dev, memory_format=memory_format)
-    raw_model = model
-    ema = NoEma(raw_model)
-    if cfg["ema"] > 0:
-        from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(raw_model, decay=cfg["ema"])
-    optimizer = create_optimizer(cfg["optimizer"], raw_model, cfg["lr"], cfg["weight_decay"])
-    schedule = create_scheduler(cfg["scheduler"], optimizer, cfg["lr"], cfg["epochs"], len(loader_tr),
-                                cfg["warmup_epochs"])
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = cfg["amp"] and cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    if cfg["compile"] and cuda:
-        model = torch.compile(model)
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
-
-    counts = {t: np.bincount(task_targets(train_labels, [t])[:, 0], minlength=TASKS[t]) for t in tasks}
-    weights_by_task = dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0)
-    meta = dict(arch=cfg["model"], tasks=list(tasks), img_size=list(cfg["img_size"]), mean=mean, std=std,
-                crop=table["crop"].iloc[va_rows[0]], age_bounds=list(cfg["age_bounds"]), config=cfg,
+    model, raw_model, ctx = build_training(cfg, tasks, train_labels, len(loader_tr), dist)
+    optimizer, schedule, scaler, ema = ctx["optimizer"], ctx["schedule"], ctx["scaler"], ctx["ema"]
+    meta = dict(arch=cfg["model"], tasks=list(tasks), img_size=list(cfg["img_size"]), mean=ctx["mean"],
+                std=ctx["std"], crop=table["crop"].iloc[va_rows[0]], age_bounds=list(cfg["age_bounds"]), config=cfg,
                 valid_people=len(valid_people), train_people=len(train_people))
-    bar = (lambda it, desc: __import__("tqdm").tqdm(it, desc=desc, leave=False, file=sys.stderr)) \
-        if cfg["progress"] and dist.is_main else (lambda it, desc: _Quiet(it))
-    ctx = dict(device=dev, tasks=tasks, seed=cfg["seed"], transform=BatchTransform(mean, std, cfg["augment"]),
-               valid_eval=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
-               autocast=(lambda: torch.autocast(dev.type, amp_dtype)) if use_amp else nullcontext,
-               loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
-               head_weights=weights_by_task, optimizer=optimizer, scaler=scaler, schedule=schedule, ema=ema,
-               raw_model=raw_model, clip_grad=cfg["clip_grad"], bar=bar, out=out,
-               valid_labels=table["label_official"].to_numpy()[va_rows])
+    ctx.update(out=out, valid_labels=table["label_official"].to_numpy()[va_rows])
     writer = NullWriter()
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)

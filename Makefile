@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := demo_data
+# The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
+DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --batch_size 32 --progress False
+
+.PHONY: install test demo demo-data bench clean
+
+install: $(STAMP)
+
+# facenet-pytorch 2.6.0 declares torch<2.3 and numpy<2, which would downgrade the pinned torch:
+# its MTCNN works with the torch pinned here, so it goes in a separate --no-deps step.
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo-data: install
+	$(PY) synthetic.py --out $(DEMO)
+	$(PY) dataset.py --data_dir $(DEMO)/train
+
+demo: demo-data
+	rm -rf model/demo_single model/demo_cv output/demo
+	$(PY) train.py $(DEMO_ARGS) --run_dir model/demo_single --epochs 8
+	$(PY) train.py $(DEMO_ARGS) --run_dir model/demo_cv --cv True --k_folds 3 --epochs 7
+	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_single --output_dir output/demo --output_name single
+	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_cv --cv=True --tta flip --output_dir output/demo --output_name cv
+	$(PY) inference.py --data_dir $(DEMO)/eval --ensemble=True --ensemble_model_dir model/demo_single model/demo_cv --tta flip --output_dir output/demo --output_name ensemble
+	@for n in single cv ensemble; do printf "%-9s " $$n; $(PY) evaluation.py --gt_dir $(DEMO)/eval --output_dir output/demo --output_name $$n --per_class False; done
+
+bench: install
+	$(PY) benchmark.py
+
+clean:
+	rm -rf $(DEMO) model output predictions bench

@@ -1,0 +1,271 @@
+"""Measure the toolkit's speed against its ceilings and against the original's plain pipeline.
+
+    python benchmark.py                                   # demo data, demo model and size, CPU
+    python benchmark.py --device cuda --amp True --channels_last True --batch_size 128
+    python benchmark.py --face_dir realface_data/eval/images --out bench/real.json
+
+Measures in one run, side by side (images per second, or seconds):
+  train_model_only    training steps on random tensors already in memory (the ceiling)
+  train_toolkit       train.py's own train_one_epoch: memory-mapped uint8 cache + batched augmentation
+  train_plain         the original's pipeline: PIL open/resize/ColorJitter/flip/ToTensor/Normalize per
+                      item in DataLoader workers, same model and step
+  infer_model_only    forward passes on random tensors (the ceiling)
+  infer_toolkit       inference.py's path: decode each eval image once, predict
+  cv5_tta_toolkit     5 models x flip TTA, images decoded once
+  cv5_tta_redecode    5 separate passes that each decode the images again (the original's way)
+  face_batched        face_image.py: MTCNN on batches of downscaled copies, threaded decoding
+  face_plain          one image at a time at full resolution; box IoU of the two reported
+  peak_rss_mib        peak resident memory of the process
+Ratios, not absolute times, are the targets: shared machines are noisy. Writes the figures as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import UserError, add_bool, cli, write_json_atomic
+
+
+def _timeit(fn, n_items, repeat=1):
+    best = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best = dt if best is None else min(best, dt)
+    return n_items / best, best
+
+
+def bench_train(args, dev, table_paths, labels):
+    """model-only, toolkit and plain pipeline training throughput with the same model and step."""
+    import distributed
+    import train as T
+    from dataset import BatchDataset, ImageCache, make_loader, task_targets
+    cfg = vars(T.build_parser().parse_args([])) | dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
+                                                      pretrained=False, progress=False, amp=args.amp,
+                                                      channels_last=args.channels_last, epochs=1000)
+    n = min(len(table_paths), args.train_images)
+    paths, labels = table_paths[:n], labels[:n]
+    d = distributed.Dist(device=dev)
+    steps = max(1, n // args.batch_size)
+    model, raw, ctx = T.build_training(cfg, ("label",), labels, steps, d)
+    cache = ImageCache(paths, args.img_size, "center", Path(args.cache_dir))  # built here, warm below
+    loader = make_loader(BatchDataset(cache, np.arange(n), task_targets(labels, ["label"])), args.batch_size, True, 0)
+    T.train_one_epoch(model, loader, ctx, 0)  # warm-up: allocator, page cache, autotuning
+    res = {}
+    res["train_toolkit"], _ = _timeit(lambda: T.train_one_epoch(model, loader, ctx, 1), steps * args.batch_size,
+                                      args.repeat)
+    x = torch.randn(args.batch_size, 3, *args.img_size, device=dev).contiguous(memory_format=ctx["memory_format"])
+    y = torch.randint(0, 18, (args.batch_size,), device=dev)
+
+    def step(xb, yb):
+        with ctx["autocast"]():
+            loss = T.heads_loss(model(xb), torch.nn.functional.one_hot(yb, 18).float(), ("label",), ctx["loss_fns"],
+                                ctx["head_weights"])
+        ctx["optimizer"].zero_grad(set_to_none=True)
+        ctx["scaler"].scale(loss).backward()
+        ctx["scaler"].step(ctx["optimizer"])
+        ctx["scaler"].update()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def model_only():
+        for _ in range(steps):
+            step(x, y)
+    model.train()
+    res["train_model_only"], _ = _timeit(model_only, steps * args.batch_size, args.repeat)
+
+    from PIL import Image
+    from torchvision import transforms as tv
+
+    class Plain(torch.utils.data.Dataset):  # the original competition code's per-item pipeline
+        tf = tv.Compose([tv.Resize(tuple(args.img_size)), tv.ColorJitter(0.1, 0.1, 0.1, 0.1),
+                         tv.RandomHorizontalFlip(), tv.ToTensor(), tv.Normalize(ctx["mean"], ctx["std"])])
+
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return self.tf(Image.open(paths[i]).convert("RGB")), int(labels[i])
+
+    pl = torch.utils.data.DataLoader(Plain(), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                     drop_last=True, persistent_workers=args.workers > 0)
+
+    def plain():
+        for xb, yb in pl:
+            step(xb.to(dev).contiguous(memory_format=ctx["memory_format"]), yb.to(dev))
+    plain()  # warm-up (workers start, page cache)
+    res["train_plain"], _ = _timeit(plain, steps * args.batch_size, args.repeat)
+    res["cache_mib"] = cache.nbytes / 2**20
+    return res, raw, ctx
+
+
+def bench_infer(args, dev, eval_dir, raw, ctx):
+    from dataset import decode_many, read_eval
+    from inference import predict_probs
+    info, paths = read_eval(eval_dir)
+    paths = paths[:args.eval_images]
+    n = len(paths)
+    meta = dict(mean=ctx["mean"], std=ctx["std"], tasks=["label"])
+    raw.eval()
+    key = (tuple(args.img_size), "center")
+    x = np.random.default_rng(0).integers(0, 255, (n,) + tuple(args.img_size) + (3,), dtype=np.uint8)
+    predict_probs(raw, meta, x[:args.batch_size], "none", args.batch_size, dev)  # warm-up
+    res = {}
+    xt = torch.randn(args.batch_size, 3, *args.img_size, device=dev)
+
+    @torch.no_grad()
+    def fwd():
+        for _ in range(0, n, args.batch_size):
+            raw(xt)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    res["infer_model_only"], _ = _timeit(fwd, n, args.repeat)
+    res["infer_toolkit"], _ = _timeit(
+        lambda: predict_probs(raw, meta, decode_many(paths, [key])[0][key], "none", args.batch_size, dev), n, args.repeat)
+
+    def cv5_toolkit():  # decode once, 5 models x 2 views
+        imgs = decode_many(paths, [key])[0][key]
+        for _ in range(5):
+            predict_probs(raw, meta, imgs, "flip", args.batch_size, dev)
+
+    def cv5_redecode():  # the original: each model's pass opens, decodes and transforms every image again
+        from PIL import Image
+        from torchvision import transforms as tv
+        tf = tv.Compose([tv.Resize(tuple(args.img_size)), tv.ToTensor(), tv.Normalize(ctx["mean"], ctx["std"])])
+        with torch.no_grad():
+            for _ in range(5):
+                for i in range(0, n, args.batch_size):
+                    xb = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i:i + args.batch_size]]).to(dev)
+                    (torch.softmax(raw(xb), 1) + torch.softmax(raw(xb.flip(-1)), 1)).cpu()
+    _, res["cv5_tta_toolkit_s"] = _timeit(cv5_toolkit, n, args.repeat)
+    _, res["cv5_tta_redecode_s"] = _timeit(cv5_redecode, n, args.repeat)
+    res["eval_images"] = n
+    return res
+
+
+def bench_faces(args, dev, face_dir):
+    from dataset import read_rgb
+    from face_image import FaceDetector, best_boxes, box_iou, list_images
+    from PIL import Image
+    rels = list_images(Path(face_dir))[:args.face_images]
+    if not rels:
+        raise UserError(f"{face_dir}: no images for the face-cropping benchmark")
+    paths = [Path(face_dir) / r for r in rels]
+    batched, plain = FaceDetector(str(dev), detect_size=256), FaceDetector(str(dev), detect_size=None)
+    from concurrent.futures import ThreadPoolExecutor
+    out_b, out_p = [], []
+
+    def run_batched():
+        out_b.clear()
+        with ThreadPoolExecutor() as ex:
+            imgs = list(ex.map(read_rgb, paths))
+        for i in range(0, len(imgs), 32):
+            out_b.extend(best_boxes(batched, imgs[i:i + 32]))
+
+    def run_plain():
+        out_p.clear()
+        for p in paths:
+            out_p.extend(best_boxes(plain, [np.asarray(Image.open(p).convert("RGB"))]))
+    best_boxes(batched, [read_rgb(paths[0])])  # warm-up
+    res = {}
+    res["face_batched"], _ = _timeit(run_batched, len(paths), args.repeat)
+    res["face_plain"], _ = _timeit(run_plain, len(paths), args.repeat)
+    both = [(a[0], b[0]) for a, b in zip(out_b, out_p) if a[2] and b[2]]
+    ious = np.array([box_iou(a, b) for a, b in both]) if both else np.zeros(0)
+    res.update(face_images=len(paths), faces_found_batched=int(sum(a[2] for a in out_b)),
+               faces_found_plain=int(sum(b[2] for b in out_p)),
+               face_iou_median=float(np.median(ious)) if len(ious) else None,
+               face_iou_ge_0_9=float((ious >= 0.9).mean()) if len(ious) else None)
+    return res
+
+
+def report(r):
+    rows = [("train: model only (ceiling)", r.get("train_model_only"), "img/s"),
+            ("train: toolkit end to end", r.get("train_toolkit"), "img/s"),
+            ("train: plain PIL pipeline", r.get("train_plain"), "img/s"),
+            ("infer: model only (ceiling)", r.get("infer_model_only"), "img/s"),
+            ("infer: toolkit end to end", r.get("infer_toolkit"), "img/s"),
+            ("CV-5 + flip TTA: toolkit", r.get("cv5_tta_toolkit_s"), "s"),
+            ("CV-5 + flip TTA: re-decode per model", r.get("cv5_tta_redecode_s"), "s"),
+            ("faces: batched, downscaled", r.get("face_batched"), "img/s"),
+            ("faces: one at a time, full res", r.get("face_plain"), "img/s"),
+            ("peak resident memory", r.get("peak_rss_mib"), "MiB")]
+    lines = [f"| {'measure':<38} | {'value':>9} | unit  |", f"|{'-' * 40}|{'-' * 11}|-------|"]
+    lines += [f"| {k:<38} | {v:>9.1f} | {u:<5} |" for k, v, u in rows if v is not None]
+    lines.append("")
+    lines += [f"- {k}: {v:.2f}" for k, v in r["ratios"].items()]
+    return "\n".join(lines)
+
+
+def ratios(r):
+    out = {}
+    if "train_toolkit" in r:
+        out["train toolkit / model only (target >= 0.90)"] = r["train_toolkit"] / r["train_model_only"]
+        out["train toolkit / plain (target >= 1.5)"] = r["train_toolkit"] / r["train_plain"]
+    if "infer_toolkit" in r:
+        out["infer toolkit / model only (target >= 0.90)"] = r["infer_toolkit"] / r["infer_model_only"]
+        out["CV-5+TTA re-decode / toolkit (target >= 2)"] = r["cv5_tta_redecode_s"] / r["cv5_tta_toolkit_s"]
+    if "face_batched" in r:
+        out["faces batched / plain (target >= 3)"] = r["face_batched"] / r["face_plain"]
+        if r.get("face_iou_ge_0_9") is not None:
+            out["faces: share of boxes at IoU >= 0.9 with plain"] = r["face_iou_ge_0_9"]
+    return out
+
+
+@cli
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data_dir", default="demo_data", help="root with train/ and eval/ (python synthetic.py)")
+    ap.add_argument("--face_dir", default=None, help="photos for the face benchmark (default <data_dir>/eval/images)")
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--img_size", type=int, nargs=2, default=[112, 96], metavar=("H", "W"))
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_bool(ap, "--amp", False, "mixed precision (CUDA)")
+    add_bool(ap, "--channels_last", False, "channels_last (CUDA)")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain pipeline")
+    ap.add_argument("--train_images", type=int, default=320)
+    ap.add_argument("--eval_images", type=int, default=200)
+    ap.add_argument("--face_images", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=1, help="repeat each timing, keep the best")
+    ap.add_argument("--skip", nargs="*", default=[], choices=("train", "infer", "faces"))
+    ap.add_argument("--cache_dir", default="bench/.cache")
+    ap.add_argument("--out", default="bench/benchmark.json")
+    args = ap.parse_args(argv)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    root = Path(args.data_dir)
+    if not (root / "train" / "train.csv").is_file():
+        raise UserError(f"{root}/train/train.csv not found: run python synthetic.py --out {root} first")
+    from dataset import Log, build_table
+    table = build_table(root / "train", log=Log(quiet=True))
+    r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, "
+         f"{torch.get_num_threads()} threads)", "model": args.model, "img_size": args.img_size,
+         "batch_size": args.batch_size, "amp": args.amp, "channels_last": args.channels_last}
+    raw = ctx = None
+    if "train" not in args.skip or "infer" not in args.skip:
+        tr, raw, ctx = bench_train(args, dev, [str(root / "train" / p) for p in table["path"]], table["label"].to_numpy())
+        if "train" not in args.skip:
+            r.update(tr)
+    if "infer" not in args.skip:
+        r.update(bench_infer(args, dev, root / "eval", raw, ctx))
+    if "faces" not in args.skip:
+        r.update(bench_faces(args, dev, args.face_dir or root / "eval" / "images"))
+    r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r["ratios"] = ratios(r)
+    write_json_atomic(args.out, r)
+    print(f"benchmark on {r['device']}, {args.model} at {args.img_size[0]}x{args.img_size[1]}, batch {args.batch_size}")
+    print(report(r))
+    print(f"-> {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

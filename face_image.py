@@ -1,0 +1,211 @@
+"""Crop faces with MTCNN: batched, on a downscaled copy, resumable.
+
+    python face_image.py                           # demo_data/{train,eval}/images -> .../faces
+    python face_image.py --data_dir /data          # /data/train and /data/eval
+    SM_CHANNEL_TRAIN=/data/train SM_CHANNEL_EVAL=/data/eval python face_image.py
+
+For each split dir holding images/, writes faces/ with the same relative paths and names, plus
+faces/boxes.csv (path, x1, y1, x2, y2, score, detected: the face box in full-resolution pixels, or
+the centre region when no face was found). Originals are never modified. An interrupted run, started
+again, skips finished work and ends with the same files as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from dataset import IMG_EXTS, center_region, read_rgb
+from utils import UserError, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
+
+# margins around the detected box, as fractions of the box width: close to the original's 30 px at the
+# sides and bottom and 60 px on top for a ~200 px face in a 384x512 photo, and right for any face size
+DEFAULT_MARGIN = (0.3, 0.15, 0.15)  # top, sides, bottom
+DETECT_SIZE = 256  # longest side of the copy that MTCNN sees in face_image.py
+
+
+class FaceDetector:
+    """facenet-pytorch's MTCNN (weights ship in the package) over batches of same-size images."""
+
+    def __init__(self, device="auto", detect_size=DETECT_SIZE, min_face_size=20, thresholds=(0.6, 0.7, 0.7)):
+        from facenet_pytorch import MTCNN
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.detect_size = detect_size
+        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, thresholds=list(thresholds),
+                           select_largest=False, post_process=False)
+
+    def detect(self, images):
+        """RGB uint8 arrays -> per image (boxes (n, 4), scores (n,), landmarks (n, 5, 2)) in the
+        images' own pixels. Images of one shape go through MTCNN together, downscaled so the longest
+        side is detect_size (None: full resolution)."""
+        out = [None] * len(images)
+        groups = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for shape, idx in groups.items():
+            h, w = shape[:2]
+            s = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            batch = np.stack([images[i] if s == 1.0 else cv2.resize(images[i], size, interpolation=cv2.INTER_AREA)
+                              for i in idx])
+            with torch.no_grad():
+                boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+            sx, sy = w / size[0], h / size[1]
+            for j, i in enumerate(idx):
+                if boxes[j] is None:
+                    out[i] = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+                else:
+                    b = np.asarray(boxes[j], float) * [sx, sy, sx, sy]
+                    out[i] = (b, np.asarray(probs[j], float), np.asarray(points[j], float) * [sx, sy])
+        return out
+
+
+def box_iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def select_face(boxes, scores, w, h):
+    """Index of the most plausible face: confident, large and near the centre (not simply the first)."""
+    if len(boxes) == 0:
+        return None
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (w * h)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2 / w - 0.5, (boxes[:, 1] + boxes[:, 3]) / 2 / h - 0.45
+    plaus = scores * np.sqrt(np.clip(area, 1e-6, None)) * np.exp(-(cx ** 2 + cy ** 2) / (2 * 0.25 ** 2))
+    return int(np.argmax(plaus))
+
+
+def crop_box(box, w, h, margin=DEFAULT_MARGIN):
+    """Face box -> integer crop box with margins, clipped to the image."""
+    x1, y1, x2, y2 = box
+    bw = x2 - x1
+    top, side, bottom = margin
+    return (max(0, math.floor(x1 - side * bw)), max(0, math.floor(y1 - top * bw)),
+            min(w, math.ceil(x2 + side * bw)), min(h, math.ceil(y2 + bottom * bw)))
+
+
+def crop_face(img, box, margin=DEFAULT_MARGIN):
+    """The shared crop: face_image.py, predict.py and inference on raw photos all call this."""
+    x1, y1, x2, y2 = crop_box(box, img.shape[1], img.shape[0], margin)
+    return img[y1:y2, x1:x2]
+
+
+def best_boxes(detector, images):
+    """-> per image (box, score, detected): the chosen face, or the centre region when none."""
+    out = []
+    for im, (boxes, scores, _) in zip(images, detector.detect(images)):
+        h, w = im.shape[:2]
+        k = select_face(boxes, scores, w, h)
+        out.append((tuple(center_region(w, h)), 0.0, False) if k is None else (tuple(boxes[k]), float(scores[k]), True))
+    return out
+
+
+def write_image(path, rgb, quality=95):
+    ext = path.suffix.lower()
+    ok, buf = cv2.imencode(".png" if ext == ".png" else ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise UserError(f"{path}: could not encode the crop")
+    with atomic_path(path) as tmp:
+        buf.tofile(str(tmp))
+
+
+def list_images(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMG_EXTS and not p.name.startswith("."))
+
+
+def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, workers=None, progress=True):
+    """images/ -> faces/ and faces/boxes.csv for one split dir. -> (n images, faces found, fallbacks, bad)."""
+    from tqdm import tqdm
+    src, dst = Path(split_dir) / "images", Path(split_dir) / "faces"
+    if not src.is_dir():
+        raise UserError(f"{src} not found: each split dir must hold images/")
+    rels = list_images(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for stale in dst.rglob(".tmp-*"):  # left by an interrupted run
+        stale.unlink()
+    partial = dst / ".boxes.partial.csv"
+    done = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) == 7 and (dst / parts[0]).is_file():
+                done[parts[0]] = line
+    # fixed chunks of the sorted list: a resumed run recomputes whole chunks exactly as a fresh one would
+    chunks = [rels[i:i + batch_size] for i in range(0, len(rels), batch_size)]
+    todo = [c for c in chunks if not all(r in done for r in c)]
+    bad = []
+    with ThreadPoolExecutor(workers or os.cpu_count()) as ex, open(partial, "a") as log:
+        decoded = ex.map(lambda c: [read_rgb(src / r) for r in c], todo)  # decodes ahead of detection
+        for chunk, imgs in tqdm(zip(todo, decoded), total=len(todo), desc=f"faces {Path(split_dir).name}",
+                                disable=None if progress else True, file=sys.stderr):
+            good = [(r, im) for r, im in zip(chunk, imgs) if im is not None]
+            bad += [r for r, im in zip(chunk, imgs) if im is None]
+            results = best_boxes(detector, [im for _, im in good]) if good else []
+            for (rel, im), (box, score, found) in zip(good, results):
+                write_image(dst / rel, crop_face(im, box, margin) if found else _center(im))
+                line = f"{rel},{box[0]:.2f},{box[1]:.2f},{box[2]:.2f},{box[3]:.2f},{score:.5f},{int(found)}"
+                done[rel] = line
+                log.write(line + "\n")
+            log.flush()
+    for r in bad:
+        print(f"warning: {src / r}: unreadable image, no face crop written", file=sys.stderr)
+    rows = [done[r].split(",") for r in rels if r in done]
+    df = pd.DataFrame(rows, columns=["path", "x1", "y1", "x2", "y2", "score", "detected"])
+    write_csv_atomic(df, dst / "boxes.csv")
+    partial.unlink()
+    found = int((df["detected"] == "1").sum())
+    return len(rels), found, len(df) - found, len(bad)
+
+
+def _center(img):
+    x1, y1, x2, y2 = center_region(img.shape[1], img.shape[0])
+    return img[y1:y2, x1:x2]
+
+
+@cli
+def main(argv):
+    load_dotenv_once()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data_dir", default=None, help="root holding train/ and eval/ (default demo_data, or the "
+                    "SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set)")
+    ap.add_argument("--batch_size", type=int, default=32, help="images per MTCNN call")
+    ap.add_argument("--detect_size", type=int, default=DETECT_SIZE, help="longest side seen by MTCNN (0: full)")
+    ap.add_argument("--margin", type=float, nargs=3, default=list(DEFAULT_MARGIN), metavar=("TOP", "SIDES", "BOTTOM"),
+                    help="crop margins as fractions of the face box width")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--workers", type=int, default=None, help="decoding threads")
+    args = ap.parse_args(argv)
+    if args.data_dir:
+        splits = [Path(args.data_dir) / s for s in ("train", "eval") if (Path(args.data_dir) / s / "images").is_dir()]
+    else:
+        envs = [env_default("SM_CHANNEL_TRAIN"), env_default("SM_CHANNEL_EVAL")]
+        splits = [Path(p) for p in envs if p] or [Path("demo_data") / s for s in ("train", "eval")]
+    splits = [s for s in splits if (s / "images").is_dir()]
+    if not splits:
+        raise UserError(f"no images/ folder found under {args.data_dir or 'demo_data'}: pass --data_dir ROOT "
+                        "holding train/images and eval/images (python synthetic.py makes a demo one)")
+    det = FaceDetector(args.device, args.detect_size or None)
+    tot = [0, 0, 0, 0]
+    for s in splits:
+        r = crop_split(s, det, args.batch_size, tuple(args.margin), args.workers)
+        tot = [a + b for a, b in zip(tot, r)]
+        print(f"{s}: {r[0]} images, {r[1]} faces found, {r[2]} fallbacks -> {s / 'faces'}")
+    print(f"{tot[0]} images, {tot[1]} faces found, {tot[2]} fallbacks" + (f", {tot[3]} unreadable" if tot[3] else ""))
+
+
+if __name__ == "__main__":
+    main()

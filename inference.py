@@ -1,0 +1,223 @@
+"""Turn trained runs into a submission: single run, CV folds, ensembles, multi-task, with TTA.
+
+    SM_CHANNEL_EVAL=demo_data/eval SM_CHANNEL_MODEL=model/exp SM_OUTPUT_DATA_DIR=output python inference.py
+    python inference.py --model_dir model/exp2 --cv=True --tta flip          # average the k folds
+    python inference.py --ensemble=True --ensemble_model_dir model/exp model/exp2 --weights 1 2
+    python inference.py --model_dir model/exp3 --multi True                  # mask x gender x age models
+
+Writes <output_dir>/<output_name>.csv (ImageID, ans in info.csv's order) and
+<output_dir>/<output_name>_probs.npy (N x 18 float32 probabilities, same order) for later ensembling.
+Checkpoints describe themselves (architecture, input size, normalisation, crop), so no model flags.
+Each eval image is decoded once, whatever the number of models and TTA views.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dataset import BatchTransform, decode_many, read_eval
+from model import combine_probs, model_from_checkpoint, task_probs
+from utils import UserError, add_bool, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
+
+TTA_VIEWS = {
+    "none": ("id",),
+    "flip": ("id", "flip"),
+    "zoom": ("id", "zoom"),
+    "flip_zoom": ("id", "flip", "zoom", "flip_zoom"),
+}
+TASK_DIRS = ("mask", "gender", "age")
+
+
+def view(x, name):
+    """A TTA view of a normalised batch."""
+    if "zoom" in name:  # central 90%, back to full size
+        h, w = x.shape[-2:]
+        dh, dw = round(h * 0.05), round(w * 0.05)
+        x = torch.nn.functional.interpolate(x[..., dh:h - dh, dw:w - dw], size=(h, w), mode="bilinear",
+                                            align_corners=False)
+    if "flip" in name:
+        x = x.flip(-1)
+    return x
+
+
+@torch.no_grad()
+def predict_probs(model, meta, images, tta="none", batch_size=64, device="cpu"):
+    """The one prediction path: (model, uint8 images (N, H, W, 3)) -> {task: (N, K) probabilities},
+    averaged over the TTA views."""
+    transform = BatchTransform(meta["mean"], meta["std"], "none")
+    dev = torch.device(device)
+    amp = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    out = {}
+    for i in range(0, len(images), batch_size):
+        x = transform(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).to(dev))
+        acc = None
+        for v in TTA_VIEWS[tta]:
+            with amp:
+                p = task_probs(model(view(x, v)).float(), meta["tasks"])
+            acc = p if acc is None else {t: acc[t] + p[t] for t in p}
+        for t, p in acc.items():
+            out.setdefault(t, []).append((p / len(TTA_VIEWS[tta])).cpu())
+    return {t: torch.cat(v) for t, v in out.items()}
+
+
+# --- choosing checkpoints -------------------------------------------------------------------------
+def find_groups(run_dir, pth_name="best.pth", cv=None, multi=None):
+    """Checkpoint groups of one run: each group's tasks together give the 18 classes; groups are
+    averaged (CV folds). cv/multi: None to detect, True/False to insist."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory: set SM_CHANNEL_MODEL / --model_dir to a run folder "
+                        "written by train.py")
+    folds = sorted((p for p in run_dir.glob("fold*") if p.is_dir() and p.name[4:].isdigit()),
+                   key=lambda p: int(p.name[4:]))
+    if cv is None:
+        cv = bool(folds) and not (run_dir / pth_name).is_file()
+    if cv and not folds:
+        raise UserError(f"{run_dir}: --cv True but no fold*/ folders; train with python train.py --cv True")
+    groups = [_group(d, pth_name, multi) for d in (folds if cv else [run_dir])]
+    if cv:
+        missing = [d.name for d, g in zip(folds, groups) if not g]
+        if missing:
+            raise UserError(f"{run_dir}: {', '.join(missing)} have no {pth_name}; finish them "
+                            f"(python train.py --cv True --fold i --run_dir {run_dir})")
+    if not groups or not groups[0]:
+        hint = " (it holds fold*/ folders: pass --cv True)" if folds else ""
+        raise UserError(f"{run_dir}: no {pth_name} found{hint}")
+    return groups
+
+
+def _group(d, pth_name, multi):
+    task_ckpts = [d / t / pth_name for t in TASK_DIRS]
+    if multi is None:
+        multi = all(p.is_file() for p in task_ckpts) and not (d / pth_name).is_file()
+    if multi:
+        if not all(p.is_file() for p in task_ckpts):
+            raise UserError(f"{d}: --multi True needs {', '.join(t + '/' + pth_name for t in TASK_DIRS)}")
+        return task_ckpts
+    return [d / pth_name] if (d / pth_name).is_file() else []
+
+
+def load_eval_images(eval_dir, info, metas, source):
+    """Decode every eval image once into each (size, crop) that the models need."""
+    eval_dir = Path(eval_dir)
+    has_faces = (eval_dir / "faces").is_dir() and source != "images"
+    if source == "faces" and not has_faces:
+        raise UserError(f"{eval_dir / 'faces'} not found: run python face_image.py on the eval dir, or use --source auto")
+    keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
+    face_keys = {k for k in keys if k[1] == "none"}
+    arrays, ok_all = {}, None
+    if face_keys and has_faces:
+        _, paths = read_eval(eval_dir, "faces")
+        a, ok = decode_many(paths, face_keys, desc="decoding faces")
+        arrays.update(a)
+        ok_all = ok
+    raw_keys = keys - (face_keys if has_faces else set())
+    if raw_keys:
+        _, paths = read_eval(eval_dir, "images")
+        # models trained on faces/ see the same crop here: MTCNN + the shared crop function
+        keys_raw = {(s, "face" if c == "none" else c) for s, c in raw_keys}
+        face_fn = _face_fn() if any(c == "face" for _, c in keys_raw) else None
+        a, ok = decode_many(paths, keys_raw, desc="decoding images", face_fn=face_fn)
+        arrays.update({(s, "none" if c == "face" else c): v for (s, c), v in a.items()})
+        ok_all = ok if ok_all is None else ok_all & ok
+    if not ok_all.all():
+        bad = paths[int(np.flatnonzero(~ok_all)[0])]
+        raise UserError(f"{bad}: eval image cannot be decoded ({int((~ok_all).sum())} such); a submission must cover "
+                        "every ImageID: replace the file")
+    return arrays
+
+
+def _face_fn():
+    from face_image import FaceDetector, best_boxes, crop_face
+    det = FaceDetector()
+
+    def fn(imgs):
+        return [crop_face(im, box) if found else im for im, (box, _, found) in zip(imgs, best_boxes(det, imgs))]
+    return fn
+
+
+def run_groups(groups, arrays, tta, batch_size, device):
+    """Mean over groups of the 18-class distribution of each group."""
+    acc = None
+    for group in groups:
+        probs = {}
+        for ck in group:
+            model, meta = model_from_checkpoint(ck, device)
+            probs.update(predict_probs(model, meta, arrays[(tuple(meta["img_size"]), meta["crop"])], tta,
+                                       batch_size, device))
+        p18 = combine_probs(probs)
+        acc = p18 if acc is None else acc + p18
+    return (acc / len(groups)).numpy()
+
+
+def vote(run_probs, weights, how):
+    w = np.asarray(weights, float) / np.sum(weights)
+    soft = sum(wi * p for wi, p in zip(w, run_probs))
+    if how == "soft":
+        return soft, soft.argmax(1)
+    votes = sum(wi * np.eye(18)[p.argmax(1)] for wi, p in zip(w, run_probs))
+    return soft, (votes + 1e-6 * soft).argmax(1)  # ties broken by the soft vote
+
+
+@cli
+def main(argv):
+    load_dotenv_once()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_EVAL", "demo_data/eval"),
+                    help="eval dir with info.csv and images/ (env SM_CHANNEL_EVAL)")
+    ap.add_argument("--model_dir", default=env_default("SM_CHANNEL_MODEL", "model/exp"),
+                    help="run folder written by train.py (env SM_CHANNEL_MODEL)")
+    ap.add_argument("--output_dir", default=env_default("SM_OUTPUT_DATA_DIR", "output"),
+                    help="where the submission goes (env SM_OUTPUT_DATA_DIR)")
+    ap.add_argument("--output_name", default="output")
+    ap.add_argument("--pth_name", default="best.pth", help="checkpoint file name in each run/fold/task folder")
+    ap.add_argument("--cv", type=lambda v: __import__("utils").str2bool(v), nargs="?", const=True, default=None,
+                    help="average the fold*/ checkpoints (default: detected from the run folder)")
+    ap.add_argument("--multi", type=lambda v: __import__("utils").str2bool(v), nargs="?", const=True, default=None,
+                    help="combine mask/, gender/, age/ models (default: detected)")
+    add_bool(ap, "--ensemble", False, "combine several runs (--ensemble_model_dir)")
+    ap.add_argument("--ensemble_model_dir", nargs="*", default=[], help="run folders to ensemble")
+    ap.add_argument("--ensemble_model_name", nargs="*", default=[],
+                    help="accepted for compatibility; checkpoints describe their own architecture")
+    ap.add_argument("--weights", type=float, nargs="*", default=None, help="per-run weights for the ensemble")
+    ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none")
+    ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
+                    help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.ensemble:
+        if len(args.ensemble_model_dir) < 1:
+            raise UserError("--ensemble True needs --ensemble_model_dir RUN [RUN ...]")
+        runs = args.ensemble_model_dir
+    else:
+        runs = [args.model_dir]
+    weights = args.weights or [1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise UserError(f"--weights has {len(weights)} values for {len(runs)} runs")
+    info, _ = read_eval(args.data_dir)
+    run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
+    metas = [model_from_checkpoint(ck)[1] for gs in run_groups_ for g in gs for ck in g]
+    arrays = load_eval_images(args.data_dir, info, metas, args.source)
+    run_probs = [run_groups(gs, arrays, args.tta, args.batch_size, device) for gs in run_groups_]
+    probs, ans = vote(run_probs, weights, args.vote)
+    out = Path(args.output_dir)
+    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})
+    with atomic_path(out / f"{args.output_name}_probs.npy") as tmp:
+        np.save(tmp, probs.astype(np.float32))
+    write_csv_atomic(sub, out / f"{args.output_name}.csv")
+    n_models = sum(len(g) for gs in run_groups_ for g in gs)
+    print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={args.tta}, vote={args.vote} "
+          f"-> {out / (args.output_name + '.csv')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Find every face in photos and say: mask worn / incorrect / none, gender, age group.
+
+    python predict.py photo.jpg --model_dir model/exp
+    python predict.py photos/ more.jpg --model_dir model/demo_cv --out predictions --tta flip
+
+For each photo writes <out>/<stem>_pred.jpg (a box and the label per face) and <out>/<stem>.json: a
+list of faces with box, detection score, the 18-class label, the mask/gender/age labels and the
+probabilities. The run may be single, CV (folds averaged) or multi-task: it is detected.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
+from face_image import FaceDetector, crop_face
+from inference import TTA_VIEWS, find_groups, run_groups
+from model import load_checkpoint
+from utils import UserError, atomic_path, cli, write_json_atomic
+
+COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
+
+
+def collect(inputs):
+    files = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTS and not f.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    if not files:
+        raise UserError(f"no photos (.jpg/.jpeg/.png) in {' '.join(inputs)}")
+    return files
+
+
+def annotate(img, faces):
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    lw = max(2, round(max(im.size) / 300))
+    for f in faces:
+        x1, y1, x2, y2 = f["box"]
+        c = COLOURS[f["mask"]]
+        d.rectangle((x1, y1, x2, y2), outline=c, width=lw)
+        text = f"{f['mask_name']} | {f['gender_name']} | {f['age_name']}"
+        tw, th = d.textbbox((0, 0), text)[2:]
+        ty = max(0, y1 - th - 4)
+        d.rectangle((x1, ty, x1 + tw + 4, ty + th + 4), fill=c)
+        d.text((x1 + 2, ty + 2), text, fill=(0, 0, 0))
+    return im
+
+
+@cli
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("photos", nargs="+", help="photos or folders of photos")
+    ap.add_argument("--model_dir", required=True, help="run folder written by train.py")
+    ap.add_argument("--pth_name", default="best.pth")
+    ap.add_argument("--out", default="predictions", help="output folder")
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none")
+    ap.add_argument("--min_score", type=float, default=0.9, help="minimum face detection score")
+    ap.add_argument("--detect_size", type=int, default=1024, help="longest side seen by the detector (0: full)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    groups = find_groups(args.model_dir, args.pth_name)
+    metas = [load_checkpoint(ck)["meta"] for g in groups for ck in g]
+    files = collect(args.photos)
+    det = FaceDetector(device, args.detect_size or None)
+    found, crops, unreadable = [], [], []
+    for f in files:
+        img = read_rgb(f)
+        if img is None:
+            print(f"error: {f}: cannot be read as an image, skipped", file=sys.stderr)
+            unreadable.append(f)
+            continue
+        boxes, scores, _ = det.detect([img])[0]
+        keep = [i for i in range(len(boxes)) if scores[i] >= args.min_score]
+        if not keep:
+            print(f"{f}: no face found", file=sys.stderr)
+        found.append((f, img, [(boxes[i], scores[i]) for i in keep]))
+        crops += [crop_face(img, boxes[i]) for i in keep]
+    # every face of every photo in one pass per model; each crop prepared once per input size
+    keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
+    arrays = {k: np.stack([prepare(c, k[0], "none") for c in crops]) if crops else None for k in keys}
+    probs = run_groups(groups, arrays, args.tta, 64, device) if crops else np.zeros((0, 18))
+    out, k = Path(args.out), 0
+    n_faces = 0
+    for f, img, faces in found:
+        rows = []
+        for box, score in faces:
+            p = probs[k]
+            k += 1
+            label = int(p.argmax())
+            m, g, a = (int(v) for v in decode(label))
+            rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=label,
+                             mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
+                             age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
+        n_faces += len(rows)
+        write_json_atomic(out / f"{f.stem}.json", {"photo": str(f), "faces": rows})
+        with atomic_path(out / f"{f.stem}_pred.jpg") as tmp:
+            annotate(img, rows).save(tmp, "JPEG", quality=92)
+        print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {r['mask_name']}, {r['gender_name']}, "
+                                                    f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))
+    print(f"{len(found)} photo(s), {n_faces} face(s) -> {out}", file=sys.stderr)
+    if unreadable:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

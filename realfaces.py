@@ -1,0 +1,191 @@
+"""Real faces -> the competition layout, with masks drawn to fit each face's landmarks.
+
+Called by `python synthetic.py --faces DIR --out ROOT` (see synthetic.py); not a script itself.
+
+Input: a folder of face photos named like UTKFace (<age>_<gender>_<race>_<date>.jpg, gender 0 male,
+1 female), searched recursively, or any photos with a CSV (path, age, gender). Ages under 18 are
+skipped (the competition has none) and ages over 60 are recorded as 60, as in the competition.
+For each person: MTCNN finds the face and its 5 landmarks; the photo is placed on a 384x512 canvas
+(head-and-shoulders framing) 7 times, each with its own small change of pose, light and crop, and
+masks are drawn from the landmarks: mask1..5 worn (surgical, KF94 or cloth; several colours and
+textures, with shading), incorrect_mask (nose exposed, or only the chin covered), normal.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from dataset import IMG_EXTS, read_rgb
+from utils import UserError
+
+W, H = 384, 512
+RACES = ("White", "Black", "Asian", "Indian", "Others")
+COLOURS = [(236, 236, 236), (150, 190, 225), (28, 28, 32), (225, 160, 185), (120, 122, 128), (60, 80, 140),
+           (190, 215, 190), (225, 205, 150), (170, 40, 45)]
+
+
+def list_faces(faces_dir, faces_csv=None):
+    """-> DataFrame(path, age, gender, race) of usable photos."""
+    faces_dir = Path(faces_dir)
+    if not faces_dir.is_dir():
+        raise UserError(f"{faces_dir} is not a directory of face photos")
+    if faces_csv:
+        df = pd.read_csv(faces_csv)
+        if {"path", "age", "gender"} - set(df.columns):
+            raise UserError(f"{faces_csv}: expected columns path, age, gender (0 male, 1 female)")
+        df["path"] = [str(faces_dir / p) for p in df["path"]]
+        df["race"] = df.get("race", "Others")
+    else:
+        rows = []
+        for p in sorted(faces_dir.rglob("*")):
+            if p.suffix.lower() not in IMG_EXTS or p.name.startswith("."):
+                continue
+            parts = p.name.split("_")
+            try:
+                age, gender = int(parts[0]), int(parts[1])
+                race = RACES[int(parts[2])] if len(parts) > 3 and parts[2].isdigit() and int(parts[2]) < 5 else "Others"
+            except (ValueError, IndexError):
+                continue
+            rows.append(dict(path=str(p), age=age, gender=gender, race=race))
+        df = pd.DataFrame(rows, columns=["path", "age", "gender", "race"])
+    df = df[df["age"] >= 18].copy()
+    df["age"] = df["age"].clip(upper=60)
+    if df.empty:
+        raise UserError(f"{faces_dir}: no photos with an age of 18 or more (UTKFace names or --faces_csv)")
+    return df.reset_index(drop=True)
+
+
+def _affine(rng, box, jitter=True):
+    """Source face box -> canvas: face about 165 px wide, centred near (192, 215)."""
+    x1, y1, x2, y2 = box
+    s = 165 / max(x2 - x1, 1) * (rng.uniform(0.9, 1.1) if jitter else 1)
+    ang = rng.normal(0, 5) if jitter else 0
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    tx, ty = 192 + (rng.normal(0, 8) if jitter else 0), 215 + (rng.normal(0, 8) if jitter else 0)
+    m = cv2.getRotationMatrix2D((cx, cy), ang, s)
+    m[:, 2] += (tx - cx, ty - cy)
+    return m
+
+
+def _apply(m, pts):
+    pts = np.asarray(pts, float).reshape(-1, 2)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def _mask_polygon(lm, box, state, shape):
+    """Mask outline from the 5 landmarks (eyes, nose, mouth corners) and the face box, canvas pixels."""
+    le, re, nose, ml, mr = lm
+    eye_y = (le[1] + re[1]) / 2
+    mouth_y = (ml[1] + mr[1]) / 2
+    chin = box[3] + 0.05 * (box[3] - box[1])
+    half = (box[2] - box[0]) / 2 * 1.02
+    cx = (le[0] + re[0] + nose[0]) / 3
+    top = {"wear": eye_y + 0.55 * (nose[1] - eye_y), "nose": nose[1] + 0.3 * (mouth_y - nose[1]),
+           "chin": mouth_y + 0.45 * (chin - mouth_y)}[state]
+    if shape == "kf94":
+        pts = [(cx - half, top + 0.1 * half), (cx, top - 0.12 * half), (cx + half, top + 0.1 * half),
+               (cx + 0.85 * half, chin - 0.2 * half), (cx, chin + 0.05 * half), (cx - 0.85 * half, chin - 0.2 * half)]
+    elif shape == "cloth":
+        t = np.linspace(0, math.pi, 20)
+        ry = max(chin - top, 10)
+        pts = [(cx - half, top)] + [(cx + half * math.cos(a), top + ry * math.sin(a)) for a in t][::-1] + [(cx + half, top)]
+    else:
+        pts = [(cx - half, top), (cx + half, top), (cx + 0.92 * half, chin - 0.15 * half), (cx + 0.5 * half, chin),
+               (cx - 0.5 * half, chin), (cx - 0.92 * half, chin - 0.15 * half)]
+    return pts, top, chin, half, cx
+
+
+def draw_mask(canvas, lm, box, state, rng):
+    shape = ("surgical", "kf94", "cloth")[rng.integers(3)]
+    colour = np.array(COLOURS[rng.integers(len(COLOURS))])
+    pts, top, chin, half, cx = _mask_polygon(lm, box, state, shape)
+    layer = Image.new("L", (W, H), 0)
+    ImageDraw.Draw(layer).polygon(pts, fill=255)
+    alpha = np.asarray(layer, np.float32)[..., None] / 255
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    # shading: darker towards the sides and the bottom, a soft highlight near the top
+    shade = 1 - 0.25 * ((xx - cx) / max(half, 1)) ** 2 - 0.12 * np.clip((yy - top) / max(chin - top, 1), 0, 1)
+    tex = colour[None, None, :] * shade[..., None]
+    if rng.random() < 0.5:  # fabric noise
+        tex = tex + rng.normal(0, 6, (H, W, 1)).astype(np.float32)
+    if shape == "surgical":  # pleats
+        for k in range(3):
+            y = top + (k + 1) * (chin - top) / 4.2
+            tex[(np.abs(yy - y) < 1.5) & (alpha[..., 0] > 0)] *= 0.78
+    elif rng.random() < 0.3:  # a printed pattern of dots
+        dots = ((xx.astype(int) // 9 + yy.astype(int) // 9) % 2 == 0) & ((xx.astype(int) % 9 < 3) & (yy.astype(int) % 9 < 3))
+        tex[dots] = tex[dots] * 0.6 + 80
+    out = canvas.astype(np.float32) * (1 - alpha) + np.clip(tex, 0, 255) * alpha
+    img = Image.fromarray(out.astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    ear_y = lm[0][1] + 0.2 * (lm[2][1] - lm[0][1])
+    for sx in (-1, 1):  # ear loops
+        d.line([(cx + sx * half, top + 0.1 * (chin - top)), (cx + sx * 1.12 * half, ear_y)],
+               fill=tuple(int(v) for v in colour * 0.8), width=2)
+    return np.asarray(img)
+
+
+def compose(face, box, lm, rng, state):
+    """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask."""
+    m = _affine(rng, box)
+    bgc = rng.integers(50, 230, (2, 3)).astype(np.float32)
+    canvas = np.linspace(bgc[0], bgc[1], H, dtype=np.float32)[:, None, :].repeat(W, 1)
+    canvas += rng.normal(0, 5, canvas.shape).astype(np.float32)
+    img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    b = _apply(m, [(box[0], box[1]), (box[2], box[3])])
+    cx, bottom = (b[0, 0] + b[1, 0]) / 2, b[1, 1]
+    shirt = tuple(int(v) for v in rng.integers(20, 230, 3))
+    ImageDraw.Draw(img).polygon([(cx - 180, H), (cx - 160, bottom + 70), (cx - 50, bottom + 30), (cx + 50, bottom + 30),
+                                 (cx + 160, bottom + 70), (cx + 180, H)], fill=shirt)
+    canvas = np.asarray(img, np.float32)
+    h, w = face.shape[:2]
+    feather = np.zeros((h, w), np.float32)
+    cv2.ellipse(feather, (w // 2, int(h * 0.5)), (int(w * 0.49), int(h * 0.53)), 0, 0, 360, 1.0, -1)
+    feather = cv2.GaussianBlur(feather, (0, 0), max(2, w / 30))
+    warped = cv2.warpAffine(face, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    a = cv2.warpAffine(feather, m, (W, H))[..., None]
+    canvas = canvas * (1 - a) + warped.astype(np.float32) * a
+    lm_c, box_c = _apply(m, lm), _apply(m, [(box[0], box[1]), (box[2], box[3])]).reshape(-1)
+    out = canvas.clip(0, 255).astype(np.uint8)
+    if state != "none":
+        out = draw_mask(out, lm_c, box_c, state, rng)
+    # light: brightness and a side gradient; then JPEG at a random quality
+    g = rng.uniform(0.8, 1.15) + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, W, dtype=np.float32)[None, :, None]
+    out = (out.astype(np.float32) * g).clip(0, 255).astype(np.uint8)
+    buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 96))])[1]
+    return buf.tobytes()
+
+
+def real_people(faces_dir, faces_csv=None, seed=0, limit=None):
+    """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest."""
+    from face_image import FaceDetector, select_face
+    df = list_faces(faces_dir, faces_csv)
+    if limit:
+        df = df.sample(n=min(limit, len(df)), random_state=seed).sort_index()
+    det = FaceDetector(detect_size=None)
+    skipped = 0
+    for start in range(0, len(df), 32):
+        part = df.iloc[start:start + 32]
+        imgs = [read_rgb(p) for p in part["path"]]
+        good = [(r, im) for r, im in zip(part.itertuples(), imgs) if im is not None]
+        skipped += len(part) - len(good)
+        for (r, im), (boxes, scores, lms) in zip(good, det.detect([im for _, im in good])):
+            k = select_face(boxes, scores, im.shape[1], im.shape[0])
+            if k is None:
+                skipped += 1
+                continue
+            i = int(r.Index)
+            rng = np.random.default_rng([seed, i, 11])
+            person = dict(id=f"{i + 1:06d}", gender=int(r.gender), age=int(r.age), race=r.race)
+            photos = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear") for j in range(1, 6)}
+            photos["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin")
+            photos["normal"] = compose(im, boxes[k], lms[k], rng, "none")
+            yield person, photos
+    print(f"{len(df)} real faces: {len(df) - skipped} people written, {skipped} skipped (no face found or "
+          "unreadable)", file=sys.stderr)

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny datasets rendered into tmp dirs, and a runner for the real scripts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "realdata"
+sys.path.insert(0, str(REPO))
+
+# a real timm network, small enough to train in seconds on CPU
+TINY = ["--model", "test_efficientnet", "--pretrained", "False", "--img_size", "32", "32", "--batch_size", "16",
+        "--progress", "False", "--epochs", "2"]
+
+
+def run(*args, check=True, env=None, timeout=600, cwd=REPO):
+    """Run a script of the toolkit as a user would; returns the CompletedProcess."""
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    for k in ("SM_CHANNEL_TRAIN", "SM_CHANNEL_EVAL", "SM_CHANNEL_MODEL", "SM_MODEL_DIR", "SM_OUTPUT_DATA_DIR",
+              "SM_GROUND_TRUTH_DIR"):
+        if not (env and k in env):
+            e.pop(k, None)
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=e, capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    return p
+
+
+def assert_clean_error(p, *needles):
+    """Exit status 2, one 'error:' line naming what is wrong, no traceback."""
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, p.stderr[-2000:]
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """30 drawn people (about 24 train, 6 eval), rendered once per session."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    run("synthetic.py", "--out", root, "--people", "30", "--seed", "3")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_root, tmp_path_factory):
+    """Tiny runs of every training mode, shared by the inference tests."""
+    md = tmp_path_factory.mktemp("runs")
+    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY]
+    runs = {}
+    for name, extra in {"single": [], "cv": ["--cv", "True", "--k_folds", "3"], "multi": ["--multi=True"],
+                        "heads": ["--heads"]}.items():
+        run(*base, "--run_dir", md / name, *extra)
+        runs[name] = md / name
+    return runs

@@ -1,0 +1,106 @@
+"""Data layer: labels, the label table, label fixes, person-level splits, the demo table."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import torch
+
+from conftest import REPO, run
+from dataset import (BatchDataset, BatchTransform, Log, age_class, build_table, decode, encode, holdout_split,
+                     kfold_split, people_of, task_targets)
+
+
+def test_label_encode_decode_round_trip():
+    for label in range(18):
+        m, g, a = decode(label)
+        assert encode(m, g, a) == label
+        assert 0 <= m < 3 and 0 <= g < 2 and 0 <= a < 3
+    assert encode(2, 1, 2) == 17 and encode(1, 0, 1) == 7
+
+
+def test_age_bounds():
+    ages = np.array([18, 29, 30, 57, 58, 59, 60])
+    assert age_class(ages).tolist() == [0, 0, 1, 1, 1, 1, 2]
+    assert age_class(ages, (29, 58)).tolist() == [0, 1, 1, 1, 2, 2, 2]
+
+
+def test_table_skips_hidden_and_unknown_files_and_applies_fixes(tiny_root, tmp_path):
+    d = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", d)
+    csv = pd.read_csv(d / "train.csv", dtype=str)
+    male = csv.index[csv["gender"] == "male"][0]
+    other = csv.index[csv.index != male][0]
+    csv.loc[male, "id"] = "004432"  # published fix: male -> female
+    csv.loc[other, "id"] = "000020"  # published fix: incorrect_mask and normal swapped
+    csv.to_csv(d / "train.csv", index=False)
+    folder = d / "images" / csv.loc[male, "path"]
+    (folder / "._mask1.jpg").write_bytes(b"\0\0")
+    (folder / "notes.txt").write_text("x")
+    log = Log(quiet=True)
+    t = build_table(d, log=log)
+    assert log.counts["hidden file"] == 1 and log.counts["unknown file"] == 1
+    assert len(t) == 7 * len(csv)
+    assert (t.loc[t["people_path"] == csv.loc[male, "path"], "gender"] == 1).all()
+    swapped = t[t["people_path"] == csv.loc[other, "path"]]
+    swapped = swapped.set_index(swapped["path"].str.rsplit("/", n=1).str[-1])
+    assert swapped.loc["incorrect_mask.jpg", "mask"] == 2 and swapped.loc["normal.jpg", "mask"] == 1
+    assert (t["label"] == encode(t["mask"], t["gender"], t["age"])).all()
+    assert (t["sub_label"] == t["gender"] * 3 + t["age"]).all()
+    assert not t["path"].str.startswith("/").any()  # relative: the file moves with the data
+
+
+def test_fixes_file_holds_the_published_fixes():
+    f = pd.read_csv(REPO / "label_fixes.csv", dtype=str)
+    assert set(f.loc[f["value"] == "female", "id"]) == {"001498-1", "004432"}
+    assert set(f.loc[f["value"] == "male", "id"]) == {f"00636{i}" for i in range(5)} | {"006359"}
+    assert set(f.loc[f["field"] == "mask", "id"]) == {"000020", "004418", "005227"}
+
+
+def test_committed_perfect_train_is_the_demo_table(tmp_path):
+    run("synthetic.py", "--out", tmp_path / "demo")
+    run("dataset.py", "--data_dir", tmp_path / "demo" / "train")
+    assert (tmp_path / "demo" / "train" / "perfect_train.csv").read_bytes() == (REPO / "perfect_train.csv").read_bytes()
+
+
+def _people(n_per=6):
+    return pd.DataFrame({"people_path": [f"p{i:03d}" for i in range(6 * n_per)],
+                         "sub_label": np.repeat(np.arange(6), n_per)})
+
+
+def test_splits_are_by_person_and_stratified(tiny_root):
+    people = _people()
+    tr, va = holdout_split(people, 0.2, seed=1)
+    assert not set(tr) & set(va) and set(tr) | set(va) == set(people["people_path"])
+    folds = kfold_split(people, k=5, seed=1)
+    seen = []
+    lab = dict(zip(people["people_path"], people["sub_label"]))
+    for tr, va in folds:
+        assert not set(tr) & set(va)
+        assert {lab[p] for p in va} == set(range(6)) and {lab[p] for p in tr} == set(range(6))
+        seen += va
+    assert sorted(seen) == sorted(people["people_path"])
+    # on a real table: no person's photos on both sides
+    t = build_table(tiny_root / "train", log=Log(quiet=True))
+    tr, va = holdout_split(people_of(t), 0.25, seed=0)
+    assert not set(t.loc[t["people_path"].isin(tr), "path"]) & set(t.loc[t["people_path"].isin(va), "path"])
+
+
+def test_one_dataset_class_serves_label_and_tasks():
+    images = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 7, 11, 17, 3])
+    ds = BatchDataset(images, np.arange(5), task_targets(labels, ["label"]))
+    x, y, idx = ds[[4, 1]]
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.uint8 and y[:, 0].tolist() == [3, 7]
+    ds3 = BatchDataset(images, np.arange(5), task_targets(labels, ["mask", "gender", "age"]))
+    assert ds3[[3]][1].tolist() == [[2, 1, 2]]
+    assert np.array_equal(x[1].permute(1, 2, 0).numpy(), images[1])
+
+
+def test_augmentation_is_deterministic_for_a_generator_and_off_when_not_training():
+    x = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    t = BatchTransform((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "strong")
+    a = t(x, train=True, generator=torch.Generator().manual_seed(1))
+    b = t(x, train=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (4, 3, 16, 16)
+    plain = t(x)
+    assert torch.allclose(plain, (x.float() - 127.5) / 63.75)

@@ -1,0 +1,81 @@
+"""face_image.py: real MTCNN on real photos, the shared crop, resumable runs."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, SHARED, run
+from dataset import read_rgb
+from face_image import FaceDetector, best_boxes, box_iou as iou, crop_box, crop_face, select_face
+
+KAGGLE = SHARED / "kaggle_facemask"
+
+
+def test_astronaut_crop_contains_the_face():
+    import skimage.data
+    img = skimage.data.astronaut()
+    (box, score, found), = best_boxes(FaceDetector(detect_size=None), [img])
+    assert found and score > 0.95
+    x1, y1, x2, y2 = crop_box(box, 512, 512)
+    # her eyes are near (205, 105) and (245, 105), her mouth near (225, 150), her chin near (225, 175)
+    for px, py in ((205, 105), (245, 105), (225, 150), (225, 175)):
+        assert x1 <= px <= x2 and y1 <= py <= y2
+    crop = crop_face(img, box)
+    assert 100 < crop.shape[0] < 260 and 90 < crop.shape[1] < 200  # the face, not the whole photo
+
+
+def test_most_plausible_face_is_chosen_not_the_first():
+    boxes = np.array([[0, 0, 30, 30], [150, 150, 260, 290], [340, 10, 380, 50]], float)
+    assert select_face(boxes, np.array([0.99, 0.97, 0.99]), 384, 512) == 1
+
+
+@pytest.mark.skipif(not KAGGLE.is_dir(), reason="../shared/realdata/kaggle_facemask is absent")
+def test_detection_recall_on_real_photos():
+    """Recall at IoU >= 0.5 of annotated faces >= 32 px (short side). Measured 0.792 (454/573) on the
+    300 photos at full resolution; most misses are masked or profile faces, which MTCNN's
+    landmark-based cascade finds hard. The floor leaves room for numeric noise, not for a regression."""
+    df = pd.read_csv(KAGGLE / "faces.csv")
+    df = df[np.minimum(df.xmax - df.xmin, df.ymax - df.ymin) >= 32]
+    det = FaceDetector(detect_size=None)
+    hits = 0
+    for name, g in df.groupby("image"):
+        boxes = det.detect([read_rgb(KAGGLE / name)])[0][0]
+        hits += sum(any(iou((r.xmin, r.ymin, r.xmax, r.ymax), b) >= 0.5 for b in boxes) for r in g.itertuples())
+    recall = hits / len(df)
+    print(f"recall {recall:.3f} ({hits}/{len(df)})")
+    assert recall >= 0.75
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_run_resumes_to_the_same_files(tiny_root, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        shutil.copytree(tiny_root / "eval", d / "eval")
+    p = run("face_image.py", "--data_dir", a, "--batch_size", "8")
+    assert p.stdout.strip().splitlines()[-1].startswith(f"{len(list((a / 'eval' / 'images').iterdir()))} images,")
+    boxes = pd.read_csv(a / "eval" / "faces" / "boxes.csv")
+    assert list(boxes.columns) == ["path", "x1", "y1", "x2", "y2", "score", "detected"]
+    # interrupted (SIGKILL) after some crops are written, then run again
+    proc = subprocess.Popen([sys.executable, "face_image.py", "--data_dir", str(b), "--batch_size", "8"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial, deadline = b / "eval" / "faces" / ".boxes.partial.csv", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and partial.stat().st_size > 0:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (b / "eval" / "faces" / "boxes.csv").exists()
+    run("face_image.py", "--data_dir", b, "--batch_size", "8")
+    ta, tb = _tree(a / "eval"), _tree(b / "eval")
+    assert ta.keys() == tb.keys() and all(ta[k] == tb[k] for k in ta)

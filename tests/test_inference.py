@@ -1,0 +1,121 @@
+"""inference.py and predict.py: modes, order, combination by hand, TTA, clear failures."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, assert_clean_error, run
+from dataset import decode_many, read_eval
+from inference import find_groups, predict_probs, run_groups
+from model import combine_probs, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+
+def _infer(tiny_root, out, *args, check=True):
+    env = {"SM_CHANNEL_EVAL": str(tiny_root / "eval"), "SM_OUTPUT_DATA_DIR": str(out)}
+    return run("inference.py", *args, env=env, check=check)
+
+
+@pytest.mark.parametrize("mode", ["single", "cv", "multi", "heads", "ensemble"])
+def test_each_mode_writes_rows_in_info_order(tiny_root, tiny_runs, tmp_path, mode):
+    r = tiny_runs
+    args = {"single": ["--model_dir", r["single"]], "cv": ["--model_dir", r["cv"], "--cv=True", "--tta", "flip"],
+            "multi": ["--model_dir", r["multi"], "--multi", "True"], "heads": ["--model_dir", r["heads"]],
+            "ensemble": ["--ensemble=True", "--ensemble_model_dir", r["single"], r["cv"], r["multi"],
+                         "--ensemble_model_name", "a", "b", "c", "--vote", "hard"]}[mode]
+    _infer(tiny_root, tmp_path, *args, "--output_name", mode)
+    sub = pd.read_csv(tmp_path / f"{mode}.csv", dtype={"ImageID": str})
+    info = pd.read_csv(tiny_root / "eval" / "info.csv", dtype={"ImageID": str})
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist() and list(sub.columns) == ["ImageID", "ans"]
+    assert sub["ans"].between(0, 17).all() and sub["ans"].dtype.kind == "i"
+    probs = np.load(tmp_path / f"{mode}_probs.npy")
+    assert probs.shape == (len(info), 18) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    if mode != "ensemble":
+        assert (probs.argmax(1) == sub["ans"]).all()
+    # evaluation reads it
+    p = run("evaluation.py", "--gt_dir", tiny_root / "eval", "--output_dir", tmp_path, "--output_name", mode)
+    assert 0 <= json.loads(p.stdout.splitlines()[0])["f1"] <= 1
+
+
+def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
+    info, paths = read_eval(tiny_root / "eval")
+    arrays, _ = decode_many(paths, [((32, 32), "center")])
+    x = arrays[((32, 32), "center")]
+    groups = find_groups(tiny_runs["cv"])
+    assert len(groups) == 3
+    per_fold = []
+    for (ck,) in groups:
+        m, meta = model_from_checkpoint(ck)
+        per_fold.append(predict_probs(m, meta, x)["label"].numpy())
+    assert np.allclose(run_groups(groups, arrays, "none", 64, "cpu"), np.mean(per_fold, 0), atol=1e-6)
+    mgroups = find_groups(tiny_runs["multi"])
+    parts = {}
+    for ck in mgroups[0]:
+        m, meta = model_from_checkpoint(ck)
+        parts.update({t: p.numpy() for t, p in predict_probs(m, meta, x).items()})
+    hand = np.stack([parts["mask"][:, c // 6] * parts["gender"][:, (c // 3) % 2] * parts["age"][:, c % 3]
+                     for c in range(18)], 1)
+    assert np.allclose(run_groups(mgroups, arrays, "none", 64, "cpu"), hand, atol=1e-6)
+
+
+def test_flip_tta_on_a_symmetric_input_changes_nothing(tiny_runs):
+    m, meta = model_from_checkpoint(tiny_runs["single"] / "best.pth")
+    half = np.random.default_rng(0).integers(0, 255, (4, 32, 16, 3), dtype=np.uint8)
+    sym = np.concatenate([half, half[:, :, ::-1]], axis=2)
+    a, b = predict_probs(m, meta, sym, "none")["label"], predict_probs(m, meta, sym, "flip")["label"]
+    assert torch.allclose(a, b, atol=1e-6)
+    asym = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    assert not torch.allclose(predict_probs(m, meta, asym, "none")["label"], predict_probs(m, meta, asym, "flip")["label"])
+
+
+def test_corrupt_eval_image_exits_2_and_writes_nothing(tiny_root, tiny_runs, tmp_path):
+    ev = tmp_path / "eval"
+    shutil.copytree(tiny_root / "eval", ev)
+    victim = pd.read_csv(ev / "info.csv")["ImageID"][3]
+    (ev / "images" / victim).write_bytes(b"this is not a jpeg")
+    out = tmp_path / "out"
+    p = run("inference.py", "--data_dir", ev, "--model_dir", tiny_runs["single"], "--output_dir", out, check=False)
+    assert_clean_error(p, victim)
+    assert not out.exists() or not any(out.iterdir())
+    (ev / "images" / victim).unlink()
+    p = run("inference.py", "--data_dir", ev, "--model_dir", tiny_runs["single"], "--output_dir", out, check=False)
+    assert_clean_error(p, victim, "missing")
+
+
+def test_mismatched_checkpoint_exits_2_and_writes_nothing(tiny_root, tiny_runs, tmp_path):
+    ck = load_checkpoint(tiny_runs["single"] / "best.pth")
+    bad = tmp_path / "run"
+    bad.mkdir()
+    ck["meta"]["tasks"] = ["mask"]  # claims 3 classes, holds 18
+    torch.save(ck, bad / "best.pth")
+    p = _infer(tiny_root, tmp_path / "out", "--model_dir", bad, check=False)
+    assert_clean_error(p, "best.pth")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cv_flag_means_what_it_says(tiny_root, tiny_runs, tmp_path):
+    p = _infer(tiny_root, tmp_path, "--model_dir", tiny_runs["single"], "--cv", "True", check=False)
+    assert_clean_error(p, "fold")
+    p = _infer(tiny_root, tmp_path, "--model_dir", tiny_runs["cv"], "--cv", "False", check=False)
+    assert_clean_error(p, "--cv True")
+
+
+def test_predict_finds_the_astronaut_face_and_writes_both_outputs(tiny_runs, tmp_path):
+    import cv2
+    import skimage.data
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    blank = tmp_path / "wall.jpg"
+    cv2.imwrite(str(blank), np.full((200, 300, 3), 128, np.uint8))
+    p = run("predict.py", photo, blank, "--model_dir", tiny_runs["cv"], "--out", tmp_path / "pred")
+    assert "wall.jpg: no face found" in p.stderr
+    faces = json.loads((tmp_path / "pred" / "astronaut.json").read_text())["faces"]
+    assert len(faces) == 1
+    x1, y1, x2, y2 = faces[0]["box"]
+    assert 150 < x1 < 215 and 30 < y1 < 100 and 240 < x2 < 300 and 140 < y2 < 210  # her face
+    f = faces[0]
+    assert f["label"] == f["mask"] * 6 + f["gender"] * 3 + f["age"] and len(f["probs"]) == 18
+    assert (tmp_path / "pred" / "astronaut_pred.jpg").stat().st_size > 10000
+    assert json.loads((tmp_path / "pred" / "wall.json").read_text())["faces"] == []
