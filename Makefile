@@ -7,7 +7,7 @@ DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --batch_size 32 --progress False
 
-.PHONY: install test demo demo-data bench clean
+.PHONY: install test demo demo-data bench clean realface-data realface-experiments
 
 install: $(STAMP)
 
@@ -41,3 +41,22 @@ bench: install
 
 clean:
 	rm -rf $(DEMO) model output predictions bench
+
+# Recipes measured on real faces (../shared/realdata/utkface_subset, internal testing only).
+# Every run is scored on the same person-disjoint eval split of the real-face dataset.
+RF := realface_data
+RF_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False
+ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
+realface-data: install
+	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF)
+
+realface-experiments: realface-data demo-data
+	rm -rf model/rf_* output/rf
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_a_real
+	$(PY) train.py $(RF_ARGS) --data_dir $(DEMO)/train --run_dir model/rf_b_demo
+	$(PY) train.py $(RF_ARGS) --data_dir $(DEMO)/train --extra_data $(RF)/train --run_dir model/rf_c_demo_plus_real
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_d_original $(ORIGINAL)
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_e_bounds --age_bounds 29 58
+	@for r in rf_a_real rf_b_demo rf_c_demo_plus_real rf_d_original rf_e_bounds; do \
+	  $(PY) inference.py --data_dir $(RF)/eval --model_dir model/$$r --output_dir output/rf --output_name $$r && \
+	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done

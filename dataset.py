@@ -203,7 +203,6 @@ def build_table(data_dir, age_bounds=OFFICIAL_AGE_BOUNDS, fixes_path=DEFAULT_FIX
                 mask = 3 - mask
             rows.append(dict(path=f.relative_to(data_dir).as_posix(), age_years=p.age_years,
                              gender=p.gender, mask=mask, people_path=p.people_path, id=p.id))
-    log.summary()
     if total and bad / total > max_bad:
         raise UserError(f"{data_dir}: {bad} of {total} images are unreadable ({bad / total:.1%} > "
                         f"--max_bad {max_bad:.1%}); fix or remove them, or raise --max_bad")
@@ -278,6 +277,8 @@ def read_rgb(path):
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         return None
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:].tobytes():
+        return None  # truncated JPEG: libjpeg would fill the missing part with grey and only warn
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 16->8 bit
     if img is None:
         try:  # CMYK and a few exotic JPEGs: PIL converts them
@@ -529,7 +530,9 @@ def main(argv):
     if not data_dir.is_dir():
         raise UserError(f"{data_dir} is not a directory: pass --data_dir or set SM_CHANNEL_TRAIN "
                         "(run 'python synthetic.py' to make the demo dataset)")
-    table = build_table(data_dir, tuple(args.age_bounds), args.fixes, args.max_bad)
+    log = Log()
+    table = build_table(data_dir, tuple(args.age_bounds), args.fixes, args.max_bad, log)
+    log.summary()
     out = Path(args.out) if args.out else data_dir / "perfect_train.csv"
     write_csv_atomic(table[TABLE_COLUMNS], out)
     n_people = table["people_path"].nunique()

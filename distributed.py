@@ -65,6 +65,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def sync_buffers(model):
+    """Rank 0's buffers (BatchNorm running stats) on every rank. DDP broadcasts them before each
+    forward, but each rank's last forward then updates its own copy: without this, ranks would
+    validate slightly different models from the one rank 0 saves."""
+    if dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

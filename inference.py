@@ -177,10 +177,8 @@ def main(argv):
                     help="where the submission goes (env SM_OUTPUT_DATA_DIR)")
     ap.add_argument("--output_name", default="output")
     ap.add_argument("--pth_name", default="best.pth", help="checkpoint file name in each run/fold/task folder")
-    ap.add_argument("--cv", type=lambda v: __import__("utils").str2bool(v), nargs="?", const=True, default=None,
-                    help="average the fold*/ checkpoints (default: detected from the run folder)")
-    ap.add_argument("--multi", type=lambda v: __import__("utils").str2bool(v), nargs="?", const=True, default=None,
-                    help="combine mask/, gender/, age/ models (default: detected)")
+    add_bool(ap, "--cv", None, "average the fold*/ checkpoints (default: detected from the run folder)")
+    add_bool(ap, "--multi", None, "combine mask/, gender/, age/ models (default: detected)")
     add_bool(ap, "--ensemble", False, "combine several runs (--ensemble_model_dir)")
     ap.add_argument("--ensemble_model_dir", nargs="*", default=[], help="run folders to ensemble")
     ap.add_argument("--ensemble_model_name", nargs="*", default=[],

@@ -151,6 +151,7 @@ def load_data(cfg, log):
     if bad / len(ok) > cfg["max_bad"]:
         raise UserError(f"{cfg['data_dir']}: {bad} of {len(ok)} images cannot be decoded; fix them or raise --max_bad")
     table = table[ok].reset_index(drop=True)
+    log.summary()
     mb = sum(c.nbytes for c in caches.values()) / 2**20
     log_main(f"data: {len(table)} images of {table['people_path'].nunique()} people "
              f"({int(table['extra'].sum())} extra images); image cache {mb:.0f} MiB "
@@ -287,7 +288,10 @@ def train_one_epoch(model, loader, ctx, epoch):
         n += len(y)
         preds.append(logits.detach().float().cpu())
         ys.append(y.cpu())
-        bar.set_postfix(loss=f"{total / n:.4f}", lr=f"{ctx['optimizer'].param_groups[0]['lr']:.2e}")
+        if len(preds) % 10 == 1:  # running F1 over the epoch so far, for the bar only
+            run_f1 = unit_metrics(ctx["tasks"], task_probs(torch.cat(preds), ctx["tasks"]), torch.cat(ys).numpy())["f1"]
+        bar.set_postfix(loss=f"{total / n:.4f}", f1=f"{run_f1:.3f}", lr=f"{ctx['optimizer'].param_groups[0]['lr']:.2e}")
+    distributed.sync_buffers(ctx["raw_model"])
     probs = task_probs(torch.cat(preds), ctx["tasks"])
     m = unit_metrics(ctx["tasks"], probs, torch.cat(ys).numpy())
     return {"loss": total / max(n, 1), "f1": m["f1"], "accuracy": m["accuracy"],
@@ -301,7 +305,7 @@ def evaluate(model, loader, ctx):
     model.eval()
     out = []
     for x, y, idx in ctx["bar"](loader, desc="valid"):
-        x = ctx["transform"](x.to(ctx["device"])).contiguous(memory_format=ctx["memory_format"])
+        x = ctx["eval_transform"](x.to(ctx["device"])).contiguous(memory_format=ctx["memory_format"])
         with ctx["autocast"]():
             logits = model(x)
         target = torch.nn.functional.one_hot(y[:, 0].to(ctx["device"]), 18).float()
@@ -346,7 +350,7 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
     bar = (lambda it, desc: __import__("tqdm").tqdm(it, desc=desc, leave=False, file=sys.stderr, disable=None)) \
         if cfg["progress"] and dist.is_main else (lambda it, desc: _Quiet(it))
     ctx = dict(device=dev, tasks=tasks, seed=cfg["seed"], transform=BatchTransform(mean, std, cfg["augment"]),
-               valid_eval=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
+               eval_transform=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
                autocast=(lambda: torch.autocast(dev.type, amp_dtype)) if use_amp else nullcontext,
                loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
                head_weights=dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0), optimizer=optimizer,
@@ -404,8 +408,7 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     for epoch in range(start, cfg["epochs"]):
         t0 = time.time()
         tr = train_one_epoch(model, loader_tr, ctx, epoch)
-        ctx_eval = {**ctx, "transform": ctx["valid_eval"]}
-        va = evaluate(ema.module, loader_va, ctx_eval)
+        va = evaluate(ema.module, loader_va, ctx)
         probs = va.pop("probs")
         improved = va["f1"] > best
         bad_epochs = 0 if improved else bad_epochs + 1

@@ -35,13 +35,13 @@ def test_bad_training_files_are_skipped_with_names_and_counts(data, tmp_path):
     shutil.copy(f[3] / "mask4.jpg", f[3] / "mask4.png")  # extra photo for the same stem
     (f[4] / "selfie.jpg").write_bytes((f[4] / "normal.jpg").read_bytes())  # unknown name
     raw = (f[5] / "mask5.jpg").read_bytes()
-    (f[5] / "mask5.jpg").write_bytes(raw[:200])  # truncated: header fine, decoding fails
+    (f[5] / "mask5.jpg").write_bytes(raw[:len(raw) // 2])  # truncated: header fine, data cut
     p = _train(data, tmp_path, "--max_bad", "0.05", check=True)
     err = p.stderr
     for needle in (f"{f[0].name}/mask1.jpg", f"{f[1].name}/mask2.jpg", f"{f[2].name}: missing mask3",
                    f"{f[3].name}/mask4.png", f"{f[4].name}/selfie.jpg", f"{f[5].name}/mask5.jpg"):
         assert needle in err, needle
-    assert "skipped data (" in err and "unreadable image: 2" in err and "unknown file: 1" in err
+    assert "skipped data (" in err and "unreadable image: 3" in err and "unknown file: 1" in err
 
 
 def test_too_many_bad_images_fail_the_run(data, tmp_path):

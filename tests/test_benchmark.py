@@ -1,0 +1,17 @@
+"""benchmark.py is a tool, not a timed test: it runs on a tiny input and writes its JSON."""
+import json
+
+from conftest import REPO, run
+
+
+def test_benchmark_runs_on_a_tiny_input(tiny_root, tmp_path):
+    out = tmp_path / "bench.json"
+    p = run("benchmark.py", "--data_dir", tiny_root, "--model", "test_efficientnet", "--img_size", "32", "32",
+            "--batch_size", "8", "--train_images", "32", "--eval_images", "16", "--face_images", "4", "--workers", "0",
+            "--cache_dir", tmp_path / "cache", "--out", out)
+    r = json.loads(out.read_text())
+    for k in ("train_model_only", "train_toolkit", "train_plain", "infer_model_only", "infer_toolkit",
+              "cv5_tta_toolkit_s", "cv5_tta_redecode_s", "face_batched", "face_plain", "peak_rss_mib"):
+        assert r[k] > 0, k
+    assert "train toolkit / model only (target >= 0.90)" in r["ratios"]
+    assert "| train: toolkit end to end" in p.stdout

@@ -1,0 +1,31 @@
+"""Masked faces from real photos: build a small dataset, crop faces, train briefly, evaluate."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import SHARED, TINY, run
+from model import load_checkpoint
+
+UTK = SHARED / "utkface_subset"
+
+
+@pytest.mark.skipif(not UTK.is_dir(), reason="../shared/realdata/utkface_subset is absent")
+def test_real_face_dataset_end_to_end(tmp_path):
+    root = tmp_path / "rf"
+    p = run("synthetic.py", "--faces", UTK, "--out", root, "--limit", "24", "--seed", "1")
+    assert "people written" in p.stderr
+    train = pd.read_csv(root / "train" / "train.csv", dtype={"id": str})
+    assert train["age"].between(18, 60).all() and set(train["gender"]) <= {"male", "female"}
+    for folder in train["path"]:
+        names = sorted(f.name for f in (root / "train" / "images" / folder).iterdir())
+        assert names == sorted([f"mask{i}.jpg" for i in range(1, 6)] + ["incorrect_mask.jpg", "normal.jpg"])
+    # MTCNN finds the real faces again in the composed photos (masked ones included)
+    out = run("face_image.py", "--data_dir", root).stdout.strip().splitlines()[-1]
+    n, found = int(out.split()[0]), int(out.split(", ")[1].split()[0])
+    assert found / n >= 0.8, out
+    run("train.py", "--data_dir", root / "train", "--model_dir", tmp_path / "m", *TINY, "--run_dir", tmp_path / "m" / "r")
+    assert load_checkpoint(tmp_path / "m" / "r" / "best.pth")["meta"]["crop"] == "none"  # trained on faces/
+    run("inference.py", "--data_dir", root / "eval", "--model_dir", tmp_path / "m" / "r", "--output_dir", tmp_path / "o")
+    r = json.loads(run("evaluation.py", "--gt_dir", root / "eval", "--output_dir", tmp_path / "o").stdout.splitlines()[0])
+    assert r["n"] == len(pd.read_csv(root / "eval" / "gt.csv")) and 0 <= r["f1"] <= 1
