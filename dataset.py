@@ -229,7 +229,12 @@ def holdout_split(people, val_ratio=0.2, seed=42):
     """-> (train_people, valid_people): lists of people_path, stratified on sub_label."""
     from sklearn.model_selection import train_test_split
     y = people["sub_label"].to_numpy()
-    strat = y if _can_stratify(y, 2) else None
+    n_valid = math.ceil(len(y) * val_ratio)
+    # stratify when every class can give a person to each side; tiny datasets fall back to random
+    fits = n_valid >= len(set(y)) and len(y) - n_valid >= len(set(y))
+    strat = y if fits and _can_stratify(y, 2) else None
+    if n_valid < 1 or n_valid >= len(y):
+        raise UserError(f"{len(y)} people cannot be split with --val_ratio {val_ratio}")
     tr, va = train_test_split(people["people_path"].to_numpy(), test_size=val_ratio, random_state=seed,
                               stratify=strat)
     return sorted(tr), sorted(va)
@@ -340,13 +345,13 @@ def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, c
 class ImageCache:
     """uint8 (N, H, W, 3) memory-mapped file of every image, decoded and resized once.
 
-    Shared by loader workers, folds and runs; the key covers the files' paths, sizes and mtimes,
-    the size and the crop, so any change rebuilds it.
+    Shared by loader workers, folds, runs and inference; the key covers the files' paths, sizes and
+    mtimes, the size and the crop, so any change rebuilds it. Build with `cached_images`.
     """
 
     VERSION = 1
 
-    def __init__(self, paths, size, crop, cache_dir, log=None):
+    def __init__(self, paths, size, crop, cache_dir):
         self.paths = [Path(p) for p in paths]
         self.size, self.crop = tuple(size), crop
         h = hashlib.sha1(f"{self.VERSION}|{self.size}|{crop}".encode())
@@ -359,22 +364,22 @@ class ImageCache:
         self.meta = cache_dir / f"images-{self.key}.json"
         self.shape = (len(self.paths), self.size[0], self.size[1], 3)
         self._arr = None
-        if not (self.file.exists() and self.meta.exists()):
-            self._build(log)
-        self.ok = np.array(json.loads(self.meta.read_text())["ok"], bool)
+
+    def exists(self):
+        return self.file.exists() and self.meta.exists()
+
+    @property
+    def ok(self):
+        return np.array(json.loads(self.meta.read_text())["ok"], bool)
 
     @property
     def nbytes(self):
         return int(np.prod(self.shape))
 
-    def _build(self, log):
-        arrays, ok = decode_many(self.paths, [(self.size, self.crop)], desc="caching images")
-        for p, good in zip(self.paths, ok):
-            if not good and log:
-                log.warn("unreadable image", f"{p}: cannot be decoded, skipped")
+    def write(self, arr, ok):
         with atomic_path(self.file) as tmp:
-            arrays[(self.size, self.crop)].tofile(tmp)
-        with atomic_path(self.meta) as tmp:
+            arr.tofile(tmp)
+        with atomic_path(self.meta) as tmp:  # written last: its presence means the data is complete
             Path(tmp).write_text(json.dumps({"ok": ok.tolist(), "shape": self.shape}))
 
     @property
@@ -386,6 +391,21 @@ class ImageCache:
 
     def __getstate__(self):
         return {**self.__dict__, "_arr": None}
+
+
+def cached_images(paths, keys, cache_dir, log=None, desc="caching images"):
+    """{(size, crop): ImageCache} over the same files; every key not cached yet is built from one
+    decoding pass. Undecodable files are named in `log` and marked in each cache's `ok`."""
+    caches = {k: ImageCache(paths, k[0], k[1], cache_dir) for k in keys}
+    missing = [k for k, c in caches.items() if not c.exists()]
+    if missing:
+        arrays, ok = decode_many(paths, missing, desc=desc)
+        for p, good in zip(paths, ok):
+            if not good and log:
+                log.warn("unreadable image", f"{p}: cannot be decoded, skipped")
+        for k in missing:
+            caches[k].write(arrays[k], ok)
+    return caches
 
 
 class BatchDataset(torch.utils.data.Dataset):

@@ -186,6 +186,8 @@ def main(argv):
     ap.add_argument("--detect_size", type=int, default=DETECT_SIZE, help="longest side seen by MTCNN (0: full)")
     ap.add_argument("--margin", type=float, nargs=3, default=list(DEFAULT_MARGIN), metavar=("TOP", "SIDES", "BOTTOM"),
                     help="crop margins as fractions of the face box width")
+    ap.add_argument("--thresholds", type=float, nargs=3, default=[0.6, 0.7, 0.7], metavar=("P", "R", "O"),
+                    help="MTCNN stage thresholds; lower finds more masked faces and more false ones")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--workers", type=int, default=None, help="decoding threads")
     args = ap.parse_args(argv)
@@ -198,7 +200,7 @@ def main(argv):
     if not splits:
         raise UserError(f"no images/ folder found under {args.data_dir or 'demo_data'}: pass --data_dir ROOT "
                         "holding train/images and eval/images (python synthetic.py makes a demo one)")
-    det = FaceDetector(args.device, args.detect_size or None)
+    det = FaceDetector(args.device, args.detect_size or None, thresholds=tuple(args.thresholds))
     tot = [0, 0, 0, 0]
     for s in splits:
         r = crop_split(s, det, args.batch_size, tuple(args.margin), args.workers)

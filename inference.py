@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataset import BatchTransform, decode_many, read_eval
+from dataset import BatchTransform, cached_images, decode_many, read_eval
 from model import combine_probs, model_from_checkpoint, task_probs
 from utils import UserError, add_bool, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
 
@@ -47,15 +47,18 @@ def view(x, name):
 
 
 @torch.no_grad()
-def predict_probs(model, meta, images, tta="none", batch_size=64, device="cpu"):
+def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", channels_last=True):
     """The one prediction path: (model, uint8 images (N, H, W, 3)) -> {task: (N, K) probabilities},
     averaged over the TTA views."""
     transform = BatchTransform(meta["mean"], meta["std"], "none")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     dev = torch.device(device)
     amp = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else nullcontext()
     out = {}
     for i in range(0, len(images), batch_size):
         x = transform(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).to(dev))
+        x = x.contiguous(memory_format=fmt)
         acc = None
         for v in TTA_VIEWS[tta]:
             with amp:
@@ -103,33 +106,38 @@ def _group(d, pth_name, multi):
     return [d / pth_name] if (d / pth_name).is_file() else []
 
 
-def load_eval_images(eval_dir, info, metas, source):
-    """Decode every eval image once into each (size, crop) that the models need."""
+def load_eval_images(eval_dir, metas, source, cache_dir):
+    """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 array}.
+    File crops go through the shared decode-once cache (later runs on the same eval set skip decoding);
+    models trained on faces/ without an eval faces/ get MTCNN + the shared crop on the fly."""
     eval_dir = Path(eval_dir)
     has_faces = (eval_dir / "faces").is_dir() and source != "images"
     if source == "faces" and not has_faces:
         raise UserError(f"{eval_dir / 'faces'} not found: run python face_image.py on the eval dir, or use --source auto")
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     face_keys = {k for k in keys if k[1] == "none"}
-    arrays, ok_all = {}, None
+    arrays, checks = {}, []
     if face_keys and has_faces:
         _, paths = read_eval(eval_dir, "faces")
-        a, ok = decode_many(paths, face_keys, desc="decoding faces")
-        arrays.update(a)
-        ok_all = ok
+        caches = cached_images(paths, face_keys, cache_dir, desc="decoding faces")
+        arrays.update({k: c.array for k, c in caches.items()})
+        checks += [(paths, c.ok) for c in caches.values()]
     raw_keys = keys - (face_keys if has_faces else set())
     if raw_keys:
         _, paths = read_eval(eval_dir, "images")
-        # models trained on faces/ see the same crop here: MTCNN + the shared crop function
-        keys_raw = {(s, "face" if c == "none" else c) for s, c in raw_keys}
-        face_fn = _face_fn() if any(c == "face" for _, c in keys_raw) else None
-        a, ok = decode_many(paths, keys_raw, desc="decoding images", face_fn=face_fn)
-        arrays.update({(s, "none" if c == "face" else c): v for (s, c), v in a.items()})
-        ok_all = ok if ok_all is None else ok_all & ok
-    if not ok_all.all():
-        bad = paths[int(np.flatnonzero(~ok_all)[0])]
-        raise UserError(f"{bad}: eval image cannot be decoded ({int((~ok_all).sum())} such); a submission must cover "
-                        "every ImageID: replace the file")
+        center = {k for k in raw_keys if k[1] == "center"}
+        caches = cached_images(paths, center, cache_dir, desc="decoding images")
+        arrays.update({k: c.array for k, c in caches.items()})
+        checks += [(paths, c.ok) for c in caches.values()]
+        on_the_fly = {(s, "face") for s, c in raw_keys if c == "none"}
+        if on_the_fly:
+            a, ok = decode_many(paths, on_the_fly, desc="detecting faces", face_fn=_face_fn())
+            arrays.update({(s, "none"): v for (s, _), v in a.items()})
+            checks.append((paths, ok))
+    for paths, ok in checks:
+        if not ok.all():
+            raise UserError(f"{paths[int(np.flatnonzero(~ok)[0])]}: eval image cannot be decoded ({int((~ok).sum())} "
+                            "such); a submission must cover every ImageID: replace the file")
     return arrays
 
 
@@ -188,7 +196,9 @@ def main(argv):
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
-    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
+                    "(default <output_dir>/.cache)")
+    ap.add_argument("--batch_size", type=int, default=32, help="32 is fastest on a 2-core CPU")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -204,7 +214,7 @@ def main(argv):
     info, _ = read_eval(args.data_dir)
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
     metas = [model_from_checkpoint(ck)[1] for gs in run_groups_ for g in gs for ck in g]
-    arrays = load_eval_images(args.data_dir, info, metas, args.source)
+    arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache")
     run_probs = [run_groups(gs, arrays, args.tta, args.batch_size, device) for gs in run_groups_]
     probs, ans = vote(run_probs, weights, args.vote)
     out = Path(args.output_dir)

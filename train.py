@@ -31,6 +31,7 @@ import torch
 
 import distributed
 from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, BatchDataset, BatchTransform, ImageCache, Log,
+                     cached_images,
                      age_class, build_table, encode, holdout_split, kfold_split, make_loader, people_of,
                      task_targets)
 from evaluation import confusion_figure, macro_f1, score
@@ -101,7 +102,7 @@ def build_parser():
     g = ap.add_argument_group("hardware")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(g, "--amp", True, "mixed precision on CUDA (bf16 where supported); no-op on CPU")
-    add_bool(g, "--channels_last", True, "channels_last on CUDA; no-op on CPU")
+    add_bool(g, "--channels_last", True, "channels_last memory format (faster on CUDA and on CPU)")
     add_bool(g, "--compile", False, "torch.compile on CUDA; no-op on CPU")
     g.add_argument("--workers", type=int, default=None, help="loader workers (default 0 on CPU, 4 on CUDA)")
     add_bool(g, "--progress", True, "tqdm bars")
@@ -144,7 +145,8 @@ def load_data(cfg, log):
     cache_dir = Path(cfg["cache_dir"] or Path(cfg["model_dir"]) / ".cache")
     caches = {}
     for crop, part in table.groupby("crop", sort=True):
-        caches[crop] = ImageCache(part["file"].tolist(), cfg["img_size"], crop, cache_dir, log)
+        key = (tuple(cfg["img_size"]), crop)
+        caches[crop] = cached_images(part["file"].tolist(), [key], cache_dir, log)[key]
     images, ok = _join_caches(table, caches)
     table["cache_row"] = np.arange(len(table))
     bad = int((~ok).sum())
@@ -329,7 +331,8 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
     model = create_model(cfg["model"], tasks, cfg["pretrained"], cfg["pretrained_path"], cfg["drop_rate"])
     pcfg = model.pretrained_cfg
     mean, std = list(pcfg.get("mean", (0.485, 0.456, 0.406))), list(pcfg.get("std", (0.229, 0.224, 0.225)))
-    memory_format = torch.channels_last if cfg["channels_last"] and cuda else torch.contiguous_format
+    # channels_last also pays on CPU: measured 1.55x training and 1.6x inference for efficientnet_lite0
+    memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format)
     raw_model = model
     ema = NoEma(raw_model)
