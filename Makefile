@@ -57,6 +57,10 @@ realface-experiments: realface-data demo-data
 	$(PY) train.py $(RF_ARGS) --data_dir $(DEMO)/train --extra_data $(RF)/train --run_dir model/rf_c_demo_plus_real
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_d_original $(ORIGINAL)
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_e_bounds --age_bounds 29 58
-	@for r in rf_a_real rf_b_demo rf_c_demo_plus_real rf_d_original rf_e_bounds; do \
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_f_heads --heads
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_g_strong --augment strong
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_h_cutmix --cutmix 0.5
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --run_dir model/rf_i_weighted --sampler weighted
+	@for r in rf_a_real rf_b_demo rf_c_demo_plus_real rf_d_original rf_e_bounds rf_f_heads rf_g_strong rf_h_cutmix rf_i_weighted; do \
 	  $(PY) inference.py --data_dir $(RF)/eval --model_dir model/$$r --output_dir output/rf --output_name $$r && \
 	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done

@@ -253,14 +253,16 @@ def main(argv):
     ap.add_argument("--face_images", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=1, help="repeat each timing, keep the best")
     ap.add_argument("--skip", nargs="*", default=[], choices=("train", "infer", "faces"))
-    ap.add_argument("--cache_dir", default="bench/.cache", help="decoded-image caches (emptied at the start)")
+    ap.add_argument("--cache_dir", default="bench/.cache", help="where the run's temporary image caches go")
     ap.add_argument("--out", default="bench/benchmark.json")
     args = ap.parse_args(argv)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     root = Path(args.data_dir)
     import shutil
-    shutil.rmtree(args.cache_dir, ignore_errors=True)
-    Path(args.cache_dir).mkdir(parents=True)
+    import tempfile
+    Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    own = tempfile.mkdtemp(prefix="bench-", dir=args.cache_dir)  # cold caches live here; removed at the end
+    args.cache_dir = own
     if not (root / "train" / "train.csv").is_file():
         raise UserError(f"{root}/train/train.csv not found: run python synthetic.py --out {root} first")
     from dataset import Log, build_table
@@ -277,6 +279,7 @@ def main(argv):
         r.update(bench_infer(args, dev, root / "eval", raw, ctx))
     if "faces" not in args.skip:
         r.update(bench_faces(args, dev, args.face_dir or root / "eval" / "images"))
+    shutil.rmtree(own, ignore_errors=True)
     r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = ratios(r)
     write_json_atomic(args.out, r)
