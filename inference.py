@@ -150,13 +150,20 @@ def _face_fn():
     return fn
 
 
-def run_groups(groups, arrays, tta, batch_size, device):
+def load_models(groups, device):
+    """{checkpoint path: (model, meta)}: each checkpoint loaded once, and any that does not load or does
+    not fit its architecture fails here, before any image is decoded."""
+    return {ck: model_from_checkpoint(ck, device) for g in groups for ck in g}
+
+
+def run_groups(groups, arrays, tta, batch_size, device, models=None):
     """Mean over groups of the 18-class distribution of each group."""
+    models = models or load_models(groups, device)
     acc = None
     for group in groups:
         probs = {}
         for ck in group:
-            model, meta = model_from_checkpoint(ck, device)
+            model, meta = models[ck]
             probs.update(predict_probs(model, meta, arrays[(tuple(meta["img_size"]), meta["crop"])], tta,
                                        batch_size, device))
         p18 = combine_probs(probs)
@@ -213,9 +220,10 @@ def main(argv):
         raise UserError(f"--weights has {len(weights)} values for {len(runs)} runs")
     info, _ = read_eval(args.data_dir)
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
-    metas = [model_from_checkpoint(ck)[1] for gs in run_groups_ for g in gs for ck in g]
+    models = load_models([g for gs in run_groups_ for g in gs], device)
+    metas = [meta for _, meta in models.values()]
     arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache")
-    run_probs = [run_groups(gs, arrays, args.tta, args.batch_size, device) for gs in run_groups_]
+    run_probs = [run_groups(gs, arrays, args.tta, args.batch_size, device, models) for gs in run_groups_]
     probs, ans = vote(run_probs, weights, args.vote)
     out = Path(args.output_dir)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -208,5 +207,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "0")
     main()

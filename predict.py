@@ -20,8 +20,7 @@ from PIL import Image, ImageDraw
 
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
 from face_image import FaceDetector, crop_face
-from inference import TTA_VIEWS, find_groups, run_groups
-from model import load_checkpoint
+from inference import TTA_VIEWS, find_groups, load_models, run_groups
 from utils import UserError, atomic_path, cli, write_json_atomic
 
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
@@ -72,7 +71,8 @@ def main(argv):
     args = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     groups = find_groups(args.model_dir, args.pth_name)
-    metas = [load_checkpoint(ck)["meta"] for g in groups for ck in g]
+    models = load_models(groups, device)
+    metas = [meta for _, meta in models.values()]
     files = collect(args.photos)
     det = FaceDetector(device, args.detect_size or None)
     found, crops, unreadable = [], [], []
@@ -91,7 +91,7 @@ def main(argv):
     # every face of every photo in one pass per model; each crop prepared once per input size
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     arrays = {k: np.stack([prepare(c, k[0], "none") for c in crops]) if crops else None for k in keys}
-    probs = run_groups(groups, arrays, args.tta, 64, device) if crops else np.zeros((0, 18))
+    probs = run_groups(groups, arrays, args.tta, 32, device, models) if crops else np.zeros((0, 18))
     out, k = Path(args.out), 0
     n_faces = 0
     for f, img, faces in found:

@@ -61,13 +61,13 @@ def list_faces(faces_dir, faces_csv=None):
     return df.reset_index(drop=True)
 
 
-def _affine(rng, box, jitter=True):
-    """Source face box -> canvas: face about 165 px wide, centred near (192, 215)."""
+def _affine(rng, box):
+    """Source face box -> canvas: face about 165 px wide near (192, 215), with this photo's jitter."""
     x1, y1, x2, y2 = box
-    s = 165 / max(x2 - x1, 1) * (rng.uniform(0.9, 1.1) if jitter else 1)
-    ang = rng.normal(0, 5) if jitter else 0
+    s = 165 / max(x2 - x1, 1) * rng.uniform(0.9, 1.1)
+    ang = rng.normal(0, 5)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    tx, ty = 192 + (rng.normal(0, 8) if jitter else 0), 215 + (rng.normal(0, 8) if jitter else 0)
+    tx, ty = 192 + rng.normal(0, 8), 215 + rng.normal(0, 8)
     m = cv2.getRotationMatrix2D((cx, cy), ang, s)
     m[:, 2] += (tx - cx, ty - cy)
     return m

@@ -141,15 +141,6 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def require_dir(path, what, hint):
-    if not path:
-        raise UserError(f"{what} is not set: {hint}")
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"{what} {p} is not a directory: {hint}")
-    return p
-
-
 def inside(root, rel) -> Path:
     """Resolve `rel` under `root`, refusing paths that escape it (e.g. '../../etc/passwd')."""
     root = Path(root).resolve()
