@@ -300,12 +300,17 @@ def center_region(w, h):
     return (round(x1 * w), round(y1 * h), round(x2 * w), round(y2 * h))
 
 
+def center_crop(img):
+    """The face region of a full head-and-shoulders photo (used when no face box is known)."""
+    x1, y1, x2, y2 = center_region(img.shape[1], img.shape[0])
+    return img[y1:y2, x1:x2]
+
+
 def prepare(img, size, crop):
     """RGB image -> uint8 (H, W, 3) at the model's size. crop: 'center' (face region of a
     full photo), or 'none' (a faces/ crop)."""
     if crop == "center":
-        x1, y1, x2, y2 = center_region(img.shape[1], img.shape[0])
-        img = img[y1:y2, x1:x2]
+        img = center_crop(img)
     h, w = size
     interp = cv2.INTER_AREA if img.shape[0] >= h else cv2.INTER_LINEAR
     return cv2.resize(img, (w, h), interpolation=interp)

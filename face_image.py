@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataset import IMG_EXTS, center_region, read_rgb
+from dataset import IMG_EXTS, center_crop, center_region, read_rgb
 from utils import UserError, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
 
 # margins around the detected box, as fractions of the box width: close to the original's 30 px at the
@@ -156,7 +156,7 @@ def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, worker
             bad += [r for r, im in zip(chunk, imgs) if im is None]
             results = best_boxes(detector, [im for _, im in good]) if good else []
             for (rel, im), (box, score, found) in zip(good, results):
-                write_image(dst / rel, crop_face(im, box, margin) if found else _center(im))
+                write_image(dst / rel, crop_face(im, box, margin) if found else center_crop(im))
                 line = f"{rel},{box[0]:.2f},{box[1]:.2f},{box[2]:.2f},{box[3]:.2f},{score:.5f},{int(found)}"
                 done[rel] = line
                 log.write(line + "\n")
@@ -169,11 +169,6 @@ def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, worker
     partial.unlink()
     found = int((df["detected"] == "1").sum())
     return len(rels), found, len(df) - found, len(bad)
-
-
-def _center(img):
-    x1, y1, x2, y2 = center_region(img.shape[1], img.shape[0])
-    return img[y1:y2, x1:x2]
 
 
 @cli

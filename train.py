@@ -463,8 +463,13 @@ class _Quiet:
         pass
 
 
+def prob_columns(task):
+    """Column names of a task's probabilities in valid_preds.csv and oof.csv: p0..p17, mask0..mask2, ..."""
+    return [f"{'p' if task == 'label' else task}{k}" for k in range(TASKS[task])]
+
+
 def _write_valid_preds(path, rows, probs, tasks):
-    cols = {f"{t}{k}" if t != "label" else f"p{k}": p[:, k].numpy() for t, p in probs.items() for k in range(p.shape[1])}
+    cols = {c: p[:, k].numpy() for t, p in probs.items() for k, c in enumerate(prob_columns(t))}
     df = pd.DataFrame({"path": rows["path"].to_numpy(), "people_path": rows["people_path"].to_numpy(),
                        "label": rows["label_official"].to_numpy(), **cols})
     write_csv_atomic(df, path, float_format="%.6f")
@@ -509,16 +514,14 @@ def merge_cv(run_dir, k=None, quiet_missing=False):
         probs = {}
         for f in frames:
             for t in ("label",) + MULTI_TASKS:
-                cols = [c for c in f.columns if (c.startswith("p") and c[1:].isdigit() if t == "label"
-                                                 else c.startswith(t) and c[len(t):].isdigit())]
-                if cols:
-                    probs[t] = torch.tensor(f[cols].to_numpy())
+                if set(prob_columns(t)) <= set(f.columns):
+                    probs[t] = torch.tensor(f[prob_columns(t)].to_numpy())
         p18 = combine_probs(probs).numpy()
-        parts.append(pd.concat([base.assign(fold=i), pd.DataFrame(p18, columns=[f"p{c}" for c in range(18)])], axis=1))
+        parts.append(pd.concat([base.assign(fold=i), pd.DataFrame(p18, columns=prob_columns("label"))], axis=1))
     oof = pd.concat(parts, ignore_index=True)
     if oof["path"].duplicated().any():
         raise UserError(f"{run_dir}: an image appears in more than one fold's validation set")
-    m = score(oof["label"].to_numpy(), oof[[f"p{c}" for c in range(18)]].to_numpy().argmax(1))
+    m = score(oof["label"].to_numpy(), oof[prob_columns("label")].to_numpy().argmax(1))
     write_csv_atomic(oof, run_dir / "oof.csv", float_format="%.6f")
     write_json_atomic(run_dir / "cv.json", {**m, "n": len(oof), "folds": k})
     log_main(f"CV ({k} folds, {len(oof)} out-of-fold images): macro F1 {m['f1']:.4f} accuracy {m['accuracy']:.4f} "
