@@ -279,11 +279,17 @@ def read_eval(eval_dir, source="images"):
 # --- decoding, cropping, the cache --------------------------------------------------------------
 def read_rgb(path):
     """Decode any JPEG/PNG (grey, CMYK, RGBA, 16-bit, EXIF-rotated) to uint8 RGB; None if unreadable."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
+    return decode_bytes(np.fromfile(str(path), dtype=np.uint8), path)
+
+
+def truncated_jpeg(data):
+    """libjpeg decodes a JPEG that lost its end with the missing part grey and only warns."""
+    return data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:].tobytes()
+
+
+def decode_bytes(data, path):
+    if data.size == 0 or truncated_jpeg(data):
         return None
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:].tobytes():
-        return None  # truncated JPEG: libjpeg would fill the missing part with grey and only warn
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 16->8 bit
     if img is None:
         try:  # CMYK and a few exotic JPEGs: PIL converts them
@@ -293,6 +299,30 @@ def read_rgb(path):
         except Exception:
             return None
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def exif_rotated(data):
+    """True when a JPEG's EXIF orientation asks for a rotation or flip (nvJPEG ignores it; cv2 applies it)."""
+    head = data[:65536].tobytes()
+    i = head.find(b"Exif\x00\x00")
+    if i < 0:
+        return False
+    tiff = head[i + 6:]
+    order = "little" if tiff[:2] == b"II" else "big"
+    try:
+        ifd = int.from_bytes(tiff[4:8], order)
+        for k in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+            e = tiff[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+            if int.from_bytes(e[:2], order) == 0x0112:
+                return int.from_bytes(e[8:10], order) not in (0, 1)
+    except (IndexError, ValueError):
+        return True  # unparsable: let the CPU path decide
+    return False
+
+
+def gpu_decodable(data):
+    """Plain baseline/progressive JPEG that nvJPEG decodes to the same picture as the CPU path."""
+    return data.size > 0 and data[:2].tobytes() == b"\xff\xd8" and not truncated_jpeg(data) and not exif_rotated(data)
 
 
 def center_region(w, h):
@@ -316,35 +346,76 @@ def prepare(img, size, crop):
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, chunk=256):
+def prepare_gpu(img, size, crop):
+    """The GPU twin of `prepare`: (3, H, W) uint8 on the GPU -> (H, W, 3) uint8 at the model's size.
+    Antialiased bilinear stands in for cv2's INTER_AREA when shrinking (tested within a few levels)."""
+    if crop == "center":
+        x1, y1, x2, y2 = center_region(img.shape[2], img.shape[1])
+        img = img[:, y1:y2, x1:x2]
+    out = F.interpolate(img[None].float(), size=tuple(size), mode="bilinear", align_corners=False,
+                        antialias=img.shape[1] >= size[0])
+    return out[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def _decode_chunk_gpu(datas, sizes_crops, device):
+    """One chunk's JPEG bytes -> ({key: uint8 (n, H, W, 3) on the host}, indices decoded). nvJPEG decodes
+    the batch at once; whatever it cannot take (PNG, CMYK, EXIF-rotated, refused) is left to the CPU."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    idx = [j for j, d in enumerate(datas) if gpu_decodable(d)]
+    if not idx:
+        return {}, []
+    try:
+        imgs = decode_jpeg([torch.from_numpy(datas[j]) for j in idx], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # nvJPEG refuses the whole batch when one file is odd: all go to the CPU
+        return {}, []
+    return {k: torch.stack([prepare_gpu(im, k[0], k[1]) for im in imgs]).cpu().numpy() for k in sizes_crops}, idx
+
+
+def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, chunk=256, device="cpu"):
     """Decode each file once and prepare it for every (size, crop) asked: -> ({(size, crop): uint8
     array (N, H, W, 3)}, ok mask). crop 'face' needs face_fn (list of images -> list of face crops,
-    e.g. MTCNN + the shared crop of face_image.py). Threads: cv2 releases the GIL while decoding."""
+    e.g. MTCNN + the shared crop of face_image.py). Threads: cv2 releases the GIL while decoding.
+    device 'cuda': JPEGs are decoded in batches by nvJPEG and resized on the GPU; the rest on the CPU."""
     from tqdm import tqdm
     n = len(paths)
     out = {k: np.zeros((n, k[0][0], k[0][1], 3), np.uint8) for k in sizes_crops}
     ok = np.zeros(n, bool)
     if any(c == "face" for _, c in sizes_crops) and face_fn is None:
         raise ValueError("crop 'face' needs a face_fn")
-    with ThreadPoolExecutor(workers or os.cpu_count()) as ex, \
-            tqdm(total=n, desc=desc, leave=False, disable=True if n < 200 else None, file=sys.stderr) as bar:
-        for start in range(0, n, chunk):
-            idx = range(start, min(n, start + chunk))
-            imgs = list(ex.map(lambda i: read_rgb(paths[i]), idx))
-            good = [j for j, im in enumerate(imgs) if im is not None]
-            faces = dict(zip(good, face_fn([imgs[j] for j in good]))) if face_fn and good else {}
-
-            def work(j):
-                if imgs[j] is None:
-                    return
-                for (size, crop), arr in out.items():
-                    arr[start + j] = prepare(faces[j] if crop == "face" else imgs[j], size,
-                                             "none" if crop == "face" else crop)
-                ok[start + j] = True
-
-            list(ex.map(work, range(len(imgs))))
-            bar.update(len(imgs))
+    gpu = torch.device(device).type == "cuda" and face_fn is None
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # parallel over images, not inside each resize: no oversubscription
+    try:
+        with ThreadPoolExecutor(workers or os.cpu_count()) as ex, \
+                tqdm(total=n, desc=desc, leave=False, disable=True if n < 200 else None, file=sys.stderr) as bar:
+            for start in range(0, n, chunk):
+                datas = list(ex.map(lambda p: np.fromfile(str(p), dtype=np.uint8), paths[start:start + chunk]))
+                done = []
+                if gpu:
+                    arrays, done = _decode_chunk_gpu(datas, sizes_crops, device)
+                    for k, a in arrays.items():
+                        out[k][[start + j for j in done]] = a
+                    ok[[start + j for j in done]] = True
+                rest = sorted(set(range(len(datas))) - set(done))
+                _decode_chunk_cpu(ex, [datas[j] for j in rest], [paths[start + j] for j in rest],
+                                  [start + j for j in rest], out, ok, face_fn)
+                bar.update(len(datas))
+    finally:
+        cv2.setNumThreads(threads)
     return out, ok
+
+
+def _decode_chunk_cpu(ex, datas, paths, rows, out, ok, face_fn):
+    imgs = list(ex.map(decode_bytes, datas, paths))
+    good = [j for j, im in enumerate(imgs) if im is not None]
+    faces = dict(zip(good, face_fn([imgs[j] for j in good]))) if face_fn and good else {}
+
+    def work(j):
+        for (size, crop), arr in out.items():
+            arr[rows[j]] = prepare(faces[j] if crop == "face" else imgs[j], size, "none" if crop == "face" else crop)
+        ok[rows[j]] = True
+
+    list(ex.map(work, good))
 
 
 class ImageCache:
@@ -354,15 +425,15 @@ class ImageCache:
     mtimes, the size and the crop, so any change rebuilds it. Build with `cached_images`.
     """
 
-    VERSION = 1
+    VERSION = 2
 
     def __init__(self, paths, size, crop, cache_dir):
         self.paths = [Path(p) for p in paths]
         self.size, self.crop = tuple(size), crop
         h = hashlib.sha1(f"{self.VERSION}|{self.size}|{crop}".encode())
-        for p in self.paths:
-            st = p.stat()
-            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for p in self.paths:  # one stat per file (resolve() would cost a syscall per path component)
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         self.key = h.hexdigest()[:16]
         cache_dir = Path(cache_dir)
         self.file = cache_dir / f"images-{self.key}.u8"
@@ -398,13 +469,14 @@ class ImageCache:
         return {**self.__dict__, "_arr": None}
 
 
-def cached_images(paths, keys, cache_dir, log=None, desc="caching images"):
+def cached_images(paths, keys, cache_dir, log=None, desc="caching images", device="cpu"):
     """{(size, crop): ImageCache} over the same files; every key not cached yet is built from one
-    decoding pass. Undecodable files are named in `log` and marked in each cache's `ok`."""
+    decoding pass (on `device`: see decode_many). Undecodable files are named in `log` and marked in
+    each cache's `ok`."""
     caches = {k: ImageCache(paths, k[0], k[1], cache_dir) for k in keys}
     missing = [k for k, c in caches.items() if not c.exists()]
     if missing:
-        arrays, ok = decode_many(paths, missing, desc=desc)
+        arrays, ok = decode_many(paths, missing, desc=desc, device=device)
         for p, good in zip(paths, ok):
             if not good and log:
                 log.warn("unreadable image", f"{p}: cannot be decoded, skipped")
@@ -478,6 +550,45 @@ def make_loader(dataset, batch_size, train, seed, weights=None, workers=0, rank=
                                        pin_memory=pin, persistent_workers=workers > 0)
 
 
+def to_device(batches, device):
+    """Yield each batch (a tuple of tensors) on `device`. On CUDA the next batch is copied on a side
+    stream while the current one computes (from pinned memory: asynchronous); elsewhere a plain move."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield from (tuple(t.to(device) for t in b) for b in batches)
+        return
+    stream, main, current = torch.cuda.Stream(device), torch.cuda.current_stream(device), None
+    for b in batches:
+        with torch.cuda.stream(stream):
+            nxt = tuple(t.to(device, non_blocking=True) for t in b)
+        if current is not None:
+            yield current
+        main.wait_stream(stream)
+        for t in nxt:  # the main stream uses memory the side stream allocated
+            t.record_stream(main)
+        current = nxt
+    if current is not None:
+        yield current
+
+
+def pinned_batches(images, batch_size, pin):
+    """uint8 (N, H, W, 3) array (a memmap) -> batches as tensors, each copied once straight into
+    (pinned, when `pin`) memory by a helper thread while the caller computes on the previous one."""
+    def load(i):
+        part = images[i:i + batch_size]
+        out = torch.empty(part.shape, dtype=torch.uint8, pin_memory=pin)
+        out.numpy()[...] = part  # one copy, from the page cache into the buffer the GPU reads
+        return (out,)
+    starts = range(0, len(images), batch_size)
+    with ThreadPoolExecutor(1) as ex:
+        ahead = [ex.submit(load, i) for i in starts[:2]]
+        for k in range(len(starts)):
+            if k + 2 < len(starts):
+                ahead.append(ex.submit(load, starts[k + 2]))
+            yield ahead[k].result()
+            ahead[k] = None
+
+
 # --- batched augmentation on uint8 tensors ------------------------------------------------------
 AUG_PRESETS = {
     "none": dict(),
@@ -503,38 +614,41 @@ class BatchTransform:
         x = x.float()
         if train and self.p:
             x = self._augment(x, generator)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once: a blocking copy per batch would stall the GPU
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def _augment(self, x, g):
         p, b, dev = self.p, x.shape[0], x.device
-
-        def rand(*shape):
-            return torch.rand(*shape, generator=g).to(dev)
-
-        s = p["scale"][0] + (p["scale"][1] - p["scale"][0]) * rand(b)
-        ang = (rand(b) * 2 - 1) * math.radians(p["rotate"])
-        flip = torch.where(rand(b) < p["flip"], -1.0, 1.0)
-        t = (rand(b, 2) * 2 - 1) * p["shift"] * 2
+        # Every random number of the batch in one draw from the CPU generator (the same stream on any
+        # device), sent to the device in one asynchronous copy: no host synchronisation per batch.
+        r = torch.rand(b, 14, generator=g)
+        r = (r.pin_memory() if dev.type == "cuda" else r).to(dev, non_blocking=True)
+        s = p["scale"][0] + (p["scale"][1] - p["scale"][0]) * r[:, 0]
+        ang = (r[:, 1] * 2 - 1) * math.radians(p["rotate"])
+        flip = torch.where(r[:, 2] < p["flip"], -1.0, 1.0)
+        t = (r[:, 3:5] * 2 - 1) * p["shift"] * 2
         cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
         theta = torch.stack([torch.stack([cos * flip, -sin, t[:, 0]], 1),
                              torch.stack([sin * flip, cos, t[:, 1]], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (1 + (rand(b, 1, 1, 1) * 2 - 1) * p["contrast"]) + mean
-        x = x * (1 + (rand(b, 1, 1, 1) * 2 - 1) * p["brightness"])
+        per_sample = r.view(b, 14, 1, 1, 1)
+        x = (x - mean) * (1 + (per_sample[:, 5] * 2 - 1) * p["contrast"]) + mean
+        x = x * (1 + (per_sample[:, 6] * 2 - 1) * p["brightness"])
         if p.get("saturation"):
             grey = x.mean(dim=1, keepdim=True)
-            x = (x - grey) * (1 + (rand(b, 1, 1, 1) * 2 - 1) * p["saturation"]) + grey
-            x = torch.where(rand(b, 1, 1, 1) < p["gray"], grey.expand_as(x), x)
+            x = (x - grey) * (1 + (per_sample[:, 7] * 2 - 1) * p["saturation"]) + grey
+            x = torch.where(per_sample[:, 8] < p["gray"], grey.expand_as(x), x)
         if p.get("erase"):  # one random rectangle per chosen sample, filled with the image mean
             h, w = x.shape[-2:]
-            cy, cx, eh, ew = rand(b) * h, rand(b) * w, (0.1 + 0.2 * rand(b)) * h, (0.1 + 0.2 * rand(b)) * w
+            cy, cx, eh, ew = r[:, 9] * h, r[:, 10] * w, (0.1 + 0.2 * r[:, 11]) * h, (0.1 + 0.2 * r[:, 12]) * w
             yy = torch.arange(h, device=dev).view(1, h, 1)
             xx = torch.arange(w, device=dev).view(1, 1, w)
             box = ((yy - cy.view(-1, 1, 1)).abs() < eh.view(-1, 1, 1) / 2) & \
                   ((xx - cx.view(-1, 1, 1)).abs() < ew.view(-1, 1, 1) / 2)
-            box &= (rand(b) < p["erase"]).view(-1, 1, 1)
+            box &= (r[:, 13] < p["erase"]).view(-1, 1, 1)
             x = torch.where(box.unsqueeze(1), mean, x)
         return x.clamp(0, 255)
 

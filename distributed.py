@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils import UserError
+
 
 @dataclass
 class Dist:
@@ -34,8 +36,14 @@ def setup(device_name="auto") -> Dist:
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda but no CUDA device is visible; use --device cpu")
+        if local >= torch.cuda.device_count():
+            raise UserError(f"process {local} of this machine has no GPU of its own ({torch.cuda.device_count()} "
+                            "visible): use --nproc_per_node at most the number of GPUs, or --device cpu")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
     else:
         device = torch.device(device_name)
     if world > 1 and not dist.is_initialized():
@@ -65,13 +73,52 @@ def broadcast_object(obj):
     return box[0]
 
 
-def sync_buffers(model):
-    """Rank 0's buffers (BatchNorm running stats) on every rank. DDP broadcasts them before each
-    forward, but each rank's last forward then updates its own copy: without this, ranks would
-    validate slightly different models from the one rank 0 saves."""
+def sync_state(model):
+    """Rank 0's parameters and buffers on every rank. DDP broadcasts buffers (BatchNorm running stats)
+    before each forward, but each rank's last forward then updates its own copy, and an EMA copy of the
+    model averages each rank's own buffers: without this, ranks would validate slightly different
+    models from the one rank 0 saves."""
     if dist.is_initialized():
-        for b in model.buffers():
-            dist.broadcast(b, src=0)
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                dist.broadcast(t, src=0)
+
+
+def check_shared_dir(path):
+    """Every rank must see the run folder rank 0 writes (checkpoints, resume and 'finished' markers
+    live there): rank 0 writes a token, every rank reads it, and all stop together when one cannot."""
+    if not dist.is_initialized():
+        return
+    import secrets
+    from pathlib import Path
+    token = broadcast_object(secrets.token_hex(8) if is_main_process() else None)
+    marker = Path(path) / ".ranks-share-this-folder"
+    if is_main_process():
+        marker.write_text(token)
+    barrier()
+    seen = gather_objects(marker.is_file() and marker.read_text() == token)
+    barrier()
+    if is_main_process():
+        marker.unlink(missing_ok=True)
+    if not all(seen):
+        missing = [r for r, ok in enumerate(seen) if not ok]
+        raise UserError(f"{path}: ranks {missing} cannot see the run folder rank 0 writes; torchrun across machines "
+                        "needs --model_dir (or --run_dir) on a filesystem shared by every machine")
+
+
+def rank0_first(fn):
+    """fn() on rank 0 (which builds shared files, such as the image cache), then on the other ranks
+    (which find them built). A UserError on rank 0 stops every rank with the same message."""
+    result, err = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except UserError as e:
+            err = str(e)
+    err = broadcast_object(err)
+    if err:
+        raise UserError(err)
+    return result if is_main_process() else fn()
 
 
 def barrier():

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dataset import BatchTransform, cached_images, decode_many, read_eval
-from model import combine_probs, model_from_checkpoint, task_probs
+import distributed
+from dataset import BatchTransform, cached_images, decode_many, pinned_batches, read_eval, to_device
+from model import choose_precision, combine_probs, model_from_checkpoint, task_probs
 from utils import UserError, add_bool, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
 
 TTA_VIEWS = {
@@ -47,26 +47,27 @@ def view(x, name):
 
 
 @torch.no_grad()
-def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", channels_last=True):
+def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", channels_last=True, amp=True):
     """The one prediction path: (model, uint8 images (N, H, W, 3)) -> {task: (N, K) probabilities},
-    averaged over the TTA views."""
+    averaged over the TTA views. Batches are copied once into pinned memory by a helper thread and
+    sent ahead on a side stream; results stay on the device until the end (one read back), and one
+    autocast region covers the whole pass (its cast weights are reused, not re-cast per batch)."""
+    dev = torch.device(device)
     transform = BatchTransform(meta["mean"], meta["std"], "none")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    dev = torch.device(device)
-    amp = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    views = TTA_VIEWS[tta]
     out = {}
-    for i in range(0, len(images), batch_size):
-        x = transform(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).to(dev))
-        x = x.contiguous(memory_format=fmt)
-        acc = None
-        for v in TTA_VIEWS[tta]:
-            with amp:
+    with choose_precision(dev, amp).autocast():
+        for (x,) in to_device(pinned_batches(images, batch_size, dev.type == "cuda"), dev):
+            x = transform(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)
+            acc = None
+            for v in views:
                 p = task_probs(model(view(x, v)).float(), meta["tasks"])
-            acc = p if acc is None else {t: acc[t] + p[t] for t in p}
-        for t, p in acc.items():
-            out.setdefault(t, []).append((p / len(TTA_VIEWS[tta])).cpu())
-    return {t: torch.cat(v) for t, v in out.items()}
+                acc = p if acc is None else {t: acc[t] + p[t] for t in p}
+            for t, p in acc.items():
+                out.setdefault(t, []).append(p / len(views))
+    return {t: torch.cat(v).cpu() for t, v in out.items()}
 
 
 # --- choosing checkpoints -------------------------------------------------------------------------
@@ -106,10 +107,11 @@ def _group(d, pth_name, multi):
     return [d / pth_name] if (d / pth_name).is_file() else []
 
 
-def load_eval_images(eval_dir, metas, source, cache_dir):
+def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
     """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 array}.
-    File crops go through the shared decode-once cache (later runs on the same eval set skip decoding);
-    models trained on faces/ without an eval faces/ get MTCNN + the shared crop on the fly."""
+    File crops go through the shared decode-once cache (later runs on the same eval set skip decoding;
+    decode_on 'cuda' decodes JPEGs with nvJPEG); models trained on faces/ without an eval faces/ get
+    MTCNN + the shared crop on the fly."""
     eval_dir = Path(eval_dir)
     has_faces = (eval_dir / "faces").is_dir() and source != "images"
     if source == "faces" and not has_faces:
@@ -119,14 +121,14 @@ def load_eval_images(eval_dir, metas, source, cache_dir):
     arrays, checks = {}, []
     if face_keys and has_faces:
         _, paths = read_eval(eval_dir, "faces")
-        caches = cached_images(paths, face_keys, cache_dir, desc="decoding faces")
+        caches = cached_images(paths, face_keys, cache_dir, desc="decoding faces", device=decode_on)
         arrays.update({k: c.array for k, c in caches.items()})
         checks += [(paths, c.ok) for c in caches.values()]
     raw_keys = keys - (face_keys if has_faces else set())
     if raw_keys:
         _, paths = read_eval(eval_dir, "images")
         center = {k for k in raw_keys if k[1] == "center"}
-        caches = cached_images(paths, center, cache_dir, desc="decoding images")
+        caches = cached_images(paths, center, cache_dir, desc="decoding images", device=decode_on)
         arrays.update({k: c.array for k, c in caches.items()})
         checks += [(paths, c.ok) for c in caches.values()]
         on_the_fly = {(s, "face") for s, c in raw_keys if c == "none"}
@@ -156,16 +158,15 @@ def load_models(groups, device):
     return {ck: model_from_checkpoint(ck, device) for g in groups for ck in g}
 
 
-def run_groups(groups, arrays, tta, batch_size, device, models=None):
-    """Mean over groups of the 18-class distribution of each group."""
-    models = models or load_models(groups, device)
+def run_groups(groups, arrays, models, **opts):
+    """Mean over groups of the 18-class distribution of each group. opts: predict_probs's (tta,
+    batch_size, device, amp)."""
     acc = None
     for group in groups:
         probs = {}
         for ck in group:
             model, meta = models[ck]
-            probs.update(predict_probs(model, meta, arrays[(tuple(meta["img_size"]), meta["crop"])], tta,
-                                       batch_size, device))
+            probs.update(predict_probs(model, meta, arrays[(tuple(meta["img_size"]), meta["crop"])], **opts))
         p18 = combine_probs(probs)
         acc = p18 if acc is None else acc + p18
     return (acc / len(groups)).numpy()
@@ -205,10 +206,14 @@ def main(argv):
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
                     "(default <output_dir>/.cache)")
-    ap.add_argument("--batch_size", type=int, default=32, help="32 is fastest on a 2-core CPU")
+    ap.add_argument("--batch_size", type=int, default=None, help="default 32 on CPU (fastest on 2 cores), 256 on CUDA")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_bool(ap, "--amp", True, "bf16 (or fp16 on GPUs before compute capability 8.0) autocast on CUDA; "
+             "False: fp32. No-op on CPU")
+    add_bool(ap, "--gpu_decode", True, "on CUDA, decode JPEGs with nvJPEG; no-op on CPU")
     args = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = distributed.setup(args.device).device
+    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     if args.ensemble:
         if len(args.ensemble_model_dir) < 1:
             raise UserError("--ensemble True needs --ensemble_model_dir RUN [RUN ...]")
@@ -222,8 +227,10 @@ def main(argv):
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
     models = load_models([g for gs in run_groups_ for g in gs], device)
     metas = [meta for _, meta in models.values()]
-    arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache")
-    run_probs = [run_groups(gs, arrays, args.tta, args.batch_size, device, models) for gs in run_groups_]
+    arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
+                              device if args.gpu_decode else "cpu")
+    run_probs = [run_groups(gs, arrays, models, tta=args.tta, batch_size=batch_size, device=device, amp=args.amp)
+                 for gs in run_groups_]
     probs, ans = vote(run_probs, weights, args.vote)
     out = Path(args.output_dir)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})

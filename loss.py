@@ -68,7 +68,11 @@ def create_loss(name, class_counts=None, smoothing=None):
     eps = default_smoothing if smoothing is None else smoothing
     w = class_weights(class_counts) if weighted and class_counts is not None else None
 
+    on_device = {}  # the weights sent once per device: a copy per step would stall the GPU
+
     def loss(logits, target):
-        return fn(logits, target, weight=None if w is None else w.to(logits.device), smoothing=eps)
+        if w is not None and logits.device not in on_device:
+            on_device[logits.device] = w.to(logits.device)
+        return fn(logits, target, weight=on_device.get(logits.device), smoothing=eps)
 
     return loss

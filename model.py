@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +162,37 @@ def model_from_checkpoint(path, device="cpu"):
     return model.to(device).eval(), meta
 
 
+# --- precision ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Precision:
+    """How a device computes: autocast to `dtype` (None: fp32 throughout)."""
+    device_type: str
+    dtype: torch.dtype | None
+
+    def autocast(self):
+        return torch.autocast(self.device_type, self.dtype) if self.dtype is not None else nullcontext()
+
+    @property
+    def needs_scaler(self):  # fp16 gradients underflow without loss scaling; bf16 has fp32's range
+        return self.dtype == torch.float16
+
+    @property
+    def name(self):
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def choose_precision(device, amp=True, capability=None) -> Precision:
+    """The one precision rule, for training and inference: bf16 autocast on GPUs that compute bf16
+    natively (compute capability 8.0 and up: A100, H100, ...), fp16 with a GradScaler on older ones
+    (V100 7.0, T4 7.5: the cards this competition ran on), fp32 on the CPU or with amp off.
+    torch.cuda.is_bf16_supported() is not used: it also answers True where bf16 is only emulated."""
+    device = torch.device(device)
+    if not amp or device.type != "cuda":
+        return Precision(device.type, None)
+    major, _ = capability or torch.cuda.get_device_capability(device)
+    return Precision("cuda", torch.bfloat16 if major >= 8 else torch.float16)
+
+
 # --- turning head logits into probabilities ------------------------------------------------------
 def split_heads(logits, tasks):
     sizes = [TASKS[t] for t in tasks]
@@ -182,13 +216,19 @@ def combine_probs(probs):
     return probs["mask"][:, m] * probs["gender"][:, g] * probs["age"][:, a]
 
 
+@functools.lru_cache(maxsize=None)
+def _task_index(task, device):
+    """Each of the 18 classes' value of one task, on the device (built once: a copy per step would
+    stall the GPU)."""
+    return torch.as_tensor(decode(np.arange(18))[("mask", "gender", "age").index(task)], device=device)
+
+
 def marginal(p18, task):
     """(N, 18) class probabilities -> (N, K) of one task (sum over the others)."""
     if task == "label":
         return p18
-    idx = torch.as_tensor(decode(np.arange(18))[("mask", "gender", "age").index(task)], device=p18.device)
     out = torch.zeros(p18.shape[0], TASKS[task], device=p18.device, dtype=p18.dtype)
-    return out.index_add_(1, idx, p18)
+    return out.index_add_(1, _task_index(task, p18.device), p18)
 
 
 @cli

@@ -91,7 +91,7 @@ def main(argv):
     # every face of every photo in one pass per model; each crop prepared once per input size
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     arrays = {k: np.stack([prepare(c, k[0], "none") for c in crops]) if crops else None for k in keys}
-    probs = run_groups(groups, arrays, args.tta, 32, device, models) if crops else np.zeros((0, 18))
+    probs = run_groups(groups, arrays, models, tta=args.tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
     out, k = Path(args.out), 0
     n_faces = 0
     for f, img, faces in found:

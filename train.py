@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,12 @@ import torch
 
 import distributed
 from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, BatchDataset, BatchTransform, ImageCache, Log,
-                     cached_images,
-                     age_class, build_table, encode, holdout_split, kfold_split, make_loader, people_of,
-                     task_targets)
+                     age_class, build_table, cached_images, encode, holdout_split, kfold_split, make_loader, people_of,
+                     task_targets, to_device)
 from evaluation import confusion_figure, macro_f1, score
 from loss import LOSSES, create_loss
-from model import (combine_probs, create_model, load_checkpoint, marginal, save_checkpoint, split_heads,
-                   task_probs)
+from model import (Precision, choose_precision, combine_probs, create_model, load_checkpoint, marginal,
+                   save_checkpoint, split_heads, task_probs)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from utils import (UserError, add_bool, cli, env_default, increment_dir, load_dotenv_once, seed_everything,
                    write_csv_atomic, write_json_atomic)
@@ -105,6 +103,7 @@ def build_parser():
     add_bool(g, "--channels_last", True, "channels_last memory format (faster on CUDA and on CPU)")
     add_bool(g, "--compile", False, "torch.compile on CUDA; no-op on CPU")
     g.add_argument("--workers", type=int, default=None, help="loader workers (default 0 on CPU, 4 on CUDA)")
+    add_bool(g, "--gpu_decode", True, "on CUDA, decode JPEGs for the image cache with nvJPEG; no-op on CPU")
     add_bool(g, "--progress", True, "tqdm bars")
     return ap
 
@@ -143,10 +142,13 @@ def load_data(cfg, log):
     # labels for training use the training bounds; validation is always scored with the official ones
     table["label_official"] = encode(table["mask"], table["gender"], age_class(table["age_years"]))
     cache_dir = Path(cfg["cache_dir"] or Path(cfg["model_dir"]) / ".cache")
-    caches = {}
-    for crop, part in table.groupby("crop", sort=True):
-        key = (tuple(cfg["img_size"]), crop)
-        caches[crop] = cached_images(part["file"].tolist(), [key], cache_dir, log)[key]
+    decode_on = cfg["device_name"] if cfg["gpu_decode"] else "cpu"
+
+    def build():  # rank 0 decodes every image once; the other ranks then map the files it wrote
+        return {crop: cached_images(part["file"].tolist(), [(tuple(cfg["img_size"]), crop)], cache_dir, log,
+                                    device=decode_on)[(tuple(cfg["img_size"]), crop)]
+                for crop, part in table.groupby("crop", sort=True)}
+    caches = distributed.rank0_first(build)
     images, ok = _join_caches(table, caches)
     table["cache_row"] = np.arange(len(table))
     bad = int((~ok).sum())
@@ -231,9 +233,77 @@ def make_mixer(cfg):
     return lambda x, y: mix(x, y) if len(x) % 2 == 0 else one_hot(x, y)  # timm needs an even batch
 
 
+class ClipGrad:
+    """--clip_grad N: unscale (fp16) and clip the gradients' global norm before the step."""
+
+    def __init__(self, max_norm):
+        self.max_norm = max_norm
+
+    def __call__(self, scaler, optimizer, params):
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True)
+
+
+def no_clip(scaler, optimizer, params):
+    """Clipping off: no norm is computed at all."""
+
+
+class Bar:
+    """tqdm over a loop, with running figures every `every` steps (each costs one host sync)."""
+
+    def __init__(self, every=20):
+        self.every = every
+
+    def wrap(self, it, desc, total):
+        from tqdm import tqdm
+        self.bar = tqdm(it, desc=desc, total=total, leave=False, file=sys.stderr, disable=None)
+        return self.bar
+
+    def report(self, step, figures):
+        if step % self.every == 0:
+            self.bar.set_postfix(**figures())
+
+
+class NoBar:
+    """--progress False, and every rank but 0: the loop runs with no bar and no running figures."""
+
+    def wrap(self, it, desc, total):
+        return it
+
+    def report(self, step, figures):
+        pass
+
+
 class NullWriter:
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+@dataclass
+class Loop:
+    """What train_one_epoch and evaluate share for one unit; built by build_training."""
+    device: torch.device
+    tasks: tuple
+    seed: int
+    rank: int
+    transform: BatchTransform
+    eval_transform: BatchTransform
+    mixer: object
+    memory_format: torch.memory_format
+    precision: Precision
+    loss_fns: dict
+    head_weights: dict
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: object
+    ema: object
+    raw_model: torch.nn.Module
+    clip: object
+    bar: object
+    mean: list
+    std: list
+    out: Path = Path(".")
+    valid_labels: np.ndarray | None = None
 
 
 def log_main(*a):
@@ -258,83 +328,101 @@ def heads_loss(logits, target18, tasks, loss_fns, weights):
     return sum(weights[t] * loss_fns[t](heads[t], marginal(target18, t)) for t in tasks)
 
 
+def epoch_seed(seed, epoch, rank):
+    """Augmentation, dropout and MixUp draws: the same after a resume, different on each rank."""
+    return seed * 1000 + epoch + 1_000_003 * rank
+
+
 # --- the loop ------------------------------------------------------------------------------------
-def train_one_epoch(model, loader, ctx, epoch):
-    """One pass over the training loader; -> metrics dict over all of the epoch's predictions."""
+def train_one_epoch(model, loader, loop, epoch):
+    """One pass over the training loader; -> metrics dict over all of the epoch's predictions.
+    Nothing is read back from the device until the epoch ends (the progress bar, when shown, every
+    few steps), so the host queues work ahead of the GPU."""
     model.train()
     loader.sampler.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(ctx["seed"] * 1000 + epoch)
-    seed_everything(ctx["seed"] * 1000 + epoch)  # dropout and MixUp: same stream after a resume
-    total, n, preds, ys = 0.0, 0, [], []
-    bar = ctx["bar"](loader, desc=f"epoch {epoch + 1} train")
-    for x, y, _ in bar:
-        x = x.to(ctx["device"], non_blocking=True)
-        y = y[:, 0].to(ctx["device"], non_blocking=True)
-        x = ctx["transform"](x, train=True, generator=gen).contiguous(memory_format=ctx["memory_format"])
-        x, target = ctx["mixer"](x, y)
-        with ctx["autocast"]():
+    seed = epoch_seed(loop.seed, epoch, loop.rank)
+    gen = torch.Generator().manual_seed(seed)
+    seed_everything(seed)
+    total = torch.zeros((), device=loop.device)
+    finite = torch.ones((), dtype=torch.bool, device=loop.device)
+    logits_all, ys = [], []
+    for step, (x, y, _) in enumerate(loop.bar.wrap(to_device(loader, loop.device), f"epoch {epoch + 1} train",
+                                                   len(loader))):
+        y = y[:, 0]
+        x = loop.transform(x, train=True, generator=gen).contiguous(memory_format=loop.memory_format)
+        x, target = loop.mixer(x, y)
+        with loop.precision.autocast():
             logits = model(x)
-            loss = heads_loss(logits, target, ctx["tasks"], ctx["loss_fns"], ctx["head_weights"])
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; the last good checkpoint is "
-                            f"{ctx['out'] / 'last.pth'}; lower --lr or enable --clip_grad")
-        ctx["optimizer"].zero_grad(set_to_none=True)
-        ctx["scaler"].scale(loss).backward()
-        ctx["scaler"].unscale_(ctx["optimizer"])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx["clip_grad"] or math.inf)
-        ctx["scaler"].step(ctx["optimizer"])
-        ctx["scaler"].update()
-        ctx["schedule"].step()
-        ctx["ema"].update(ctx["raw_model"])
-        total += loss.item() * len(y)
-        n += len(y)
-        preds.append(logits.detach().float().cpu())
-        ys.append(y.cpu())
-        if len(preds) % 10 == 1:  # running F1 over the epoch so far, for the bar only
-            run_f1 = unit_metrics(ctx["tasks"], task_probs(torch.cat(preds), ctx["tasks"]), torch.cat(ys).numpy())["f1"]
-        bar.set_postfix(loss=f"{total / n:.4f}", f1=f"{run_f1:.3f}", lr=f"{ctx['optimizer'].param_groups[0]['lr']:.2e}")
-    distributed.sync_buffers(ctx["raw_model"])
-    probs = task_probs(torch.cat(preds), ctx["tasks"])
-    m = unit_metrics(ctx["tasks"], probs, torch.cat(ys).numpy())
-    return {"loss": total / max(n, 1), "f1": m["f1"], "accuracy": m["accuracy"],
-            "lr": ctx["optimizer"].param_groups[0]["lr"]}
+            loss = heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        loop.clip(loop.scaler, loop.optimizer, model.parameters())
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.schedule.step()
+        loop.ema.update(loop.raw_model)
+        loss = loss.detach()
+        finite &= torch.isfinite(loss)
+        total += loss * len(y)
+        logits_all.append(logits.detach())
+        ys.append(y)
+        loop.bar.report(step, lambda: _running_figures(loop, total, logits_all, ys))
+    distributed.sync_state(loop.raw_model)
+    distributed.sync_state(loop.ema.module)
+    if not finite.item():
+        last = loop.out / "last.pth"
+        where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+        raise UserError(f"loss became nan or inf in epoch {epoch + 1}; {where}; lower --lr or enable --clip_grad")
+    logits, y = torch.cat(logits_all).float().cpu(), torch.cat(ys).cpu()
+    m = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())
+    return {"loss": float(total) / max(len(y), 1), "f1": m["f1"], "accuracy": m["accuracy"],
+            "lr": loop.optimizer.param_groups[0]["lr"]}
+
+
+def _running_figures(loop, total, logits_all, ys):
+    """The bar's figures over the epoch so far (reads the device: only called every few steps)."""
+    logits, y = torch.cat(logits_all).float().cpu(), torch.cat(ys).cpu()
+    f1 = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())["f1"]
+    return dict(loss=f"{float(total) / len(y):.4f}", f1=f"{f1:.3f}", lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
 
 
 @torch.no_grad()
-def evaluate(model, loader, ctx):
+def evaluate(model, loader, loop):
     """Validation over every sample exactly once (gathered from all ranks); -> metrics dict plus
-    'probs' {task: (N, K)} in dataset order."""
+    'probs' {task: (N, K)} in dataset order. Read back from the device once, at the end."""
     model.eval()
-    out = []
-    for x, y, idx in ctx["bar"](loader, desc="valid"):
-        x = ctx["eval_transform"](x.to(ctx["device"])).contiguous(memory_format=ctx["memory_format"])
-        with ctx["autocast"]():
-            logits = model(x)
-        target = torch.nn.functional.one_hot(y[:, 0].to(ctx["device"]), 18).float()
-        loss = heads_loss(logits, target, ctx["tasks"], ctx["loss_fns"], ctx["head_weights"])
-        out.append((idx, logits.float().cpu(), loss.item() * len(idx)))
-    parts = [p for rank_parts in distributed.gather_objects(out) for p in rank_parts]
+    idx_all, logits_all = [], []
+    loss_sum = torch.zeros((), device=loop.device)
+    for x, y, idx in loop.bar.wrap(to_device(loader, loop.device), "valid", len(loader)):
+        x = loop.eval_transform(x).contiguous(memory_format=loop.memory_format)
+        with loop.precision.autocast():
+            logits = model(x).float()
+        target = torch.nn.functional.one_hot(y[:, 0], 18).float()
+        loss_sum += heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights) * len(idx)
+        idx_all.append(idx)
+        logits_all.append(logits)
+    width = sum(TASKS[t] for t in loop.tasks)
+    mine = (torch.cat(idx_all).cpu() if idx_all else torch.zeros(0, dtype=torch.long),
+            torch.cat(logits_all).cpu() if logits_all else torch.zeros(0, width), float(loss_sum))
+    parts = distributed.gather_objects(mine)
     idx = torch.cat([p[0] for p in parts])
     logits = torch.cat([p[1] for p in parts])[idx.argsort()]
-    n = len(idx)
-    probs = task_probs(logits, ctx["tasks"])
-    m = unit_metrics(ctx["tasks"], probs, ctx["valid_labels"])
-    return {**m, "loss": sum(p[2] for p in parts) / max(n, 1), "n": n, "probs": probs}
+    probs = task_probs(logits, loop.tasks)
+    m = unit_metrics(loop.tasks, probs, loop.valid_labels)
+    return {**m, "loss": sum(p[2] for p in parts) / max(len(idx), 1), "n": len(idx), "probs": probs}
 
 
 def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
-    """Model, optimizer, schedule, scaler, EMA, losses and the loop's context for one unit.
-    -> (model as trained: compiled/DDP-wrapped, raw model, ctx). Also used by benchmark.py."""
+    """Model, optimizer, schedule, scaler, EMA, losses and the loop's state for one unit.
+    -> (model as trained: DDP-wrapped and/or compiled, raw model, Loop). Also used by benchmark.py."""
     dev = dist.device
-    cuda = dev.type == "cuda"
     seed_everything(cfg["seed"])
     model = create_model(cfg["model"], tasks, cfg["pretrained"], cfg["pretrained_path"], cfg["drop_rate"])
     pcfg = model.pretrained_cfg
     mean, std = list(pcfg.get("mean", (0.485, 0.456, 0.406))), list(pcfg.get("std", (0.229, 0.224, 0.225)))
     # channels_last also pays on CPU: measured 1.55x training and 1.6x inference for efficientnet_lite0
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    model = model.to(dev, memory_format=memory_format)
-    raw_model = model
+    raw_model = model = model.to(dev, memory_format=memory_format)
     ema = NoEma(raw_model)
     if cfg["ema"] > 0:
         from timm.utils import ModelEmaV3
@@ -342,24 +430,52 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
     optimizer = create_optimizer(cfg["optimizer"], raw_model, cfg["lr"], cfg["weight_decay"])
     schedule = create_scheduler(cfg["scheduler"], optimizer, cfg["lr"], cfg["epochs"], steps_per_epoch,
                                 cfg["warmup_epochs"])
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = cfg["amp"] and cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    if cfg["compile"] and cuda:
-        model = torch.compile(model)
+    precision = choose_precision(dev, cfg["amp"])
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision.needs_scaler)
     if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if cfg["compile"] and dev.type == "cuda":
+        model = torch.compile(model)  # after DDP, as PyTorch documents: DDP's buckets guide the graph breaks
     counts = {t: np.bincount(task_targets(train_labels, [t])[:, 0], minlength=TASKS[t]) for t in tasks}
-    bar = (lambda it, desc: __import__("tqdm").tqdm(it, desc=desc, leave=False, file=sys.stderr, disable=None)) \
-        if cfg["progress"] and dist.is_main else (lambda it, desc: _Quiet(it))
-    ctx = dict(device=dev, tasks=tasks, seed=cfg["seed"], transform=BatchTransform(mean, std, cfg["augment"]),
-               eval_transform=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
-               autocast=(lambda: torch.autocast(dev.type, amp_dtype)) if use_amp else nullcontext,
-               loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
-               head_weights=dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0), optimizer=optimizer,
-               scaler=scaler, schedule=schedule, ema=ema, raw_model=raw_model, clip_grad=cfg["clip_grad"], bar=bar,
-               mean=mean, std=std, out=Path(cfg.get("run_dir") or "."))
-    return model, raw_model, ctx
+    loop = Loop(device=dev, tasks=tasks, seed=cfg["seed"], rank=dist.rank, transform=BatchTransform(mean, std, cfg["augment"]),
+                eval_transform=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
+                precision=precision, loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
+                head_weights=dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0), optimizer=optimizer,
+                scaler=scaler, schedule=schedule, ema=ema, raw_model=raw_model,
+                clip=ClipGrad(cfg["clip_grad"]) if cfg["clip_grad"] > 0 else no_clip,
+                bar=Bar() if cfg["progress"] and dist.is_main else NoBar(), mean=mean, std=std,
+                out=Path(cfg.get("run_dir") or "."))
+    return model, raw_model, loop
+
+
+def make_loaders(cfg, table, images, tr_rows, va_rows, dist):
+    cache_rows = table["cache_row"].to_numpy()
+    train_labels = table["label"].to_numpy()[tr_rows]
+    ds_tr = BatchDataset(images, cache_rows[tr_rows], task_targets(train_labels, ["label"]))
+    ds_va = BatchDataset(images, cache_rows[va_rows], task_targets(table["label"].to_numpy()[va_rows], ["label"]))
+    cuda = dist.device.type == "cuda"
+    workers = cfg["workers"] if cfg["workers"] is not None else (4 if cuda else 0)
+    weights = None
+    if cfg["sampler"] == "weighted":
+        weights = 1.0 / np.bincount(train_labels, minlength=18)[train_labels]
+    loader_tr = make_loader(ds_tr, cfg["batch_size"], True, cfg["seed"], weights, workers, dist.rank, dist.world, cuda)
+    loader_va = make_loader(ds_va, cfg["valid_batch_size"], False, cfg["seed"], None, workers, dist.rank, dist.world,
+                            cuda)
+    return loader_tr, loader_va, train_labels
+
+
+def resume_state(out, loop, unit):
+    """-> (start epoch, best F1, bad epochs, history), from last.pth when rank 0 finds one."""
+    if not distributed.broadcast_object((out / "last.pth").is_file()):
+        return 0, -1.0, 0, []
+    ck = load_checkpoint(out / "last.pth")
+    loop.raw_model.load_state_dict(ck["model"])
+    loop.optimizer.load_state_dict(ck["optimizer"])
+    loop.schedule.load_state_dict(ck["schedule"])
+    loop.scaler.load_state_dict(ck["scaler"])
+    loop.ema.load_state_dict(ck["ema"])
+    log_main(f"[{unit['subdir'] or 'run'}] resuming after epoch {ck['epoch'] + 1} (best F1 {ck['best_f1']:.4f})")
+    return ck["epoch"] + 1, ck["best_f1"], ck["bad_epochs"], ck["history"]
 
 
 def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
@@ -369,80 +485,48 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     va_rows = np.flatnonzero(table["people_path"].isin(set(valid_people)))
     if len(tr_rows) == 0 or len(va_rows) == 0:
         raise UserError("a split has no images; use more people or a smaller --k_folds / --val_ratio")
-    cache_rows = table["cache_row"].to_numpy()
-    train_labels = table["label"].to_numpy()[tr_rows]
-    ds_tr = BatchDataset(images, cache_rows[tr_rows], task_targets(train_labels, ["label"]))
-    ds_va = BatchDataset(images, cache_rows[va_rows], task_targets(table["label"].to_numpy()[va_rows], ["label"]))
-    dev = dist.device
-    cuda = dev.type == "cuda"
-    workers = cfg["workers"] if cfg["workers"] is not None else (4 if cuda else 0)
-    weights = None
-    if cfg["sampler"] == "weighted":
-        counts = np.bincount(train_labels, minlength=18)
-        weights = 1.0 / counts[train_labels]
-    loader_tr = make_loader(ds_tr, cfg["batch_size"], True, cfg["seed"], weights, workers, dist.rank, dist.world, cuda)
-    loader_va = make_loader(ds_va, cfg["valid_batch_size"], False, cfg["seed"], None, workers, dist.rank, dist.world,
-                            cuda)
-
-    model, raw_model, ctx = build_training(cfg, tasks, train_labels, len(loader_tr), dist)
-    optimizer, schedule, scaler, ema = ctx["optimizer"], ctx["schedule"], ctx["scaler"], ctx["ema"]
-    meta = dict(arch=cfg["model"], tasks=list(tasks), img_size=list(cfg["img_size"]), mean=ctx["mean"],
-                std=ctx["std"], crop=table["crop"].iloc[va_rows[0]], age_bounds=list(cfg["age_bounds"]), config=cfg,
+    loader_tr, loader_va, train_labels = make_loaders(cfg, table, images, tr_rows, va_rows, dist)
+    model, raw_model, loop = build_training(cfg, tasks, train_labels, len(loader_tr), dist)
+    meta = dict(arch=cfg["model"], tasks=list(tasks), img_size=list(cfg["img_size"]), mean=loop.mean,
+                std=loop.std, crop=table["crop"].iloc[va_rows[0]], age_bounds=list(cfg["age_bounds"]), config=cfg,
                 valid_people=len(valid_people), train_people=len(train_people))
-    ctx.update(out=out, valid_labels=table["label_official"].to_numpy()[va_rows])
+    loop.out, loop.valid_labels = out, table["label_official"].to_numpy()[va_rows]
     writer = NullWriter()
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"))
-
-    start, best, bad_epochs, history = 0, -1.0, 0, []
-    if (out / "last.pth").is_file():  # resume: same weights, optimizer, schedule and epoch
-        ck = load_checkpoint(out / "last.pth")
-        raw_model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        schedule.load_state_dict(ck["schedule"])
-        scaler.load_state_dict(ck["scaler"])
-        ema.load_state_dict(ck["ema"])
-        start, best, bad_epochs, history = ck["epoch"] + 1, ck["best_f1"], ck["bad_epochs"], ck["history"]
-        log_main(f"[{unit['subdir'] or 'run'}] resuming after epoch {start} (best F1 {best:.4f})")
-    best_metrics = next((h for h in history if h.get("best")), None)
-
+    start, best, bad_epochs, history = resume_state(out, loop, unit)
     for epoch in range(start, cfg["epochs"]):
         t0 = time.time()
-        tr = train_one_epoch(model, loader_tr, ctx, epoch)
-        va = evaluate(ema.module, loader_va, ctx)
+        tr = train_one_epoch(model, loader_tr, loop, epoch)
+        va = evaluate(loop.ema.module, loader_va, loop)
         probs = va.pop("probs")
         improved = va["f1"] > best
         bad_epochs = 0 if improved else bad_epochs + 1
+        best = max(best, va["f1"])
         rec = {"epoch": epoch + 1, "time": round(time.time() - t0, 2),
                **{f"train_{k}": v for k, v in tr.items()}, **{f"valid_{k}": v for k, v in va.items()},
                "best": improved}
         history.append(rec)
-        if improved:
-            best, best_metrics = va["f1"], rec
         if dist.is_main:
-            log_main(f"[{unit['subdir'] or 'run'}] epoch {epoch + 1}/{cfg['epochs']} train loss {tr['loss']:.4f} "
-                     f"f1 {tr['f1']:.4f} | valid loss {va['loss']:.4f} f1 {va['f1']:.4f} acc {va['accuracy']:.4f}"
-                     + "".join(f" {t} {va[f'f1_{t}']:.3f}" for t in MULTI_TASKS if f"f1_{t}" in va)
-                     + f" | {rec['time']:.1f}s" + (" *" if improved else ""))
-            for k, v in tr.items():
-                writer.add_scalar(f"train/{k}", v, epoch + 1)
-            for k, v in va.items():
-                writer.add_scalar(f"valid/{k}", v, epoch + 1)
+            _log_epoch(writer, unit, cfg, rec, tr, va)
             m = {**meta, "epoch": epoch + 1, "metrics": rec}
             if improved:
-                save_checkpoint(out / "best.pth", ema.module, m)
+                save_checkpoint(out / "best.pth", loop.ema.module, m)
                 _write_valid_preds(out / "valid_preds.csv", table.iloc[va_rows], probs, tasks)
-                _log_figures(writer, epoch + 1, tasks, probs, ctx["valid_labels"], images, cache_rows[va_rows])
+                _log_figures(writer, epoch + 1, tasks, probs, loop.valid_labels, images,
+                             table["cache_row"].to_numpy()[va_rows])
             rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
                    "python": list(random.getstate()[1])}
-            save_checkpoint(out / "last.pth", raw_model, m, optimizer=optimizer, schedule=schedule, scaler=scaler,
-                            ema=ema, epoch=epoch, best_f1=best, bad_epochs=bad_epochs, history=history, rng=rng)
+            save_checkpoint(out / "last.pth", raw_model, m, optimizer=loop.optimizer, schedule=loop.schedule,
+                            scaler=loop.scaler, ema=loop.ema, epoch=epoch, best_f1=best, bad_epochs=bad_epochs,
+                            history=history, rng=rng)
         distributed.barrier()
         if cfg["patience"] and bad_epochs >= cfg["patience"]:
             log_main(f"[{unit['subdir'] or 'run'}] early stop: no better F1 for {bad_epochs} epochs")
             break
+    best_metrics = next((h for h in reversed(history) if h.get("best")), None)
     result = {"best_epoch": best_metrics["epoch"] if best_metrics else None, "best_f1": best,
               "best": best_metrics, "history": history, "tasks": list(tasks)}
     if dist.is_main:
@@ -452,15 +536,15 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     return result
 
 
-class _Quiet:
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return iter(self.it)
-
-    def set_postfix(self, **k):
-        pass
+def _log_epoch(writer, unit, cfg, rec, tr, va):
+    log_main(f"[{unit['subdir'] or 'run'}] epoch {rec['epoch']}/{cfg['epochs']} train loss {tr['loss']:.4f} "
+             f"f1 {tr['f1']:.4f} | valid loss {va['loss']:.4f} f1 {va['f1']:.4f} acc {va['accuracy']:.4f}"
+             + "".join(f" {t} {va[f'f1_{t}']:.3f}" for t in MULTI_TASKS if f"f1_{t}" in va)
+             + f" | {rec['time']:.1f}s" + (" *" if rec["best"] else ""))
+    for k, v in tr.items():
+        writer.add_scalar(f"train/{k}", v, rec["epoch"])
+    for k, v in va.items():
+        writer.add_scalar(f"valid/{k}", v, rec["epoch"])
 
 
 def prob_columns(task):
@@ -556,8 +640,10 @@ def main(argv):
         if not path.is_file():
             raise UserError(f"{path} not found: --resume takes a run folder written by train.py")
         saved = json.loads(path.read_text())
-        cfg = {**saved, "resume": args.resume, "progress": args.progress, "device": args.device,
-               "workers": args.workers}
+        # settings of the run itself come from its config (defaults for keys newer than the run);
+        # how this machine runs it comes from this command line
+        cfg = {**vars(args), **saved, "resume": args.resume, "progress": args.progress, "device": args.device,
+               "workers": args.workers, "gpu_decode": args.gpu_decode}
     if cfg["multi"] and cfg["heads"]:
         raise UserError("--multi (three models) and --heads (one model, three heads) exclude each other")
     if cfg["batch_size"] < 1 or cfg["epochs"] < 1:
@@ -565,19 +651,24 @@ def main(argv):
     dist = distributed.setup(cfg["device"])
     try:
         run_dir = resolve_run_dir(cfg, dist)
+        distributed.check_shared_dir(run_dir)
         cfg.update(run_dir=str(run_dir), world_size=dist.world, data_dir=str(cfg["data_dir"]))
         if dist.is_main and not (run_dir / "config.json").is_file():
             write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
         log = Log(quiet=not dist.is_main)
-        table, images = load_data(cfg, log)
+        log_main(f"device {dist.device} x {dist.world} process(es), {choose_precision(dist.device, cfg['amp']).name}"
+                 f"{', channels_last' if cfg['channels_last'] else ''}")
+        table, images = load_data({**cfg, "device_name": str(dist.device)}, log)
         units = plan_units(cfg, table)
         t0 = time.time()
         results = {}
         for unit in units:
             out = run_dir / unit["subdir"]
-            if (out / "metrics.json").is_file():
+            done = distributed.broadcast_object(json.loads((out / "metrics.json").read_text())
+                                                if dist.is_main and (out / "metrics.json").is_file() else None)
+            if done:  # decided by rank 0 for every rank
                 log_main(f"[{unit['subdir'] or 'run'}] already finished, skipped")
-                results[unit["subdir"]] = json.loads((out / "metrics.json").read_text())
+                results[unit["subdir"]] = done
                 continue
             results[unit["subdir"]] = run_fold(unit["train"], unit["valid"], cfg, unit, table, images, out, dist)
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}

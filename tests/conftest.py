@@ -12,6 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "realdata"
 sys.path.insert(0, str(REPO))
 
+# The suite checks the CPU paths (what CI runs) and compares CPU results exactly, so on a machine with
+# a GPU it hides the GPU from itself and from the scripts it starts; tests/test_cuda.py gives the GPU
+# back to the processes it starts (GPU_ENV) and checks the CUDA paths.
+GPU_ENV = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 # a real timm network, small enough to train in seconds on CPU
 TINY = ["--model", "test_efficientnet", "--pretrained", "False", "--img_size", "32", "32", "--batch_size", "16",
         "--progress", "False", "--epochs", "2"]
@@ -20,6 +26,7 @@ TINY = ["--model", "test_efficientnet", "--pretrained", "False", "--img_size", "
 def run(*args, check=True, env=None, timeout=600, cwd=REPO):
     """Run a script of the toolkit as a user would; returns the CompletedProcess."""
     e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    e = {k: v for k, v in e.items() if v is not None}  # None in env: unset
     for k in ("SM_CHANNEL_TRAIN", "SM_CHANNEL_EVAL", "SM_CHANNEL_MODEL", "SM_MODEL_DIR", "SM_OUTPUT_DATA_DIR",
               "SM_GROUND_TRUTH_DIR"):
         if not (env and k in env):

@@ -104,3 +104,29 @@ def test_augmentation_is_deterministic_for_a_generator_and_off_when_not_training
     assert torch.equal(a, b) and a.shape == (4, 3, 16, 16)
     plain = t(x)
     assert torch.allclose(plain, (x.float() - 127.5) / 63.75)
+
+
+def test_only_plain_jpegs_go_to_the_gpu_decoder(tmp_path):
+    """nvJPEG ignores EXIF orientation and cannot read PNGs: those, and truncated JPEGs, stay on the CPU."""
+    from PIL import Image
+    from dataset import gpu_decodable
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    img.save(tmp_path / "plain.jpg")
+    img.save(tmp_path / "a.png")
+    for orientation in (1, 6):
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(tmp_path / f"o{orientation}.jpg", exif=exif.tobytes())
+    data = (tmp_path / "plain.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    read = {p.name: np.fromfile(p, np.uint8) for p in tmp_path.iterdir()}
+    assert {n for n, d in read.items() if gpu_decodable(d)} == {"plain.jpg", "o1.jpg"}
+
+
+def test_pinned_batches_cover_every_row_in_order_and_to_device_keeps_them():
+    from dataset import pinned_batches, to_device
+    images = np.random.default_rng(0).integers(0, 255, (10, 4, 3, 3), dtype=np.uint8)
+    got = [x for (x,) in to_device(pinned_batches(images, 4, pin=False), "cpu")]
+    assert [len(x) for x in got] == [4, 4, 2]
+    assert np.array_equal(torch.cat(got).numpy(), images)
+    assert all(x.numpy().flags.writeable for x in got)  # no read-only memmap views reach torch

@@ -37,7 +37,7 @@ def test_torchrun_two_processes(tiny_root, tmp_path):
     """train.py under torchrun (2 processes, gloo): one run folder, one set of checkpoints, rank 0 alone
     prints, ranks hold identical weights, and the logged validation F1 equals the F1 of the saved best
     checkpoint computed in a single process on the same validation people."""
-    args = ["--data_dir", str(tiny_root / "train"), "--model_dir", str(tmp_path / "m"), *TINY, "--name", "ddp"]
+    args = ["--data_dir", str(tiny_root / "train"), "--model_dir", str(tmp_path / "m"), *TINY, "--name", "ddp", "--ema", "0.9"]
     script = tmp_path / "check.py"
     script.write_text(CHECK.format(repo=str(REPO), args=args))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]

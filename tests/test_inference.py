@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO, assert_clean_error, run
 from dataset import decode_many, read_eval
-from inference import find_groups, predict_probs, run_groups
+from inference import find_groups, load_models, predict_probs, run_groups
 from model import combine_probs, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
@@ -49,7 +49,7 @@ def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
     for (ck,) in groups:
         m, meta = model_from_checkpoint(ck)
         per_fold.append(predict_probs(m, meta, x)["label"].numpy())
-    assert np.allclose(run_groups(groups, arrays, "none", 64, "cpu"), np.mean(per_fold, 0), atol=1e-6)
+    assert np.allclose(run_groups(groups, arrays, load_models(groups, "cpu"), batch_size=64), np.mean(per_fold, 0), atol=1e-6)
     mgroups = find_groups(tiny_runs["multi"])
     parts = {}
     for ck in mgroups[0]:
@@ -57,7 +57,7 @@ def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
         parts.update({t: p.numpy() for t, p in predict_probs(m, meta, x).items()})
     hand = np.stack([parts["mask"][:, c // 6] * parts["gender"][:, (c // 3) % 2] * parts["age"][:, c % 3]
                      for c in range(18)], 1)
-    assert np.allclose(run_groups(mgroups, arrays, "none", 64, "cpu"), hand, atol=1e-6)
+    assert np.allclose(run_groups(mgroups, arrays, load_models(mgroups, "cpu"), batch_size=64), hand, atol=1e-6)
 
 
 def test_flip_tta_on_a_symmetric_input_changes_nothing(tiny_runs):

@@ -62,3 +62,17 @@ def test_multi_task_combination_by_hand():
     assert np.allclose(p18, hand, atol=1e-6) and p18.sum() == pytest.approx(1, abs=1e-5)
     for t, ref in (("mask", pm), ("gender", pg), ("age", pa)):  # marginals undo the product
         assert np.allclose(marginal(torch.tensor(p18[None]), t).numpy()[0], ref, atol=1e-6)
+
+
+def test_precision_rule_follows_compute_capability():
+    """bf16 only where the GPU computes it natively (8.0+); fp16 with loss scaling on V100/T4; fp32 on the
+    CPU and with amp off. The capability is passed in, so the rule is checked on any machine."""
+    from model import choose_precision
+    assert choose_precision("cuda", True, (9, 0)).dtype == torch.bfloat16  # H100/H200
+    assert choose_precision("cuda", True, (8, 0)).dtype == torch.bfloat16  # A100
+    for cap in ((7, 0), (7, 5)):  # V100, T4: bf16 is emulated there
+        p = choose_precision("cuda", True, cap)
+        assert p.dtype == torch.float16 and p.needs_scaler
+    assert not choose_precision("cuda", True, (9, 0)).needs_scaler
+    assert choose_precision("cuda", False, (9, 0)).dtype is None
+    assert choose_precision("cpu", True).dtype is None and choose_precision("cpu", True).name == "fp32"

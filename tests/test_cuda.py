@@ -1,0 +1,130 @@
+"""The CUDA paths, on a machine with a GPU; skipped with a reason elsewhere (CI has none).
+
+The rest of the suite hides the GPU (conftest.py); these tests give it back to the processes they
+start, so each check runs in a real process on the real device.
+"""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import GPU_ENV, REPO, TINY, run
+
+
+def _probe():
+    code = ("import torch; print(json.dumps(torch.cuda.is_available() and "
+            "[torch.cuda.device_count(), *torch.cuda.get_device_capability(0)]))")
+    p = run("-c", "import json; " + code, env=GPU_ENV, check=False)
+    return json.loads(p.stdout.strip() or "false") if p.returncode == 0 else False
+
+
+GPU = _probe()
+pytestmark = pytest.mark.skipif(not GPU, reason="no CUDA device visible: the CUDA paths are checked on a GPU machine")
+
+
+def py(code, tmp_path, *args):
+    """Run a snippet in a fresh process that sees the GPU; -> its stdout."""
+    script = tmp_path / "snippet.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + code)
+    return run(script, *args, env=GPU_ENV).stdout
+
+
+def test_one_tiny_epoch_with_amp_and_channels_last(tiny_root, tmp_path):
+    p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *TINY, "--epochs", "1",
+            "--device", "cuda", "--amp", "True", "--channels_last", "True", "--run_dir", tmp_path / "r", env=GPU_ENV)
+    expected = "bf16" if GPU[1] >= 8 else "fp16"  # native bf16 from compute capability 8.0 (A100, H100)
+    assert f"device cuda:0 x 1 process(es), {expected}, channels_last" in p.stdout
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert math.isfinite(metrics["history"][0]["train_loss"]) and metrics["best_epoch"] == 1
+
+
+SYNCS = """
+import warnings, numpy as np, torch
+import distributed, train as T
+from dataset import BatchDataset, make_loader, task_targets
+steps, bs = 12, 16
+cfg = vars(T.build_parser().parse_args([])) | dict(model="test_efficientnet", pretrained=False, img_size=[32, 32],
+                                                  progress=False, batch_size=bs)
+labels = np.arange(steps * bs) % 18
+images = np.random.default_rng(0).integers(0, 255, (steps * bs, 32, 32, 3), dtype=np.uint8)
+dev = torch.device("cuda")
+model, raw, loop = T.build_training(cfg, ("label",), labels, steps, distributed.Dist(device=dev))
+loop.valid_labels = labels
+loader = make_loader(BatchDataset(images, np.arange(len(labels)), task_targets(labels, ["label"])), bs, True, 0, pin=True)
+T.train_one_epoch(model, loader, loop, 0)  # warm-up: first copies of constants, autotuning
+T.evaluate(model, loader, loop)
+torch.cuda.synchronize()
+torch.cuda.set_sync_debug_mode("warn")
+for name, fn in (("train", lambda: T.train_one_epoch(model, loader, loop, 1)), ("eval", lambda: T.evaluate(model, loader, loop))):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fn()
+    print(name, sum("synchroniz" in str(x.message) for x in w), len(loader))
+"""
+
+
+def test_training_and_validation_do_not_wait_for_the_gpu_each_step(tmp_path):
+    """A step that reads a value back (loss.item(), logits.cpu(), a blocking copy) stalls the host once
+    per step; the loop may read back only a few times per epoch, whatever its length."""
+    out = py(SYNCS, tmp_path)
+    counts = {line.split()[0]: (int(line.split()[1]), int(line.split()[2])) for line in out.splitlines()}
+    for name, (syncs, steps) in counts.items():
+        assert steps >= 12 and syncs <= 6, (name, syncs, steps)
+
+
+def test_inference_on_the_gpu_agrees_with_the_cpu(tiny_root, tiny_runs, tmp_path):
+    def infer(name, *flags):
+        run("inference.py", "--data_dir", tiny_root / "eval", "--model_dir", tiny_runs["single"], "--output_dir",
+            tmp_path, "--output_name", name, *flags, env=GPU_ENV)
+        return np.load(tmp_path / f"{name}_probs.npy")
+    cpu = infer("cpu", "--device", "cpu")
+    amp = infer("amp", "--device", "cuda", "--amp", "True")
+    fp32 = infer("fp32", "--device", "cuda", "--amp", "False")
+    assert np.abs(fp32 - cpu).max() < 2e-3  # fp32 (TF32 convolutions): the CPU's numbers
+    assert np.abs(amp - cpu).max() < 2e-2   # bf16/fp16 autocast: close
+    top2 = np.sort(cpu, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.02  # where the CPU's decision is not a near tie
+    assert clear.sum() > 0 and (amp.argmax(1) == cpu.argmax(1))[clear].all()
+
+
+DECODE = """
+import numpy as np, shutil, sys
+from pathlib import Path
+from PIL import Image
+from dataset import decode_many
+src = sorted(Path(sys.argv[1]).glob("*.jpg"))[:40]
+tmp = Path(sys.argv[2])
+Image.open(src[0]).save(tmp / "as.png")                       # PNG: the CPU path
+im = Image.open(src[1]); exif = im.getexif(); exif[0x0112] = 6  # EXIF-rotated: the CPU path (cv2 turns it)
+im.save(tmp / "rotated.jpg", exif=exif.tobytes())
+paths = src + [tmp / "as.png", tmp / "rotated.jpg"]
+keys = [((224, 224), "center"), ((48, 40), "none")]
+gpu, ok_g = decode_many(paths, keys, device="cuda", chunk=16)
+cpu, ok_c = decode_many(paths, keys, device="cpu")
+assert ok_g.all() and ok_c.all()
+for k in keys:
+    d = np.abs(gpu[k].astype(int) - cpu[k].astype(int))
+    assert (d[-2:] == 0).all(), "fallback files must match the CPU exactly"
+    print(k[0][0], float(d[:-2].mean()), float(np.percentile(d[:-2], 99)), int(d[:-2].max()))
+"""
+
+
+def test_gpu_jpeg_decoding_matches_the_cpu(tiny_root, tmp_path):
+    """nvJPEG + GPU resizing against libjpeg + cv2 on the same files: a few levels apart at most; PNG and
+    EXIF-rotated JPEGs take the CPU path and match it exactly."""
+    out = py(DECODE, tmp_path, tiny_root / "eval" / "images", tmp_path)
+    for line in out.splitlines():
+        size, mean, p99, worst = line.split()
+        assert float(mean) < 2.0 and float(p99) <= 16, line
+
+
+def test_more_processes_than_gpus_fail_clearly(tiny_root, tmp_path):
+    n = GPU[0] + 1
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "train.py",
+           "--data_dir", str(tiny_root / "train"), "--model_dir", str(tmp_path), *TINY, "--device", "cuda"]
+    env = {k: v for k, v in {**__import__("os").environ, **GPU_ENV}.items() if v is not None}
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "error: process" in p.stderr and "has no GPU of its own" in p.stderr, p.stderr[-2000:]
