@@ -11,6 +11,7 @@ Layout read (the competition's): <data_dir>/train.csv (id, gender, race, age, pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -371,14 +372,16 @@ def _decode_chunk_gpu(datas, sizes_crops, device):
     return {k: torch.stack([prepare_gpu(im, k[0], k[1]) for im in imgs]).cpu().numpy() for k in sizes_crops}, idx
 
 
-def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, chunk=256, device="cpu"):
+def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, chunk=256, device="cpu", out=None):
     """Decode each file once and prepare it for every (size, crop) asked: -> ({(size, crop): uint8
     array (N, H, W, 3)}, ok mask). crop 'face' needs face_fn (list of images -> list of face crops,
-    e.g. MTCNN + the shared crop of face_image.py). Threads: cv2 releases the GIL while decoding.
-    device 'cuda': JPEGs are decoded in batches by nvJPEG and resized on the GPU; the rest on the CPU."""
+    e.g. MTCNN + the shared crop of face_image.py). Threads: cv2 releases the GIL while decoding, and
+    the next chunk's files are read while this one decodes. device 'cuda': JPEGs are decoded in
+    batches by nvJPEG and resized on the GPU; the rest on the CPU. out: arrays to fill (e.g. the
+    cache's memory-mapped files), else new ones."""
     from tqdm import tqdm
     n = len(paths)
-    out = {k: np.zeros((n, k[0][0], k[0][1], 3), np.uint8) for k in sizes_crops}
+    out = out or {k: np.zeros((n, k[0][0], k[0][1], 3), np.uint8) for k in sizes_crops}
     ok = np.zeros(n, bool)
     if any(c == "face" for _, c in sizes_crops) and face_fn is None:
         raise ValueError("crop 'face' needs a face_fn")
@@ -388,8 +391,7 @@ def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, c
     try:
         with ThreadPoolExecutor(workers or os.cpu_count()) as ex, \
                 tqdm(total=n, desc=desc, leave=False, disable=True if n < 200 else None, file=sys.stderr) as bar:
-            for start in range(0, n, chunk):
-                datas = list(ex.map(lambda p: np.fromfile(str(p), dtype=np.uint8), paths[start:start + chunk]))
+            for start, datas in _read_ahead(ex, paths, chunk):
                 done = []
                 if gpu:
                     arrays, done = _decode_chunk_gpu(datas, sizes_crops, device)
@@ -403,6 +405,20 @@ def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, c
     finally:
         cv2.setNumThreads(threads)
     return out, ok
+
+
+def _read_ahead(ex, paths, chunk):
+    """-> (start, [file bytes]) per chunk; the next chunk's files are being read meanwhile."""
+    def read(start):
+        return list(ex.map(lambda p: np.fromfile(str(p), dtype=np.uint8), paths[start:start + chunk]))
+    starts = list(range(0, len(paths), chunk))
+    with ThreadPoolExecutor(1) as reader:
+        nxt = reader.submit(read, starts[0]) if starts else None
+        for k, start in enumerate(starts):
+            datas = nxt.result()
+            if k + 1 < len(starts):
+                nxt = reader.submit(read, starts[k + 1])
+            yield start, datas
 
 
 def _decode_chunk_cpu(ex, datas, paths, rows, out, ok, face_fn):
@@ -428,13 +444,16 @@ class ImageCache:
     VERSION = 2
 
     def __init__(self, paths, size, crop, cache_dir):
-        self.paths = [Path(p) for p in paths]
+        self.paths = [os.fspath(p) for p in paths]
         self.size, self.crop = tuple(size), crop
-        h = hashlib.sha1(f"{self.VERSION}|{self.size}|{crop}".encode())
-        for p in self.paths:  # one stat per file (resolve() would cost a syscall per path component)
+        # One stat per file, nothing else per file (resolve() and abspath() cost syscalls each): a key
+        # check on a warm cache must stay small next to a GPU pass over the same images.
+        cwd = os.getcwd()
+        lines = [f"{self.VERSION}|{self.size}|{crop}"]
+        for p in self.paths:
             st = os.stat(p)
-            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        self.key = h.hexdigest()[:16]
+            lines.append(f"{os.path.join(cwd, p)}|{st.st_size}|{st.st_mtime_ns}")
+        self.key = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
         cache_dir = Path(cache_dir)
         self.file = cache_dir / f"images-{self.key}.u8"
         self.meta = cache_dir / f"images-{self.key}.json"
@@ -452,9 +471,17 @@ class ImageCache:
     def nbytes(self):
         return int(np.prod(self.shape))
 
-    def write(self, arr, ok):
+    @contextlib.contextmanager
+    def building(self):
+        """Yield a memory-mapped temp file to fill; on success it becomes the cache. The decoder writes
+        straight into it (no second copy of every image, no separate write pass); the pages reach
+        the disk when the kernel writes them back."""
         with atomic_path(self.file) as tmp:
-            arr.tofile(tmp)
+            arr = np.memmap(tmp, np.uint8, "w+", shape=self.shape) if self.shape[0] else np.zeros(self.shape, np.uint8)
+            yield arr
+            del arr
+
+    def finish(self, ok):
         with atomic_path(self.meta) as tmp:  # written last: its presence means the data is complete
             Path(tmp).write_text(json.dumps({"ok": ok.tolist(), "shape": self.shape}))
 
@@ -476,12 +503,14 @@ def cached_images(paths, keys, cache_dir, log=None, desc="caching images", devic
     caches = {k: ImageCache(paths, k[0], k[1], cache_dir) for k in keys}
     missing = [k for k, c in caches.items() if not c.exists()]
     if missing:
-        arrays, ok = decode_many(paths, missing, desc=desc, device=device)
+        with contextlib.ExitStack() as stack:
+            files = {k: stack.enter_context(caches[k].building()) for k in missing}
+            _, ok = decode_many(paths, missing, desc=desc, device=device, out=files)
         for p, good in zip(paths, ok):
             if not good and log:
                 log.warn("unreadable image", f"{p}: cannot be decoded, skipped")
         for k in missing:
-            caches[k].write(arrays[k], ok)
+            caches[k].finish(ok)
     return caches
 
 

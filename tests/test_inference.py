@@ -25,7 +25,8 @@ def test_each_mode_writes_rows_in_info_order(tiny_root, tiny_runs, tmp_path, mod
             "multi": ["--model_dir", r["multi"], "--multi", "True"], "heads": ["--model_dir", r["heads"]],
             "ensemble": ["--ensemble=True", "--ensemble_model_dir", r["single"], r["cv"], r["multi"],
                          "--ensemble_model_name", "a", "b", "c", "--vote", "hard"]}[mode]
-    _infer(tiny_root, tmp_path, *args, "--output_name", mode)
+    p = _infer(tiny_root, tmp_path, *args, "--output_name", mode)
+    assert "Warning" not in p.stderr, p.stderr  # e.g. PyTorch's about non-writable NumPy arrays
     sub = pd.read_csv(tmp_path / f"{mode}.csv", dtype={"ImageID": str})
     info = pd.read_csv(tiny_root / "eval" / "info.csv", dtype={"ImageID": str})
     assert sub["ImageID"].tolist() == info["ImageID"].tolist() and list(sub.columns) == ["ImageID", "ans"]
