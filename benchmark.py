@@ -83,13 +83,16 @@ def bench_train(args, dev, table_paths, labels):
     cache = cached_images(paths, [key], Path(args.cache_dir), device=dev if args.gpu_decode else "cpu")[key]
     workers = args.workers if dev.type == "cuda" else 0  # train.py's defaults: 0 on CPU, workers on CUDA
     loader = make_loader(BatchDataset(cache, np.arange(n), task_targets(labels, ["label"])), args.batch_size, True, 0,
-                         workers=workers, pin=dev.type == "cuda")
+                         workers=workers, pin=dev.type == "cuda", gpu=dev if args.gpu_data else None)
 
     def toolkit():
         T.train_one_epoch(model, loader, loop, 1)
         _sync(dev)
+    t0 = time.perf_counter()
     T.train_one_epoch(model, loader, loop, 0)  # warm-up: allocator, page cache, autotuning, workers
-    res = {"train_toolkit": _timeit(toolkit, steps * args.batch_size, args.repeat)[0]}
+    _sync(dev)
+    res = {"train_first_epoch_s": time.perf_counter() - t0, "train_loader": type(loader).__name__}
+    res["train_toolkit"] = _timeit(toolkit, steps * args.batch_size, args.repeat)[0]
     _profile(args, "train_one_epoch", toolkit)
     x = torch.randn(args.batch_size, 3, *args.img_size, device=dev).contiguous(memory_format=loop.memory_format)
     y = torch.randint(0, 18, (args.batch_size,), device=dev)
@@ -175,7 +178,7 @@ def bench_infer(args, dev, eval_dir, raw, loop):
     cached_images(paths, [key], warm_dir)
 
     def infer(cache_dir, decode_on):
-        predict_probs(raw, meta, cached_images(paths, [key], cache_dir, device=decode_on)[key].array, **opts)
+        predict_probs(raw, meta, cached_images(paths, [key], cache_dir, device=decode_on)[key], **opts)
     decoders = {"cpu": "cpu"} | ({"gpu": dev} if dev.type == "cuda" else {})
     for name, decode_on in decoders.items():  # first run: decode every eval image, then predict
         infer(fresh(), decode_on)  # warm-up (nvJPEG's handle, the thread pool)
@@ -201,7 +204,7 @@ def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     res = {"cv5_images": n}
     def cv5_toolkit():  # decode once (cold cache), 5 models x 2 views
-        imgs = cached_images(paths, [key], fresh(), device=dev if args.gpu_decode else "cpu")[key].array
+        imgs = cached_images(paths, [key], fresh(), device=dev if args.gpu_decode else "cpu")[key]
         for _ in range(5):
             predict_probs(raw, meta, imgs, "flip", **opts)
 
@@ -260,6 +263,7 @@ def report(r):
     rows = [("train: model only (ceiling)", r.get("train_model_only"), "img/s"),
             ("train: toolkit end to end", r.get("train_toolkit"), "img/s"),
             ("train: plain PIL pipeline", r.get("train_plain"), "img/s"),
+            ("train: first epoch (warm-up) of the toolkit", r.get("train_first_epoch_s"), "s"),
             ("infer: model only (ceiling)", r.get("infer_model_only"), "img/s"),
             ("infer: toolkit end to end, first run", r.get("infer_toolkit"), "img/s"),
             ("infer: first run, CPU decoding", r.get("infer_toolkit_cpu_decode"), "img/s"),
@@ -301,7 +305,9 @@ def main(argv):
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", False, "mixed precision (CUDA only)")
     add_bool(ap, "--channels_last", True, "channels_last memory format (the toolkit's default)")
-    add_bool(ap, "--gpu_decode", True, "on CUDA, the toolkit decodes JPEGs with nvJPEG (both are timed for first runs)")
+    add_bool(ap, "--gpu_decode", False, "on CUDA, the toolkit decodes JPEGs with nvJPEG (both are timed for first runs)")
+    add_bool(ap, "--gpu_data", True, "on CUDA, training holds the images on the GPU (train.py's default)")
+    add_bool(ap, "--cudnn_benchmark", True, "let cuDNN time its kernels for each new shape (train.py's default)")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain pipeline (and of the "
                     "toolkit's loader on CUDA; on CPU it reads in the main process, as train.py does)")
     ap.add_argument("--train_images", type=int, default=320)
@@ -315,6 +321,7 @@ def main(argv):
     ap.add_argument("--out", default="bench/benchmark.json")
     args = ap.parse_args(argv)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     root = Path(args.data_dir)
     import shutil
     import tempfile

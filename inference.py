@@ -108,7 +108,8 @@ def _group(d, pth_name, multi):
 
 
 def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
-    """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 array}.
+    """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 images (an
+    ImageCache or an array)}.
     File crops go through the shared decode-once cache (later runs on the same eval set skip decoding;
     decode_on 'cuda' decodes JPEGs with nvJPEG); models trained on faces/ without an eval faces/ get
     MTCNN + the shared crop on the fly."""
@@ -122,14 +123,14 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
     if face_keys and has_faces:
         _, paths = read_eval(eval_dir, "faces")
         caches = cached_images(paths, face_keys, cache_dir, desc="decoding faces", device=decode_on)
-        arrays.update({k: c.array for k, c in caches.items()})
+        arrays.update(caches)
         checks += [(paths, c.ok) for c in caches.values()]
     raw_keys = keys - (face_keys if has_faces else set())
     if raw_keys:
         _, paths = read_eval(eval_dir, "images")
         center = {k for k in raw_keys if k[1] == "center"}
         caches = cached_images(paths, center, cache_dir, desc="decoding images", device=decode_on)
-        arrays.update({k: c.array for k, c in caches.items()})
+        arrays.update(caches)
         checks += [(paths, c.ok) for c in caches.values()]
         on_the_fly = {(s, "face") for s, c in raw_keys if c == "none"}
         if on_the_fly:
@@ -210,7 +211,8 @@ def main(argv):
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", True, "bf16 (or fp16 on GPUs before compute capability 8.0) autocast on CUDA; "
              "False: fp32. No-op on CPU")
-    add_bool(ap, "--gpu_decode", True, "on CUDA, decode JPEGs with nvJPEG; no-op on CPU")
+    add_bool(ap, "--gpu_decode", False, "on CUDA, decode JPEGs with nvJPEG (measured slower than 16 CPU threads on "
+             "an H200 machine); no-op on CPU")
     args = ap.parse_args(argv)
     device = distributed.setup(args.device).device
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)

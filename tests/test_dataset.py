@@ -130,3 +130,20 @@ def test_pinned_batches_cover_every_row_in_order_and_to_device_keeps_them():
     assert [len(x) for x in got] == [4, 4, 2]
     assert np.array_equal(torch.cat(got).numpy(), images)
     assert all(x.numpy().flags.writeable for x in got)  # no read-only memmap views reach torch
+
+
+def test_device_loader_gives_the_dataloaders_batches():
+    """The GPU-resident loader (here on the CPU device, same code) yields exactly the batches of the
+    DataLoader: same sampler, same rows, same targets, for a split that is not in cache order."""
+    from dataset import DeviceLoader, make_loader
+    images = np.random.default_rng(0).integers(0, 255, (40, 6, 5, 3), dtype=np.uint8)
+    rows = np.random.default_rng(1).permutation(40)[:30]
+    ds = BatchDataset(images, rows, task_targets(np.arange(30) % 18, ["label", "mask"]))
+    ref = make_loader(ds, 8, True, seed=3)
+    dev = DeviceLoader(ds, ref.sampler, "cpu")
+    for epoch in (0, 1):
+        ref.sampler.set_epoch(epoch)
+        a, b = list(ref), list(dev)
+        assert len(a) == len(b) == len(dev) == 3  # 30 // 8 full batches (drop_last when training)
+        for (xa, ya, ia), (xb, yb, ib) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
