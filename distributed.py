@@ -29,8 +29,9 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device_name="auto") -> Dist:
-    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK; nccl on CUDA, gloo on CPU."""
+def setup(device_name="auto", cudnn_benchmark=True) -> Dist:
+    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK; nccl on CUDA, gloo on CPU. cudnn_benchmark: let cuDNN
+    time its kernels for each new input shape (fixed sizes here; costs time in the first epoch)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device_name == "auto":
@@ -43,7 +44,7 @@ def setup(device_name="auto") -> Dist:
                             "visible): use --nproc_per_node at most the number of GPUs, or --device cpu")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     else:
         device = torch.device(device_name)
     if world > 1 and not dist.is_initialized():

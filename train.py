@@ -103,6 +103,8 @@ def build_parser():
     add_bool(g, "--channels_last", True, "channels_last memory format (faster on CUDA and on CPU)")
     add_bool(g, "--compile", False, "torch.compile on CUDA; no-op on CPU")
     g.add_argument("--workers", type=int, default=None, help="loader workers (default 0 on CPU, 4 on CUDA)")
+    add_bool(g, "--cudnn_benchmark", True, "on CUDA, let cuDNN time its kernels once per input shape (measured on "
+             "an H200: first epoch 30-35 s, later ones about 1 s for 4,200 photos at 224x224)")
     add_bool(g, "--gpu_data", True, "on CUDA, hold the decoded images on the GPU when they take under a quarter "
              "of its free memory (no loader workers, no transfers)")
     add_bool(g, "--gpu_decode", False, "on CUDA, decode JPEGs for the image cache with nvJPEG (measured slower "
@@ -648,12 +650,13 @@ def main(argv):
         # settings of the run itself come from its config (defaults for keys newer than the run);
         # how this machine runs it comes from this command line
         cfg = {**vars(args), **saved, "resume": args.resume, "progress": args.progress, "device": args.device,
-               "workers": args.workers, "gpu_decode": args.gpu_decode, "gpu_data": args.gpu_data}
+               "workers": args.workers, "gpu_decode": args.gpu_decode, "gpu_data": args.gpu_data,
+               "cudnn_benchmark": args.cudnn_benchmark}
     if cfg["multi"] and cfg["heads"]:
         raise UserError("--multi (three models) and --heads (one model, three heads) exclude each other")
     if cfg["batch_size"] < 1 or cfg["epochs"] < 1:
         raise UserError("--batch_size and --epochs must be at least 1")
-    dist = distributed.setup(cfg["device"])
+    dist = distributed.setup(cfg["device"], cfg["cudnn_benchmark"])
     try:
         run_dir = resolve_run_dir(cfg, dist)
         distributed.check_shared_dir(run_dir)
