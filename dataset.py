@@ -10,7 +10,6 @@ Layout read (the competition's): <data_dir>/train.csv (id, gender, race, age, pa
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -26,45 +25,20 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from utils import UserError, atomic_path, cli, env_default, inside, load_dotenv_once, write_csv_atomic
+from labels import (AGE_NAMES, GENDER_NAMES, MASK_NAMES, OFFICIAL_AGE_BOUNDS, TASKS, age_class,  # noqa: F401
+                    decode, encode, task_targets)
+from utils import UserError, atomic_path, cli, demo_note, env_default, inside, load_dotenv_once, make_parser, write_csv_atomic
 
-# --- labels -------------------------------------------------------------------------------------
+# --- layout -------------------------------------------------------------------------------------
 MASK_STEMS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 GENDERS = {"male": 0, "female": 1}
-OFFICIAL_AGE_BOUNDS = (30, 60)
-TASKS = {"label": 18, "mask": 3, "gender": 2, "age": 3}
-MASK_NAMES = ("wear", "incorrect", "not wear")
-GENDER_NAMES = ("male", "female")
-AGE_NAMES = ("<30", "30-59", ">=60")
 TABLE_COLUMNS = ["path", "age", "gender", "mask", "label", "people_path", "sub_label"]
 REPO = Path(__file__).resolve().parent
 DEFAULT_FIXES = REPO / "label_fixes.csv"
 # Crop of the face region used when training on images/ instead of faces/: the competition
 # photos are head-and-shoulders shots with the face in the upper middle.
 CENTER_REGION = (0.18, 0.12, 0.82, 0.72)  # x1, y1, x2, y2 as fractions of width/height
-
-
-def encode(mask, gender, age):
-    return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age)
-
-
-def decode(label):
-    label = np.asarray(label)
-    return label // 6, (label // 3) % 2, label % 3
-
-
-def age_class(age_years, bounds=OFFICIAL_AGE_BOUNDS):
-    """0: < bounds[0], 1: < bounds[1], 2: the rest."""
-    a = np.asarray(age_years)
-    return (a >= bounds[0]).astype(int) + (a >= bounds[1]).astype(int)
-
-
-def task_targets(labels, tasks):
-    """(N,) 18-class labels -> (N, len(tasks)) integer targets for the given tasks."""
-    mask, gender, age = decode(labels)
-    parts = {"label": np.asarray(labels), "mask": mask, "gender": gender, "age": age}
-    return np.stack([parts[t] for t in tasks], axis=1).astype(np.int64)
 
 
 class Log:
@@ -87,8 +61,12 @@ class Log:
 
 # --- the label table ---------------------------------------------------------------------------
 def read_fixes(path):
-    if path is None or not Path(path).exists():
+    """The label fixes file (id, field, value). A file named on the command line must exist; the repo's
+    default is optional."""
+    if path is None or (not Path(path).exists() and Path(path) == DEFAULT_FIXES):
         return pd.DataFrame(columns=["id", "field", "value"])
+    if not Path(path).is_file():
+        raise UserError(f"{path}: label fixes file not found (--fixes); give an existing CSV of id,field,value")
     fixes = pd.read_csv(path, dtype=str)
     missing = {"id", "field", "value"} - set(fixes.columns)
     if missing:
@@ -146,7 +124,7 @@ def read_people(data_dir, fixes_path=DEFAULT_FIXES, log=None):
         hit = people["id"] == str(f.id)
         if not hit.any():
             continue
-        if f.field == "gender":
+        if f.field == "gender" and f.value in GENDERS:
             people.loc[hit, "gender"] = GENDERS[f.value]
         elif f.field == "mask" and f.value == "swap_incorrect_normal":
             people.loc[hit, "mask_swap"] = True
@@ -156,14 +134,18 @@ def read_people(data_dir, fixes_path=DEFAULT_FIXES, log=None):
     return people
 
 
-def image_ok(path) -> bool:
-    """Cheap header check; full decoding happens once, in the cache."""
+def image_ok(path, log=None) -> bool:
+    """Cheap check (header, and a JPEG's end); full decoding happens once, in the cache. A tiny image is
+    kept with a warning: it will be enlarged to the model's input size."""
     try:
-        if os.path.getsize(path) == 0:
+        data = np.fromfile(str(path), dtype=np.uint8)
+        if data.size == 0 or truncated_jpeg(data):
             return False
         from PIL import Image
         with Image.open(path) as im:
-            im.size  # noqa: B018 - parses the header
+            w, h = im.size
+        if min(w, h) < 32 and log:
+            log.warn("tiny image", f"{path}: only {w}x{h} pixels; it will be enlarged to the input size")
         return True
     except Exception:
         return False
@@ -190,7 +172,7 @@ def build_table(data_dir, age_bounds=OFFICIAL_AGE_BOUNDS, fixes_path=DEFAULT_FIX
                 log.warn("extra photo", f"{f}: second file for {f.stem}, skipped")
                 continue
             total += 1
-            if check_images and not image_ok(f):
+            if check_images and not image_ok(f, log):
                 bad += 1
                 log.warn("unreadable image", f"{f}: unreadable or empty image, skipped")
                 continue
@@ -214,6 +196,12 @@ def build_table(data_dir, age_bounds=OFFICIAL_AGE_BOUNDS, fixes_path=DEFAULT_FIX
     t["label"] = encode(t["mask"], t["gender"], t["age"])
     t["sub_label"] = t["gender"] * 3 + t["age"]
     return t[TABLE_COLUMNS + ["age_years", "id"]].reset_index(drop=True)
+
+
+def has_faces(split_dir):
+    """Whether face_image.py has cropped this split: its faces/boxes.csv is written last, so a folder
+    left by an interrupted run does not count. Training and inference both ask this."""
+    return (Path(split_dir) / "faces" / "boxes.csv").is_file()
 
 
 def people_of(table):
@@ -261,7 +249,10 @@ def read_eval(eval_dir, source="images"):
     if not info_path.is_file():
         raise UserError(f"{info_path} not found: the eval dir must hold info.csv and images/ "
                         "(set SM_CHANNEL_EVAL or --data_dir)")
-    info = pd.read_csv(info_path, dtype={"ImageID": str})
+    try:
+        info = pd.read_csv(info_path, dtype={"ImageID": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{info_path}: cannot be read as CSV ({str(e).splitlines()[0]}); it must hold ImageID,ans rows")
     if "ImageID" not in info.columns:
         raise UserError(f"{info_path}: no ImageID column")
     if info.empty:
@@ -284,8 +275,25 @@ def read_rgb(path):
 
 
 def truncated_jpeg(data):
-    """libjpeg decodes a JPEG that lost its end with the missing part grey and only warns."""
-    return data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:].tobytes()
+    """A JPEG whose main image lost its end: libjpeg decodes it with the missing part grey and only warns.
+    The end marker is looked for after the main image's first scan, found by walking the segments from
+    the start: an EXIF thumbnail (inside APP1) has an end marker of its own, and phone "motion photos"
+    carry a video after the image's end."""
+    b = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
+    if b[:2] != b"\xff\xd8":
+        return False
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return True  # lost in the headers: broken
+        marker = b[i + 1]
+        if marker == 0xFF:  # padding
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: entropy-coded data never holds FF D9 (FF is stuffed as FF 00)
+            return b.find(b"\xff\xd9", i) < 0
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return True
 
 
 def decode_bytes(data, path):
@@ -754,7 +762,7 @@ class BatchTransform:
 @cli
 def main(argv):
     load_dotenv_once()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = make_parser(__doc__)
     ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_TRAIN", "demo_data/train"),
                     help="training dir holding train.csv and images/ (env SM_CHANNEL_TRAIN)")
     ap.add_argument("--out", default=None, help="output CSV (default <data_dir>/perfect_train.csv)")
@@ -762,6 +770,7 @@ def main(argv):
     ap.add_argument("--fixes", default=str(DEFAULT_FIXES), help="label fixes CSV (id,field,value)")
     ap.add_argument("--max_bad", type=float, default=0.01, help="max fraction of unreadable images")
     args = ap.parse_args(argv)
+    demo_note(args.data_dir, "demo_data/train", "SM_CHANNEL_TRAIN", "--data_dir")
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir} is not a directory: pass --data_dir or set SM_CHANNEL_TRAIN "

@@ -9,22 +9,17 @@ accuracy, per-task F1, per-class precision/recall/F1/support) and writes
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import classification_report, f1_score, precision_recall_fscore_support
 
-from dataset import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
-from utils import UserError, add_bool, atomic_path, cli, env_default, load_dotenv_once, write_json_atomic
+from labels import class_names, decode
+from utils import UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, write_json_atomic
 
 CLASSES = list(range(18))
-
-
-def class_names():
-    return [f"{MASK_NAMES[m]}/{GENDER_NAMES[g]}/{AGE_NAMES[a]}" for m, g, a in zip(*decode(np.arange(18)))]
 
 
 def macro_f1(y_true, y_pred, labels=CLASSES):
@@ -50,18 +45,12 @@ def confusion_figure(y_true, y_pred, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    cm = confusion_matrix(y_true, y_pred, labels=CLASSES)
+    from sklearn.metrics import ConfusionMatrixDisplay
     fig, ax = plt.subplots(figsize=(9, 8))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(18):
-        for j in range(18):
-            if cm[i, j]:
-                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=6,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xticks(CLASSES, class_names(), rotation=90, fontsize=6)
-    ax.set_yticks(CLASSES, class_names(), fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=CLASSES, display_labels=class_names(), ax=ax,
+                                            cmap="Blues", colorbar=False, xticks_rotation=90,
+                                            text_kw={"fontsize": 6})
+    ax.tick_params(labelsize=6)
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -102,7 +91,7 @@ def evaluate_files(gt_path, sub_path):
 @cli
 def main(argv):
     load_dotenv_once()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = make_parser(__doc__)
     ap.add_argument("--gt_dir", default=env_default("SM_GROUND_TRUTH_DIR", "demo_data/eval"),
                     help="folder with gt.csv (env SM_GROUND_TRUTH_DIR)")
     ap.add_argument("--output_dir", default=env_default("SM_OUTPUT_DATA_DIR", "output"),
@@ -111,6 +100,7 @@ def main(argv):
     ap.add_argument("--gt_name", default="gt.csv")
     add_bool(ap, "--per_class", True, "print the per-class table after the JSON line")
     args = ap.parse_args(argv)
+    demo_note(args.gt_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", "--gt_dir")
     out_dir = Path(args.output_dir)
     y_true, y_pred = evaluate_files(Path(args.gt_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
     result = {**score(y_true, y_pred), "n": int(len(y_true)), "per_class": per_class(y_true, y_pred)}
@@ -121,9 +111,8 @@ def main(argv):
     print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
     if not args.per_class:
         return
-    print(f"{'class':>4} {'name':<26} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}")
-    for r in result["per_class"]:
-        print(f"{r['cls']:>4} {r['name']:<26} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f} {r['support']:>5}")
+    print(classification_report(y_true, y_pred, labels=CLASSES, target_names=[f"{c:>2} {n}" for c, n in
+                                zip(CLASSES, class_names())], digits=3, zero_division=0))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ again, skips finished work and ends with the same files as an uninterrupted one.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 
 from dataset import IMG_EXTS, center_crop, center_region, read_rgb
-from utils import UserError, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
+from utils import UserError, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, write_csv_atomic
 
 # margins around the detected box, as fractions of the box width: close to the original's 30 px at the
 # sides and bottom and 60 px on top for a ~200 px face in a 384x512 photo, and right for any face size
@@ -70,11 +69,9 @@ class FaceDetector:
 
 
 def box_iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of two (x1, y1, x2, y2) boxes (torchvision's)."""
+    from torchvision.ops import box_iou as iou
+    return float(iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))[0, 0])
 
 
 def select_face(boxes, scores, w, h):
@@ -100,6 +97,12 @@ def crop_face(img, box, margin=DEFAULT_MARGIN):
     """The shared crop: face_image.py, predict.py and inference on raw photos all call this."""
     x1, y1, x2, y2 = crop_box(box, img.shape[1], img.shape[0], margin)
     return img[y1:y2, x1:x2]
+
+
+def face_or_center(img, box, found, margin=DEFAULT_MARGIN):
+    """The crop every path uses (face_image.py, inference on raw photos): the face with its margins, or
+    the centre region of the photo when no face was found."""
+    return crop_face(img, box, margin) if found else center_crop(img)
 
 
 def best_boxes(detector, images):
@@ -156,7 +159,7 @@ def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, worker
             bad += [r for r, im in zip(chunk, imgs) if im is None]
             results = best_boxes(detector, [im for _, im in good]) if good else []
             for (rel, im), (box, score, found) in zip(good, results):
-                write_image(dst / rel, crop_face(im, box, margin) if found else center_crop(im))
+                write_image(dst / rel, face_or_center(im, box, found, margin))
                 line = f"{rel},{box[0]:.2f},{box[1]:.2f},{box[2]:.2f},{box[3]:.2f},{score:.5f},{int(found)}"
                 done[rel] = line
                 log.write(line + "\n")
@@ -174,7 +177,7 @@ def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, worker
 @cli
 def main(argv):
     load_dotenv_once()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = make_parser(__doc__)
     ap.add_argument("--data_dir", default=None, help="root holding train/ and eval/ (default demo_data, or the "
                     "SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set)")
     ap.add_argument("--batch_size", type=int, default=32, help="images per MTCNN call")
@@ -190,7 +193,10 @@ def main(argv):
         splits = [Path(args.data_dir) / s for s in ("train", "eval") if (Path(args.data_dir) / s / "images").is_dir()]
     else:
         envs = [env_default("SM_CHANNEL_TRAIN"), env_default("SM_CHANNEL_EVAL")]
-        splits = [Path(p) for p in envs if p] or [Path("demo_data") / s for s in ("train", "eval")]
+        splits = [Path(p) for p in envs if p]
+        if not splits:
+            demo_note("demo_data", "demo_data", "SM_CHANNEL_TRAIN", "--data_dir")
+            splits = [Path("demo_data") / s for s in ("train", "eval")]
     splits = [s for s in splits if (s / "images").is_dir()]
     if not splits:
         raise UserError(f"no images/ folder found under {args.data_dir or 'demo_data'}: pass --data_dir ROOT "

@@ -12,7 +12,6 @@ Each eval image is decoded once, whatever the number of models and TTA views.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import pandas as pd
 import torch
 
 import distributed
-from dataset import BatchTransform, cached_images, decode_many, pinned_batches, read_eval, to_device
+from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
 from model import choose_precision, combine_probs, model_from_checkpoint, task_probs
-from utils import UserError, add_bool, atomic_path, cli, env_default, load_dotenv_once, write_csv_atomic
+from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
+                   str2bool, writable_dir, write_csv_atomic)
 
 TTA_VIEWS = {
     "none": ("id",),
@@ -32,6 +32,7 @@ TTA_VIEWS = {
     "flip_zoom": ("id", "flip", "zoom", "flip_zoom"),
 }
 TASK_DIRS = ("mask", "gender", "age")
+DEMO_EVAL = "demo_data/eval"
 
 
 def view(x, name):
@@ -114,18 +115,18 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
     decode_on 'cuda' decodes JPEGs with nvJPEG); models trained on faces/ without an eval faces/ get
     MTCNN + the shared crop on the fly."""
     eval_dir = Path(eval_dir)
-    has_faces = (eval_dir / "faces").is_dir() and source != "images"
-    if source == "faces" and not has_faces:
+    faces_there = has_faces(eval_dir) and source != "images"
+    if source == "faces" and not faces_there:
         raise UserError(f"{eval_dir / 'faces'} not found: run python face_image.py on the eval dir, or use --source auto")
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     face_keys = {k for k in keys if k[1] == "none"}
     arrays, checks = {}, []
-    if face_keys and has_faces:
+    if face_keys and faces_there:
         _, paths = read_eval(eval_dir, "faces")
         caches = cached_images(paths, face_keys, cache_dir, desc="decoding faces", device=decode_on)
         arrays.update(caches)
         checks += [(paths, c.ok) for c in caches.values()]
-    raw_keys = keys - (face_keys if has_faces else set())
+    raw_keys = keys - (face_keys if faces_there else set())
     if raw_keys:
         _, paths = read_eval(eval_dir, "images")
         center = {k for k in raw_keys if k[1] == "center"}
@@ -145,11 +146,11 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
 
 
 def _face_fn():
-    from face_image import FaceDetector, best_boxes, crop_face
+    from face_image import FaceDetector, best_boxes, face_or_center
     det = FaceDetector()
 
     def fn(imgs):
-        return [crop_face(im, box) if found else im for im, (box, _, found) in zip(imgs, best_boxes(det, imgs))]
+        return [face_or_center(im, box, found) for im, (box, _, found) in zip(imgs, best_boxes(det, imgs))]
     return fn
 
 
@@ -182,49 +183,75 @@ def vote(run_probs, weights, how):
     return soft, (votes + 1e-6 * soft).argmax(1)  # ties broken by the soft vote
 
 
-@cli
-def main(argv):
-    load_dotenv_once()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_EVAL", "demo_data/eval"),
+def resolve_model_dir(path):
+    """A run folder as given, or under ./model/ as the original's --model_dir was (exp -> model/exp)."""
+    p = Path(path)
+    if not p.exists() and (Path("model") / p).is_dir():
+        print(f"note: {p} not found; using model/{p}", file=sys.stderr)
+        return Path("model") / p
+    return p
+
+
+def checkpoint_name(name):
+    """--pth_name best.pth, or the original's prefix form (best -> best.pth)."""
+    return name if name.endswith(".pth") else f"{name}.pth"
+
+
+def build_parser():
+    ap = make_parser(__doc__)
+    ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_EVAL", DEMO_EVAL),
                     help="eval dir with info.csv and images/ (env SM_CHANNEL_EVAL)")
     ap.add_argument("--model_dir", default=env_default("SM_CHANNEL_MODEL", "model/exp"),
-                    help="run folder written by train.py (env SM_CHANNEL_MODEL)")
+                    help="run folder written by train.py (env SM_CHANNEL_MODEL; also looked up under ./model/)")
     ap.add_argument("--output_dir", default=env_default("SM_OUTPUT_DATA_DIR", "output"),
                     help="where the submission goes (env SM_OUTPUT_DATA_DIR)")
     ap.add_argument("--output_name", default="output")
-    ap.add_argument("--pth_name", default="best.pth", help="checkpoint file name in each run/fold/task folder")
+    ap.add_argument("--pth_name", type=checkpoint_name, default="best.pth",
+                    help="checkpoint file in each run/fold/task folder (a prefix such as 'best' also works)")
     add_bool(ap, "--cv", None, "average the fold*/ checkpoints (default: detected from the run folder)")
-    add_bool(ap, "--multi", None, "combine mask/, gender/, age/ models (default: detected)")
+    ap.add_argument("--multi", "--multi_label", type=str2bool, nargs="?", const=True, default=None,
+                    help="combine mask/, gender/, age/ models (default: detected)")
     add_bool(ap, "--ensemble", False, "combine several runs (--ensemble_model_dir)")
     ap.add_argument("--ensemble_model_dir", nargs="*", default=[], help="run folders to ensemble")
-    ap.add_argument("--ensemble_model_name", nargs="*", default=[],
-                    help="accepted for compatibility; checkpoints describe their own architecture")
-    ap.add_argument("--weights", type=float, nargs="*", default=None, help="per-run weights for the ensemble")
+    for flag in ("--ensemble_model_name", "--model_name", "--resize"):  # checkpoints describe themselves
+        ap.add_argument(flag, nargs="*", default=None,
+                        help="accepted from the original scripts and not needed: checkpoints carry their "
+                             "architecture and input size")
+    ap.add_argument("--weights", type=positive(float, 0, inclusive=True), nargs="*", default=None,
+                    help="per-run weights for the ensemble")
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
                     "(default <output_dir>/.cache)")
-    ap.add_argument("--batch_size", type=int, default=None, help="default 32 on CPU (fastest on 2 cores), 256 on CUDA")
+    ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=None,
+                    help="default 32 on CPU (fastest on 2 cores), 256 on CUDA")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", True, "bf16 (or fp16 on GPUs before compute capability 8.0) autocast on CUDA; "
              "False: fp32. No-op on CPU")
     add_bool(ap, "--gpu_decode", False, "on CUDA, decode JPEGs with nvJPEG (measured slower than 16 CPU threads on "
              "an H200 machine); no-op on CPU")
-    args = ap.parse_args(argv)
+    return ap
+
+
+@cli
+def main(argv):
+    load_dotenv_once()
+    args = build_parser().parse_args(argv)
+    demo_note(args.data_dir, DEMO_EVAL, "SM_CHANNEL_EVAL", "--data_dir")
     device = distributed.setup(args.device).device
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
+    out = writable_dir(args.output_dir, "--output_dir (SM_OUTPUT_DATA_DIR)")
     if args.ensemble:
         if len(args.ensemble_model_dir) < 1:
             raise UserError("--ensemble True needs --ensemble_model_dir RUN [RUN ...]")
-        runs = args.ensemble_model_dir
+        runs = [resolve_model_dir(r) for r in args.ensemble_model_dir]
     else:
-        runs = [args.model_dir]
+        runs = [resolve_model_dir(args.model_dir)]
     weights = args.weights or [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise UserError(f"--weights has {len(weights)} values for {len(runs)} runs")
+    if len(weights) != len(runs) or sum(weights) <= 0:
+        raise UserError(f"--weights needs {len(runs)} values, not all 0 (got {len(weights)})")
     info, _ = read_eval(args.data_dir)
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
     models = load_models([g for gs in run_groups_ for g in gs], device)
@@ -234,7 +261,6 @@ def main(argv):
     run_probs = [run_groups(gs, arrays, models, tta=args.tta, batch_size=batch_size, device=device, amp=args.amp)
                  for gs in run_groups_]
     probs, ans = vote(run_probs, weights, args.vote)
-    out = Path(args.output_dir)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})
     with atomic_path(out / f"{args.output_name}_probs.npy") as tmp:
         np.save(tmp, probs.astype(np.float32))

@@ -8,7 +8,6 @@ A model's output is the concatenated logits of its heads: tasks ('label',) -> 18
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import functools
 from contextlib import nullcontext
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from dataset import TASKS, decode
-from utils import UserError, atomic_path, cli
+from utils import UserError, atomic_path, cli, make_parser
 
 # Good starting points on this problem; any timm name works.
 RECOMMENDED = ("efficientnet_lite0", "efficientnet_b0", "efficientnet_b2", "efficientnet_b2_pruned",
@@ -233,7 +232,7 @@ def marginal(p18, task):
 
 @cli
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = make_parser(__doc__)
     ap.add_argument("--list", action="store_true", help="print every timm model name")
     ap.add_argument("--check", default=None, help="build a model with its pretrained weights")
     args = ap.parse_args(argv)

@@ -51,8 +51,11 @@ class Schedule:
 def create_scheduler(name, optimizer, lr, epochs, steps_per_epoch, warmup_epochs=0.0):
     total = max(1, epochs * steps_per_epoch)
     if name == "onecycle":
-        impl = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total + 1,
-                                                   pct_start=max(0.05, min(0.5, warmup_epochs / max(epochs, 1)) or 0.25))
+        # OneCycleLR needs at least a step in each phase: two spare steps, and a warm-up of at least
+        # one step (--warmup_epochs 0: just that), at most half the run
+        steps = total + 2
+        pct = min(0.5, max(warmup_epochs / max(epochs, 1), 1.01 / steps))
+        impl = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
         return Schedule(impl, False)
     if name == "cyclic":  # the original recipe's triangular cycle, 2 epochs up, 2 down
         impl = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=lr / 10, max_lr=lr,
@@ -60,7 +63,7 @@ def create_scheduler(name, optimizer, lr, epochs, steps_per_epoch, warmup_epochs
         return Schedule(impl, False)
     if name in ("cosine", "step"):
         from timm.scheduler import create_scheduler_v2
-        impl, _ = create_scheduler_v2(optimizer, sched=name, num_epochs=epochs, warmup_epochs=int(warmup_epochs),
+        impl, _ = create_scheduler_v2(optimizer, sched=name, num_epochs=epochs, warmup_epochs=warmup_epochs,  # fractions too: timm scales by updates
                                       decay_epochs=max(1, epochs // 3), min_lr=lr * 1e-3, warmup_lr=lr * 1e-2,
                                       step_on_epochs=False, updates_per_epoch=steps_per_epoch)
         return Schedule(impl, True)

@@ -9,8 +9,6 @@ probabilities. The run may be single, CV (folds averaged) or multi-task: it is d
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from PIL import Image, ImageDraw
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
 from face_image import FaceDetector, crop_face
 from inference import TTA_VIEWS, find_groups, load_models, run_groups
-from utils import UserError, atomic_path, cli, write_json_atomic
+from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
 
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
 
@@ -39,6 +37,21 @@ def collect(inputs):
     if not files:
         raise UserError(f"no photos (.jpg/.jpeg/.png) in {' '.join(inputs)}")
     return files
+
+
+def output_names(files):
+    """A distinct output name per photo: its stem, or parent_stem where two photos share a stem (then
+    a counter), so a.jpg in two folders never overwrite each other."""
+    stems = [f.stem for f in files]
+    names, used = {}, set()
+    for f in files:
+        name = f.stem if stems.count(f.stem) == 1 else f"{f.parent.name}_{f.stem}"
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name)
+        names[f] = name
+    return names
 
 
 def annotate(img, faces):
@@ -59,7 +72,7 @@ def annotate(img, faces):
 
 @cli
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = make_parser(__doc__)
     ap.add_argument("photos", nargs="+", help="photos or folders of photos")
     ap.add_argument("--model_dir", required=True, help="run folder written by train.py")
     ap.add_argument("--pth_name", default="best.pth")
@@ -70,10 +83,12 @@ def main(argv):
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    out = writable_dir(args.out, "--out")
     groups = find_groups(args.model_dir, args.pth_name)
     models = load_models(groups, device)
     metas = [meta for _, meta in models.values()]
     files = collect(args.photos)
+    names = output_names(files)
     det = FaceDetector(device, args.detect_size or None)
     found, crops, unreadable = [], [], []
     for f in files:
@@ -92,7 +107,7 @@ def main(argv):
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     arrays = {k: np.stack([prepare(c, k[0], "none") for c in crops]) if crops else None for k in keys}
     probs = run_groups(groups, arrays, models, tta=args.tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
-    out, k = Path(args.out), 0
+    k = 0
     n_faces = 0
     for f, img, faces in found:
         rows = []
@@ -105,8 +120,8 @@ def main(argv):
                              mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
                              age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
         n_faces += len(rows)
-        write_json_atomic(out / f"{f.stem}.json", {"photo": str(f), "faces": rows})
-        with atomic_path(out / f"{f.stem}_pred.jpg") as tmp:
+        write_json_atomic(out / f"{names[f]}.json", {"photo": str(f), "faces": rows})
+        with atomic_path(out / f"{names[f]}_pred.jpg") as tmp:
             annotate(img, rows).save(tmp, "JPEG", quality=92)
         print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {r['mask_name']}, {r['gender_name']}, "
                                                     f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))

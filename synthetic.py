@@ -15,13 +15,11 @@ nose or the mouth and nose exposed; pose, scale, background, light and JPEG qual
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from dataset import MASK_STEMS, age_class, encode
-from utils import UserError, cli, write_csv_atomic
+from utils import UserError, cli, make_parser
 
 W, H = 384, 512
 SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 135], [198, 134, 96], [141, 85, 54], [95, 60, 40]])
@@ -204,7 +202,7 @@ def write_dataset(people, out, eval_ratio, seed):
 
 @cli
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = make_parser(__doc__)
     ap.add_argument("--out", default="demo_data", help="output root (replaced if it exists)")
     ap.add_argument("--people", type=int, default=150, help="number of drawn people")
     ap.add_argument("--eval_ratio", type=float, default=0.2, help="share of people in eval/")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -30,79 +29,110 @@ import torch
 
 import distributed
 from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, BatchDataset, BatchTransform, ImageCache, Log,
-                     age_class, build_table, cached_images, encode, holdout_split, kfold_split, make_loader, people_of,
+                     age_class, build_table, cached_images, encode, has_faces, holdout_split, kfold_split, make_loader, people_of,
                      task_targets, to_device)
 from evaluation import confusion_figure, macro_f1, score
 from loss import LOSSES, create_loss
 from model import (Precision, choose_precision, combine_probs, create_model, load_checkpoint, marginal,
                    save_checkpoint, split_heads, task_probs)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
-from utils import (UserError, add_bool, cli, env_default, increment_dir, load_dotenv_once, seed_everything,
-                   write_csv_atomic, write_json_atomic)
+from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
+                   make_parser, positive, refuse, seed_everything, str2bool, writable_dir, write_csv_atomic,
+                   write_json_atomic)
 
 MULTI_TASKS = ("mask", "gender", "age")
+DEMO_TRAIN = "demo_data/train"
+
+
+# the original scripts' names for what these flags take
+LOSS_ALIASES = {"symmetric": "symmetric_ce", "cross_entropy": "cross_entropy", "focal": "focal", "f1": "f1",
+                "label_smoothing": "label_smoothing"}
+AUGMENT_ALIASES = {"baseaugmentation": "none", "customaugmentation": "basic"}
+
+
+def loss_name(v):
+    return LOSS_ALIASES.get(v.lower(), v.lower())
+
+
+def augment_name(v):
+    return AUGMENT_ALIASES.get(v.lower(), v.lower())
+
+
+def multi_mode(v):
+    """--multi True|False, or the original's 0|1|2 (2: three models with CV)."""
+    return "cv" if str(v).strip() == "2" else str2bool(v)
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = ap.add_argument
+    ap = make_parser(__doc__)
+    pos, count = positive(float), positive(int, 1, inclusive=True)
     g = ap.add_argument_group("data")
-    g.add_argument("--data_dir", default=env_default("SM_CHANNEL_TRAIN", "demo_data/train"),
-                   help="training dir (env SM_CHANNEL_TRAIN)")
+    g.add_argument("--data_dir", default=env_default("SM_CHANNEL_TRAIN", DEMO_TRAIN),
+                   help="training dir holding train.csv (its images/ or faces/ folder also works; env SM_CHANNEL_TRAIN)")
     g.add_argument("--model_dir", default=env_default("SM_MODEL_DIR", "model"), help="runs go here (env SM_MODEL_DIR)")
     g.add_argument("--name", default="exp", help="run folder name, auto-incremented: exp, exp2, ...")
     g.add_argument("--run_dir", default=None, help="exact run folder (reused: for fold jobs sharing one run)")
     g.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                    help="faces/ (face_image.py crops) or images/ (centre crop); auto: faces/ when present")
-    g.add_argument("--img_size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    g.add_argument("--img_size", "--resize", type=positive(int, 16, inclusive=True), nargs=2, default=[224, 224],
+                   metavar=("H", "W"))
     g.add_argument("--age_bounds", type=int, nargs=2, default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"),
                    help="age classes for training labels; validation always uses 30 60")
     g.add_argument("--extra_data", nargs="*", default=[], help="other training dirs in the same layout: added to "
                    "the training side of every split, never validated on")
     g.add_argument("--fixes", default=None, help="label fixes CSV (default: the repo's label_fixes.csv)")
-    g.add_argument("--max_bad", type=float, default=0.01, help="fail when more than this share of images is bad")
+    g.add_argument("--max_bad", type=fraction, default=0.01, help="fail when more than this share of images is bad")
     g.add_argument("--cache_dir", default=None, help="decoded-image cache (default <model_dir>/.cache)")
     g = ap.add_argument_group("mode")
     add_bool(g, "--cv", False, "stratified k-fold CV by person")
-    g.add_argument("--k_folds", type=int, default=5)
-    g.add_argument("--fold", type=int, default=None, help="run only this fold (0-based)")
+    g.add_argument("--k_folds", type=positive(int, 2, inclusive=True), default=5)
+    g.add_argument("--fold", type=positive(int, 0, inclusive=True), default=None, help="run only this fold (0-based)")
     g.add_argument("--merge", default=None, metavar="RUN_DIR", help="merge the folds of a CV run and exit")
-    g.add_argument("--val_ratio", type=float, default=0.2)
-    add_bool(g, "--multi", False, "three separate models: mask, gender, age")
+    g.add_argument("--val_ratio", type=positive(float), default=0.2)
+    g.add_argument("--multi", type=multi_mode, nargs="?", const=True, default=False,
+                   help="three separate models: mask, gender, age (the original's --multi 2: with CV)")
     add_bool(g, "--heads", False, "one backbone with mask, gender and age heads")
-    g.add_argument("--head_weights", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("MASK", "GENDER", "AGE"))
+    g.add_argument("--head_weights", type=positive(float, 0, inclusive=True), nargs=3, default=[1.0, 1.0, 1.0],
+                   metavar=("MASK", "GENDER", "AGE"))
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     g = ap.add_argument_group("model and recipe")
-    g.add_argument("--model", default="efficientnet_lite0", help="any timm model name")
+    g.add_argument("--model", "--model_name", default="efficientnet_lite0", help="any timm model name")
     add_bool(g, "--pretrained", True, "start from ImageNet weights")
     g.add_argument("--pretrained_path", default=None, help="local ImageNet state dict")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch_size", type=int, default=64, help="per process")
-    g.add_argument("--valid_batch_size", type=int, default=128)
-    g.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight_decay", type=float, default=1e-2)
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="onecycle")
-    g.add_argument("--warmup_epochs", type=float, default=1.0)
-    g.add_argument("--loss", choices=sorted(LOSSES), default="label_smoothing")
-    g.add_argument("--smoothing", type=float, default=None, help="label smoothing (default: the loss's own)")
-    g.add_argument("--augment", choices=sorted(AUG_PRESETS), default="basic")
-    g.add_argument("--cutmix", type=float, default=0.0, help="probability of CutMix per batch")
-    g.add_argument("--mixup", type=float, default=0.0, help="probability of MixUp per batch")
+    g.add_argument("--epochs", type=count, default=10)
+    g.add_argument("--batch_size", type=count, default=64, help="per process")
+    g.add_argument("--valid_batch_size", type=count, default=128)
+    g.add_argument("--optimizer", type=str.lower, choices=sorted(OPTIMIZERS), default="adamw")
+    g.add_argument("--lr", type=pos, default=1e-3)
+    g.add_argument("--weight_decay", type=positive(float, 0, inclusive=True), default=1e-2)
+    g.add_argument("--scheduler", type=str.lower, choices=SCHEDULERS, default="onecycle")
+    g.add_argument("--warmup_epochs", type=positive(float, 0, inclusive=True), default=1.0)
+    g.add_argument("--loss", "--criterion", type=loss_name, choices=sorted(LOSSES), default="label_smoothing")
+    g.add_argument("--smoothing", type=fraction, default=None, help="label smoothing (default: the loss's own)")
+    g.add_argument("--augment", "--augmentation", type=augment_name, choices=sorted(AUG_PRESETS), default="basic",
+                   help="the original's BaseAugmentation is none, CustomAugmentation basic")
+    g.add_argument("--cutmix", type=fraction, default=0.0, help="probability of CutMix per batch")
+    g.add_argument("--mixup", type=fraction, default=0.0, help="probability of MixUp per batch")
     g.add_argument("--sampler", choices=("uniform", "weighted"), default="uniform",
                    help="weighted: draw classes evenly")
-    g.add_argument("--drop_rate", type=float, default=0.2)
-    g.add_argument("--clip_grad", type=float, default=0.0, help="max gradient norm (0: off)")
-    g.add_argument("--ema", type=float, default=0.0, help="EMA decay of weights, e.g. 0.999 (0: off)")
-    g.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better F1 (0: off)")
+    g.add_argument("--drop_rate", type=fraction, default=0.2)
+    g.add_argument("--clip_grad", type=positive(float, 0, inclusive=True), default=0.0,
+                   help="max gradient norm (0: off)")
+    g.add_argument("--ema", type=fraction, default=0.0, help="EMA decay of weights, e.g. 0.999 (0: off)")
+    g.add_argument("--patience", type=positive(int, 0, inclusive=True), default=0,
+                   help="stop after N epochs without a better F1 (0: off)")
     g.add_argument("--seed", type=int, default=42)
+    refuse(g, "--lr_decay_step", "the schedule is --scheduler onecycle|cosine|step|cyclic|constant (step decays "
+           "every epochs/3)")
+    refuse(g, "--log_interval", "every epoch prints one line, and --progress shows running loss and F1")
+    refuse(g, "--features", "use --multi True for one model per task (mask, gender, age)")
     g = ap.add_argument_group("hardware")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_bool(g, "--amp", True, "mixed precision on CUDA (bf16 where supported); no-op on CPU")
+    add_bool(g, "--amp", True, "mixed precision on CUDA (bf16 from compute capability 8.0, else fp16); no-op on CPU")
     add_bool(g, "--channels_last", True, "channels_last memory format (faster on CUDA and on CPU)")
     add_bool(g, "--compile", False, "torch.compile on CUDA; no-op on CPU")
-    g.add_argument("--workers", type=int, default=None, help="loader workers (default 0 on CPU, 4 on CUDA)")
+    g.add_argument("--workers", type=positive(int, 0, inclusive=True), default=None,
+                   help="loader workers (default 0 on CPU, 4 on CUDA)")
     add_bool(g, "--cudnn_benchmark", True, "on CUDA, let cuDNN time its kernels once per input shape (measured on "
              "an H200: first epoch 30-35 s, later ones about 1 s for 4,200 photos at 224x224)")
     add_bool(g, "--gpu_data", True, "on CUDA, hold the decoded images on the GPU when they take under a quarter "
@@ -116,7 +146,7 @@ def build_parser():
 # --- data ----------------------------------------------------------------------------------------
 def resolve_source(data_dir, source):
     if source == "auto":
-        return "faces" if (Path(data_dir) / "faces" / "boxes.csv").is_file() else "images"
+        return "faces" if has_faces(data_dir) else "images"
     return source
 
 
@@ -471,10 +501,14 @@ def make_loaders(cfg, table, images, tr_rows, va_rows, dist):
     return loader_tr, loader_va, train_labels
 
 
-def resume_state(out, loop, unit):
-    """-> (start epoch, best F1, bad epochs, history), from last.pth when rank 0 finds one."""
+def resume_state(out, loop, unit, resume, run_dir):
+    """-> (start epoch, best F1, bad epochs, history), from last.pth when rank 0 finds one and the run
+    was asked to resume; a stale last.pth in a reused folder is refused, not silently continued."""
     if not distributed.broadcast_object((out / "last.pth").is_file()):
         return 0, -1.0, 0, []
+    if not resume:
+        raise UserError(f"{out} holds an unfinished run (last.pth): continue it with --resume {run_dir}, or choose "
+                        "another --run_dir")
     ck = load_checkpoint(out / "last.pth")
     loop.raw_model.load_state_dict(ck["model"])
     loop.optimizer.load_state_dict(ck["optimizer"])
@@ -503,7 +537,7 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
         out.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"))
-    start, best, bad_epochs, history = resume_state(out, loop, unit)
+    start, best, bad_epochs, history = resume_state(out, loop, unit, bool(cfg["resume"]), cfg["run_dir"])
     for epoch in range(start, cfg["epochs"]):
         t0 = time.time()
         tr = train_one_epoch(model, loader_tr, loop, epoch)
@@ -524,16 +558,15 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
                 _write_valid_preds(out / "valid_preds.csv", table.iloc[va_rows], probs, tasks)
                 _log_figures(writer, epoch + 1, tasks, probs, loop.valid_labels, images,
                              table["cache_row"].to_numpy()[va_rows])
-            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-                   "python": list(random.getstate()[1])}
+            # no RNG state: every epoch reseeds from (seed, epoch, rank), which is what makes a resume exact
             save_checkpoint(out / "last.pth", raw_model, m, optimizer=loop.optimizer, schedule=loop.schedule,
                             scaler=loop.scaler, ema=loop.ema, epoch=epoch, best_f1=best, bad_epochs=bad_epochs,
-                            history=history, rng=rng)
+                            history=history)
         distributed.barrier()
         if cfg["patience"] and bad_epochs >= cfg["patience"]:
             log_main(f"[{unit['subdir'] or 'run'}] early stop: no better F1 for {bad_epochs} epochs")
             break
-    best_metrics = next((h for h in reversed(history) if h.get("best")), None)
+    best_metrics = best_epoch_of(history)
     result = {"best_epoch": best_metrics["epoch"] if best_metrics else None, "best_f1": best,
               "best": best_metrics, "history": history, "tasks": list(tasks)}
     if dist.is_main:
@@ -541,6 +574,12 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
         writer.close()
     distributed.barrier()
     return result
+
+
+def best_epoch_of(history):
+    """The record of the best epoch: the last one that improved (a resumed run's history holds every
+    improvement since epoch 1, and each later one beat the earlier)."""
+    return next((h for h in reversed(history) if h.get("best")), None)
 
 
 def _log_epoch(writer, unit, cfg, rec, tr, va):
@@ -621,17 +660,82 @@ def merge_cv(run_dir, k=None, quiet_missing=False):
 
 
 # --- entry ---------------------------------------------------------------------------------------
-def resolve_run_dir(cfg, dist):
-    if cfg["resume"]:
-        run_dir = Path(cfg["resume"])
-    elif cfg["run_dir"]:
-        run_dir = Path(cfg["run_dir"])
-    else:
-        run_dir = increment_dir(Path(cfg["model_dir"]), cfg["name"]) if dist.is_main else None
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None))
+# settings that say how this machine runs a run, not what the run is: free to change on --resume
+MACHINE_SETTINGS = ("resume", "progress", "device", "workers", "gpu_decode", "gpu_data", "cudnn_benchmark")
+
+
+def given_flags(argv):
+    """The settings this command line names explicitly (aliases included)."""
+    ap = build_parser()
+    for action in ap._actions:
+        action.default = argparse.SUPPRESS
+    return vars(ap.parse_args(argv))
+
+
+def settings(args, argv):
+    """The run's settings: this command line's, or with --resume the run's own config.json (defaults for
+    settings newer than the run) with this command line's machine settings."""
+    cfg = vars(args).copy()
+    if cfg["multi"] == "cv":  # the original's --multi 2
+        cfg.update(multi=True, cv=True)
+    if not args.resume:
+        demo_note(cfg["data_dir"], DEMO_TRAIN, "SM_CHANNEL_TRAIN", "--data_dir")
+        return cfg
+    path = Path(args.resume) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: --resume takes a run folder written by train.py")
+    saved = json.loads(path.read_text())
+    changed = sorted(k for k in given_flags(argv) if k not in MACHINE_SETTINGS and k in saved and saved[k] != cfg[k])
+    if changed:
+        raise UserError(f"--resume continues {args.resume} with its own settings, and {', '.join('--' + k for k in changed)} "
+                        f"differ from its config.json: start a new run for other settings")
+    if not any(Path(args.resume).rglob("last.pth")) and not any(Path(args.resume).rglob("metrics.json")):
+        raise UserError(f"{args.resume}: nothing to resume (no last.pth: the run stopped before its first epoch "
+                        "ended); start it again without --resume")
+    return {**cfg, **saved, **{k: cfg[k] for k in MACHINE_SETTINGS}}
+
+
+def resolve_data_dir(cfg):
+    """SM_CHANNEL_TRAIN may name a train root, or (as the original's did) its images/ or faces/ folder."""
+    d = Path(cfg["data_dir"])
+    if d.name in ("images", "faces") and not (d / "train.csv").is_file() and (d.parent / "train.csv").is_file():
+        source = d.name if cfg["source"] == "auto" else cfg["source"]
+        log_main(f"data: {d} is the {d.name}/ folder of {d.parent}: training on {d.parent} with --source {source}")
+        return {**cfg, "data_dir": str(d.parent), "source": source}
+    return cfg
+
+
+def choose_run_dir(cfg, dist):
+    """The run folder (rank 0 names a new one; every rank gets the same). Created later, once the data
+    has loaded, so a run that fails on its data leaves no folder behind."""
+    if cfg["resume"] or cfg["run_dir"]:
+        return Path(cfg["resume"] or cfg["run_dir"])
+    writable_dir(cfg["model_dir"], "--model_dir (SM_MODEL_DIR)")
+    name = increment_dir(Path(cfg["model_dir"]), cfg["name"]) if dist.is_main else None
+    return Path(distributed.broadcast_object(str(name) if name else None))
+
+
+def create_run_dir(run_dir, cfg, dist):
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        writable_dir(run_dir, "--run_dir")
+        if not (run_dir / "config.json").is_file():
+            write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
+    distributed.barrier()
+    distributed.check_shared_dir(run_dir)
+
+
+def run_units(units, cfg, table, images, run_dir, dist):
+    results = {}
+    for unit in units:
+        out = run_dir / unit["subdir"]
+        done = distributed.broadcast_object(json.loads((out / "metrics.json").read_text())
+                                            if dist.is_main and (out / "metrics.json").is_file() else None)
+        if done:  # decided by rank 0 for every rank
+            log_main(f"[{unit['subdir'] or 'run'}] already finished, skipped")
+            results[unit["subdir"]] = done
+            continue
+        results[unit["subdir"]] = run_fold(unit["train"], unit["valid"], cfg, unit, table, images, out, dist)
+    return results
 
 
 @cli
@@ -641,44 +745,24 @@ def main(argv):
     if args.merge:
         merge_cv(args.merge)
         return
-    cfg = vars(args).copy()
-    if args.resume:
-        path = Path(args.resume) / "config.json"
-        if not path.is_file():
-            raise UserError(f"{path} not found: --resume takes a run folder written by train.py")
-        saved = json.loads(path.read_text())
-        # settings of the run itself come from its config (defaults for keys newer than the run);
-        # how this machine runs it comes from this command line
-        cfg = {**vars(args), **saved, "resume": args.resume, "progress": args.progress, "device": args.device,
-               "workers": args.workers, "gpu_decode": args.gpu_decode, "gpu_data": args.gpu_data,
-               "cudnn_benchmark": args.cudnn_benchmark}
+    cfg = settings(args, argv)
     if cfg["multi"] and cfg["heads"]:
         raise UserError("--multi (three models) and --heads (one model, three heads) exclude each other")
-    if cfg["batch_size"] < 1 or cfg["epochs"] < 1:
-        raise UserError("--batch_size and --epochs must be at least 1")
+    if cfg["fold"] is not None and not cfg["cv"]:
+        raise UserError("--fold needs --cv True")
     dist = distributed.setup(cfg["device"], cfg["cudnn_benchmark"])
     try:
-        run_dir = resolve_run_dir(cfg, dist)
-        distributed.check_shared_dir(run_dir)
+        cfg = resolve_data_dir(cfg)
+        run_dir = choose_run_dir(cfg, dist)
         cfg.update(run_dir=str(run_dir), world_size=dist.world, data_dir=str(cfg["data_dir"]))
-        if dist.is_main and not (run_dir / "config.json").is_file():
-            write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
         log = Log(quiet=not dist.is_main)
         log_main(f"device {dist.device} x {dist.world} process(es), {choose_precision(dist.device, cfg['amp']).name}"
                  f"{', channels_last' if cfg['channels_last'] else ''}")
         table, images = load_data({**cfg, "device_name": str(dist.device)}, log)
         units = plan_units(cfg, table)
+        create_run_dir(run_dir, cfg, dist)
         t0 = time.time()
-        results = {}
-        for unit in units:
-            out = run_dir / unit["subdir"]
-            done = distributed.broadcast_object(json.loads((out / "metrics.json").read_text())
-                                                if dist.is_main and (out / "metrics.json").is_file() else None)
-            if done:  # decided by rank 0 for every rank
-                log_main(f"[{unit['subdir'] or 'run'}] already finished, skipped")
-                results[unit["subdir"]] = done
-                continue
-            results[unit["subdir"]] = run_fold(unit["train"], unit["valid"], cfg, unit, table, images, out, dist)
+        results = run_units(units, cfg, table, images, run_dir, dist)
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}
         if cfg["cv"] and dist.is_main:
             cv = merge_cv(run_dir, cfg["k_folds"], quiet_missing=True)

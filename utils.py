@@ -74,6 +74,75 @@ def add_bool(parser, name, default, help=""):
     parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the toolkit's manners: no abbreviations (argparse would otherwise read
+    `inference.py --model X` as --model_dir X), defaults in --help, and a bad flag reported as one
+    `error:` line with exit status 2, like every other bad input."""
+
+    def __init__(self, doc):
+        super().__init__(description=doc.split("\n")[0], allow_abbrev=False,
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def make_parser(doc):
+    return Parser(doc)
+
+
+class _Refused(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UserError(f"{option_string} (from the original scripts) is not supported: {self.help}")
+
+
+def refuse(parser, flag, instead):
+    """An original flag this toolkit does not take: one error line saying what to use instead."""
+    parser.add_argument(flag, nargs="*", action=_Refused, help=instead)
+
+
+def positive(kind=float, minimum=0, inclusive=False):
+    """argparse type: a number above `minimum` (or at least it, when inclusive)."""
+    def parse(v):
+        try:
+            x = kind(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {v!r}")
+        if x < minimum or (x == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum}, got {v}")
+        return x
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def fraction(v):
+    """argparse type: a number in [0, 1]."""
+    x = positive(float, 0, inclusive=True)(v)
+    if x > 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
+    return x
+
+
+def demo_note(value, default, env, flag):
+    """One line on stderr when a script falls back to the demo data, saying how to point at real data."""
+    if str(value) == str(default) and not os.environ.get(env):
+        print(f"note: using the demo data ({default}); set {env} or {flag} for real data", file=sys.stderr)
+
+
+def writable_dir(path, flag):
+    """Create `path` if needed and check a file can be written there, before any work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder: choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror}): choose another {flag}")
+    return path
+
+
 def env_default(name, fallback=None):
     """Value of a SageMaker-style env var (from the environment or a .env file), else fallback."""
     return os.environ.get(name) or fallback

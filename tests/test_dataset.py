@@ -79,10 +79,11 @@ def test_splits_are_by_person_and_stratified(tiny_root):
         assert {lab[p] for p in va} == set(range(6)) and {lab[p] for p in tr} == set(range(6))
         seen += va
     assert sorted(seen) == sorted(people["people_path"])
-    # on a real table: no person's photos on both sides
+    # on a real table: no person (by id, not by a path that already holds it) on both sides
     t = build_table(tiny_root / "train", log=Log(quiet=True))
     tr, va = holdout_split(people_of(t), 0.25, seed=0)
-    assert not set(t.loc[t["people_path"].isin(tr), "path"]) & set(t.loc[t["people_path"].isin(va), "path"])
+    assert not set(t.loc[t["people_path"].isin(tr), "id"]) & set(t.loc[t["people_path"].isin(va), "id"])
+    assert set(t.loc[t["people_path"].isin(tr), "id"]) | set(t.loc[t["people_path"].isin(va), "id"]) == set(t["id"])
 
 
 def test_one_dataset_class_serves_label_and_tasks():
@@ -103,6 +104,9 @@ def test_augmentation_is_deterministic_for_a_generator_and_off_when_not_training
     b = t(x, train=True, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and a.shape == (4, 3, 16, 16)
     plain = t(x)
+    assert not torch.allclose(a, plain)  # it did augment
+    c = t(x, train=True, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(a, c)  # and the generator decides how
     assert torch.allclose(plain, (x.float() - 127.5) / 63.75)
 
 

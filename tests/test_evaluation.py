@@ -21,6 +21,15 @@ def test_macro_f1_matches_sklearn_on_random_labels():
         assert s["f1_mask"] == pytest.approx(f1_score(y // 6, p // 6, average="macro", labels=range(3), zero_division=0))
 
 
+def test_macro_f1_against_a_count_by_hand():
+    """Three classes present of the 18; every other class has F1 0 and still counts in the mean."""
+    y = np.array([0, 0, 0, 1, 1, 17])
+    p = np.array([0, 0, 1, 1, 1, 0])
+    # class 0: tp 2, fp 1, fn 1 -> F1 2/3; class 1: tp 2, fp 1, fn 0 -> 0.8; class 17: tp 0 -> 0
+    assert score(y, p)["f1"] == pytest.approx((2 / 3 + 0.8 + 0) / 18)
+    assert score(y, p)["accuracy"] == pytest.approx(4 / 6)
+
+
 def _write(tmp_path, gt, sub):
     (tmp_path / "gt").mkdir(exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)

@@ -1,0 +1,40 @@
+"""The 18 classes and their three tasks: names, encoding, age bands. numpy only, so that scoring a
+submission (evaluation.py) needs neither torch nor OpenCV.
+
+Not a script; imported by dataset.py, evaluation.py, model.py, ...
+"""
+from __future__ import annotations
+
+import numpy as np
+
+OFFICIAL_AGE_BOUNDS = (30, 60)
+TASKS = {"label": 18, "mask": 3, "gender": 2, "age": 3}
+MASK_NAMES = ("wear", "incorrect", "not wear")
+GENDER_NAMES = ("male", "female")
+AGE_NAMES = ("<30", "30-59", ">=60")
+
+
+def encode(mask, gender, age):
+    return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age)
+
+
+def decode(label):
+    label = np.asarray(label)
+    return label // 6, (label // 3) % 2, label % 3
+
+
+def age_class(age_years, bounds=OFFICIAL_AGE_BOUNDS):
+    """0: < bounds[0], 1: < bounds[1], 2: the rest."""
+    a = np.asarray(age_years)
+    return (a >= bounds[0]).astype(int) + (a >= bounds[1]).astype(int)
+
+
+def task_targets(labels, tasks):
+    """(N,) 18-class labels -> (N, len(tasks)) integer targets for the given tasks."""
+    mask, gender, age = decode(labels)
+    parts = {"label": np.asarray(labels), "mask": mask, "gender": gender, "age": age}
+    return np.stack([parts[t] for t in tasks], axis=1).astype(np.int64)
+
+
+def class_names():
+    return [f"{MASK_NAMES[m]}/{GENDER_NAMES[g]}/{AGE_NAMES[a]}" for m, g, a in zip(*decode(np.arange(18)))]

@@ -1,0 +1,299 @@
+"""The original scripts' command lines, bugs found by reading, bad input found by trying it, and the
+parts of the loop that had no test: each test here fails without the fix it names."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TINY, assert_clean_error, run
+
+BASE = ["--model", "test_efficientnet", "--pretrained", "False", "--batch_size", "16", "--progress", "False",
+        "--epochs", "1"]
+
+
+# --- 1. users arriving with the original command lines ---------------------------------------------
+def test_original_train_command_line_with_the_crops_folder_as_channel(tiny_root, tmp_path):
+    """SM_CHANNEL_TRAIN at images/ (the original pointed it at the crops), and the original's flag names."""
+    env = {"SM_CHANNEL_TRAIN": str(tiny_root / "train" / "images"), "SM_MODEL_DIR": str(tmp_path / "model")}
+    p = run("train.py", "--model_name", "test_efficientnet", "--resize", "32", "32", "--criterion", "symmetric",
+            "--optimizer", "Adam", "--augmentation", "BaseAugmentation", "--name", "exp", "--pretrained", "False",
+            "--batch_size", "16", "--epochs", "1", "--progress", "False", env=env)
+    assert f"training on {tiny_root / 'train'} with --source images" in p.stdout
+    cfg = json.loads((tmp_path / "model" / "exp" / "config.json").read_text())
+    assert (cfg["model"], cfg["img_size"], cfg["loss"], cfg["optimizer"], cfg["augment"]) == \
+        ("test_efficientnet", [32, 32], "symmetric_ce", "adam", "none")
+    assert cfg["data_dir"] == str(tiny_root / "train") and cfg["source"] == "images"
+
+
+def test_original_multi_2_is_three_models_with_cv_and_inference_reads_it_the_original_way(tiny_root, tmp_path):
+    md = tmp_path / "model"
+    run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *BASE, "--img_size", "32", "32",
+        "--multi", "2", "--k_folds", "2", "--name", "multi")
+    assert all((md / "multi" / f"fold{i}" / t / "best.pth").is_file() for i in (0, 1) for t in ("mask", "gender", "age"))
+    oof = __import__("pandas").read_csv(md / "multi" / "oof.csv")  # merge_cv joins the three tasks of each fold
+    assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
+    # --model_dir relative to ./model, --pth_name as a prefix, --multi_label, --model_name/--resize accepted
+    p = run(REPO / "inference.py", "--data_dir", tiny_root / "eval", "--model_dir", "multi", "--pth_name", "best",
+            "--multi_label", "True", "--cv", "True", "--model_name", "x", "--resize", "32", "32",
+            "--output_dir", tmp_path / "out", cwd=tmp_path)
+    assert "using model/multi" in p.stderr and (tmp_path / "out" / "output.csv").is_file()
+
+
+@pytest.mark.parametrize("script, args, needle", [
+    ("inference.py", ["--model", "x"], "unrecognized arguments: --model"),  # no longer --model_dir by abbreviation
+    ("train.py", ["--lr_decay_step", "5"], "--scheduler"),
+    ("train.py", ["--log_interval", "20"], "--progress"),
+    ("train.py", ["--features", "mask"], "--multi"),
+    ("train.py", ["--lr", "-1"], "--lr"),
+    ("train.py", ["--img_size", "0", "0"], "--img_size"),
+    ("train.py", ["--img_size", "-5", "-5"], "--img_size"),
+    ("train.py", ["--cv", "True", "--k_folds", "1"], "--k_folds"),
+    ("train.py", ["--max_bad", "-1"], "--max_bad"),
+    ("train.py", ["--epochs", "0"], "--epochs"),
+    ("inference.py", ["--batch_size", "0"], "--batch_size"),
+])
+def test_bad_flags_get_one_line_and_exit_2(script, args, needle):
+    assert_clean_error(run(script, *args, check=False), needle)
+
+
+def test_evaluation_needs_neither_torch_nor_opencv(tmp_path):
+    code = ("import sys, evaluation\n"
+            "assert 'torch' not in sys.modules and 'cv2' not in sys.modules, 'heavy import'\n")
+    run("-c", code)
+
+
+def test_demo_data_fallback_is_said(tmp_path):
+    p = run(REPO / "train.py", check=False, cwd=tmp_path)
+    assert "note: using the demo data (demo_data/train)" in p.stderr and p.returncode == 2
+
+
+# --- 2. bugs found by reading ------------------------------------------------------------------------
+def test_best_epoch_after_a_resume_is_the_last_improvement():
+    from train import best_epoch_of
+    history = [{"epoch": 1, "best": True}, {"epoch": 2, "best": False}, {"epoch": 3, "best": True},
+               {"epoch": 4, "best": False}]
+    assert best_epoch_of(history)["epoch"] == 3
+
+
+def test_resume_refuses_other_settings_and_empty_runs_and_reused_folders_refuse_stale_state(tiny_root, tmp_path):
+    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *BASE, "--img_size", "32", "32"]
+    run(*base, "--run_dir", tmp_path / "r")
+    assert_clean_error(run("train.py", "--resume", tmp_path / "r", "--epochs", "3", check=False), "--epochs differ")
+    (tmp_path / "r" / "metrics.json").unlink()  # as if killed after its first epoch
+    assert_clean_error(run(*base, "--run_dir", tmp_path / "r", check=False), "unfinished run", "--resume")
+    (tmp_path / "empty").mkdir()
+    shutil.copy(tmp_path / "r" / "config.json", tmp_path / "empty")
+    assert_clean_error(run("train.py", "--resume", tmp_path / "empty", check=False), "nothing to resume")
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path):
+    p = run("train.py", "--data_dir", tmp_path / "missing", "--model_dir", tmp_path / "m", *BASE, check=False)
+    assert_clean_error(p, "missing")
+    assert not [d for d in (tmp_path / "m").glob("exp*")]
+
+
+def test_a_mistyped_fixes_file_and_a_bad_fix_value_are_errors(tiny_root, tmp_path):
+    base = ["dataset.py", "--data_dir", tiny_root / "train", "--out", tmp_path / "t.csv"]
+    assert_clean_error(run(*base, "--fixes", tmp_path / "nope.csv", check=False), "nope.csv", "not found")
+    pid = (tiny_root / "train" / "train.csv").read_text().splitlines()[1].split(",")[0]
+    (tmp_path / "f.csv").write_text(f"id,field,value\n{pid},gender,unknown\n")
+    assert_clean_error(run(*base, "--fixes", tmp_path / "f.csv", check=False), "unknown fix")
+
+
+def test_jpeg_end_is_found_past_thumbnails_and_before_trailing_video(tmp_path):
+    from PIL import Image
+    from dataset import read_rgb, truncated_jpeg
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    img.save(tmp_path / "plain.jpg")
+    data = (tmp_path / "plain.jpg").read_bytes()
+    (tmp_path / "motion.jpg").write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + bytes(200_000))  # phone motion photo
+    assert not truncated_jpeg(np.frombuffer(data + bytes(200_000), np.uint8))
+    assert read_rgb(tmp_path / "motion.jpg") is not None
+    # a main image cut short still holds the end marker of the thumbnail inside its APP1: truncated
+    import io
+    buf = io.BytesIO()
+    img.resize((16, 12)).save(buf, "JPEG")
+    payload = b"Exif\x00\x00" + buf.getvalue()
+    full = data[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+    cut = full[:len(full) - 300]
+    assert b"\xff\xd9" in cut  # the thumbnail's end marker: a search of the file's tail would be fooled
+    assert not truncated_jpeg(np.frombuffer(full, np.uint8)) and truncated_jpeg(np.frombuffer(cut, np.uint8))
+
+
+def test_a_truncated_jpeg_makes_its_person_incomplete_at_table_time(tiny_root, tmp_path):
+    from dataset import Log, build_table
+    data = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", data)
+    person = sorted((data / "images").iterdir())[0]
+    f = person / "mask2.jpg"
+    f.write_bytes(f.read_bytes()[:2000])
+    log = Log(quiet=True)
+    t = build_table(data, log=log, max_bad=1.0)
+    assert log.counts.get("incomplete person") == 1 and log.counts.get("unreadable image") == 1
+    assert not (t["path"] == f"images/{person.name}/mask2.jpg").any()
+
+
+def test_onecycle_warmup_means_what_it_says():
+    from optimizer import create_scheduler
+
+    def lrs(name, epochs, steps, warmup, n):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1.0)
+        sched, out = create_scheduler(name, opt, 1.0, epochs, steps, warmup), []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return np.array(out)
+    no_warmup = lrs("onecycle", 10, 10, 0, 12)
+    assert no_warmup[1] == pytest.approx(1.0, abs=1e-3)  # at the peak after one step, not after 25 of 100
+    one = lrs("onecycle", 10, 10, 1, 12)
+    assert one.argmax() == 10 and one[5] < 0.7  # one epoch of 10 steps
+    half = lrs("cosine", 4, 10, 0.5, 12)
+    assert half[:5].max() < 0.9 and half[5] > 0.9  # a fractional warm-up is not truncated to none
+    tiny = lrs("onecycle", 1, 1, 1, 1)  # one step in all: no division by zero
+    assert np.isfinite(tiny).all()
+
+
+def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
+    from pathlib import Path
+    from predict import output_names
+    files = [Path("a/x.jpg"), Path("b/x.jpg"), Path("c/y.jpg"), Path("a/x.png")]
+    names = output_names(files)
+    assert len(set(names.values())) == 4 and names[Path("c/y.jpg")] == "y"
+
+
+def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
+    """A photo without a face: face_image.py writes the centre region; inference on raw photos must
+    feed the same region (it used to feed the whole photo)."""
+    from face_image import best_boxes, FaceDetector, face_or_center
+    from dataset import center_crop
+    from inference import _face_fn
+    img = np.full((512, 384, 3), 128, np.uint8)
+    (box, _, found), = best_boxes(FaceDetector("cpu"), [img])
+    assert not found
+    assert _face_fn()([img])[0].shape == center_crop(img).shape == face_or_center(img, box, found).shape
+
+
+# --- 3. bad input ------------------------------------------------------------------------------------
+def test_output_folders_that_are_files_and_empty_info_csv_exit_2(tiny_root, tiny_runs, tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert_clean_error(run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path / "file", *BASE,
+                           check=False), "--model_dir")
+    assert_clean_error(run("inference.py", "--data_dir", tiny_root / "eval", "--model_dir", tiny_runs["single"],
+                           "--output_dir", tmp_path / "file", check=False), "--output_dir")
+    assert_clean_error(run("predict.py", tiny_root / "eval" / "images", "--model_dir", tiny_runs["single"], "--out",
+                           tmp_path / "file", check=False), "--out")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "info.csv").write_bytes(b"")
+    assert_clean_error(run("inference.py", "--data_dir", tmp_path / "eval", "--model_dir", tiny_runs["single"],
+                           "--output_dir", tmp_path / "o", check=False), "info.csv")
+
+
+def test_nan_in_the_first_epoch_does_not_name_a_missing_checkpoint(tiny_root, tmp_path):
+    p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *BASE, "--img_size", "32", "32",
+            "--lr", "1e30", "--optimizer", "sgd", "--scheduler", "constant", check=False)
+    assert_clean_error(p, "no checkpoint was saved yet")
+
+
+def test_tiny_images_are_kept_with_a_warning(tiny_root, tmp_path):
+    from PIL import Image
+    from dataset import Log, build_table
+    data = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", data)
+    person = sorted((data / "images").iterdir())[0]
+    Image.new("RGB", (1, 1)).save(person / "normal.jpg")
+    log = Log(quiet=True)
+    build_table(data, log=log)
+    assert log.counts.get("tiny image") == 1
+
+
+# --- 5. parts of the loop that had no test -----------------------------------------------------------
+def test_each_loss_against_a_hand_computation():
+    from loss import create_loss
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    p = torch.softmax(logits, 1)
+    ce = -(target * p.log()).sum(1).mean()
+    assert create_loss("cross_entropy")(logits, target) == pytest.approx(float(ce), rel=1e-6)
+    smooth = target * 0.9 + 0.1 / 3
+    assert create_loss("label_smoothing")(logits, target) == pytest.approx(float(-(smooth * p.log()).sum(1).mean()), rel=1e-6)
+    focal = -(target * (1 - p) ** 2 * p.log()).sum(1).mean()
+    assert create_loss("focal")(logits, target) == pytest.approx(float(focal), rel=1e-6)
+    tp = (p * target).sum(0)
+    prec, rec = tp / (p.sum(0) + 1e-7), tp / (target.sum(0) + 1e-7)
+    f1 = 1 - (2 * prec * rec / (prec + rec + 1e-7)).mean()
+    assert create_loss("f1")(logits, target) == pytest.approx(float(f1), rel=1e-5)
+    rce = -(p.clamp(min=1e-7) * target.clamp(min=1e-4).log()).sum(1).mean()
+    assert create_loss("symmetric_ce")(logits, target) == pytest.approx(float(0.1 * ce + rce), rel=1e-5)
+    counts = [6, 3, 2]  # inverse frequency, scaled to mean 1; probability targets: mean over the batch
+    inv = torch.tensor([1 / 6, 1 / 3, 1 / 2])
+    inv = inv / inv.mean()
+    weighted = -(target * p.log() * inv).sum(1).mean()
+    assert create_loss("weighted_ce", counts)(logits, target) == pytest.approx(float(weighted), rel=1e-5)
+
+
+def test_unknown_names_are_refused_by_the_factories_themselves():
+    from loss import create_loss
+    from optimizer import create_optimizer, create_scheduler
+    from utils import UserError
+    with pytest.raises(UserError, match="label_smoothing"):
+        create_loss("nope")
+    with pytest.raises(UserError, match="adamw"):
+        create_optimizer("nope", torch.nn.Linear(2, 2), 1e-3)
+    with pytest.raises(UserError, match="onecycle"):
+        create_scheduler("nope", torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0), 1.0, 1, 1)
+
+
+def test_weighted_sampler_draws_classes_evenly():
+    from dataset import BatchSampler
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    weights = 1.0 / np.bincount(labels)[labels]
+    s = BatchSampler(len(labels), 100, shuffle=True, seed=0, weights=weights)
+    drawn = labels[np.concatenate(list(s))]
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    assert np.all(np.abs(share - 1 / 3) < 0.06), share
+
+
+def test_mixup_and_cutmix_targets_are_distributions_of_the_batch_labels():
+    from train import make_mixer
+    cfg = {"cutmix": 1.0, "mixup": 0.0}
+    x = torch.rand(8, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    torch.manual_seed(0)
+    xm, t = make_mixer(cfg)(x.clone(), y)
+    assert torch.allclose(t.sum(1), torch.ones(8)) and (t.max(1).values < 1).any()  # mixed somewhere
+    assert ((t > 0).sum(1) <= 2).all() and (t[:, 8:] == 0).all()  # only this batch's labels
+    assert not torch.equal(xm, x)
+
+
+def test_early_stopping_clip_grad_and_ema_run_and_resume(tiny_root, tmp_path):
+    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *TINY, "--epochs", "4",
+            "--patience", "1", "--clip_grad", "1.0", "--ema", "0.9", "--lr", "1e-6", "--run_dir", tmp_path / "r"]
+    p = run(*base)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "early stop" in p.stdout and len(metrics["history"]) < 4  # lr 1e-6: no progress, patience 1
+    last = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
+    assert {k.removeprefix("module.") for k in last["ema"]} == set(last["model"])  # EMA weights kept for --resume
+
+
+def test_ensemble_weights_and_hard_vote_by_hand():
+    from inference import vote
+    a = np.array([[0.6, 0.4] + [0] * 16, [0.2, 0.8] + [0] * 16])
+    b = np.array([[0.1, 0.9] + [0] * 16, [0.3, 0.7] + [0] * 16])
+    soft, ans = vote([a, b], [1, 3], "soft")
+    assert np.allclose(soft, (a + 3 * b) / 4) and ans.tolist() == [1, 1]
+    _, hard = vote([a, b, a], [1, 1, 1], "hard")  # votes: row 0 -> 0, 1, 0; row 1 -> 1, 1, 1
+    assert hard.tolist() == [0, 1]
+    _, tie = vote([a, b], [1, 1], "hard")  # row 0: one vote each; the soft vote (0.35 vs 0.65) breaks it
+    assert tie.tolist() == [1, 1]
+
+
+def test_zoom_tta_view_is_the_central_90_percent():
+    from inference import view
+    x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20)
+    z = view(x, "zoom")
+    ref = torch.nn.functional.interpolate(x[..., 1:19, 1:19], size=(20, 20), mode="bilinear", align_corners=False)
+    assert torch.equal(z, ref) and torch.equal(view(x, "flip_zoom"), ref.flip(-1))
