@@ -770,7 +770,7 @@ def main(argv):
     ap.add_argument("--fixes", default=str(DEFAULT_FIXES), help="label fixes CSV (id,field,value)")
     ap.add_argument("--max_bad", type=float, default=0.01, help="max fraction of unreadable images")
     args = ap.parse_args(argv)
-    demo_note(args.data_dir, "demo_data/train", "SM_CHANNEL_TRAIN", "--data_dir")
+    demo_note(args.data_dir, "demo_data/train", "SM_CHANNEL_TRAIN", "--data_dir", argv)
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir} is not a directory: pass --data_dir or set SM_CHANNEL_TRAIN "

@@ -100,7 +100,7 @@ def main(argv):
     ap.add_argument("--gt_name", default="gt.csv")
     add_bool(ap, "--per_class", True, "print the per-class table after the JSON line")
     args = ap.parse_args(argv)
-    demo_note(args.gt_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", "--gt_dir")
+    demo_note(args.gt_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", "--gt_dir", argv)
     out_dir = Path(args.output_dir)
     y_true, y_pred = evaluate_files(Path(args.gt_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
     result = {**score(y_true, y_pred), "n": int(len(y_true)), "per_class": per_class(y_true, y_pred)}

@@ -99,6 +99,32 @@ def crop_face(img, box, margin=DEFAULT_MARGIN):
     return img[y1:y2, x1:x2]
 
 
+# Where the face sits in a competition photo (about 200 px wide in a 384x512 photo, centred a little above
+# the middle): around a face found anywhere else, the window a centre-crop model was trained on.
+COMPETITION_PHOTO = (384, 512)
+COMPETITION_FACE = (0.5, 0.45, 200 / 384)  # centre x, centre y (fractions of width, height), width (of width)
+
+
+def center_like_box(box, w, h):
+    """Face box -> the crop box that frames this face as CENTER_REGION frames a competition face."""
+    (pw, ph), (cx, cy, fw) = COMPETITION_PHOTO, COMPETITION_FACE
+    rx1, ry1, rx2, ry2 = center_region(pw, ph)
+    x1, y1, x2, y2 = box
+    s = (x2 - x1) / (fw * pw)  # competition pixels -> this photo's pixels
+    bx, by, fx, fy = (x1 + x2) / 2, (y1 + y2) / 2, cx * pw, cy * ph
+    return (max(0, math.floor(bx + (rx1 - fx) * s)), max(0, math.floor(by + (ry1 - fy) * s)),
+            min(w, math.ceil(bx + (rx2 - fx) * s)), min(h, math.ceil(by + (ry2 - fy) * s)))
+
+
+def crop_for_model(img, box, crop):
+    """What a model sees of a face found in any photo: its face crop ('none', trained on faces/) or the
+    centre-like window ('center', trained on whole competition photos)."""
+    if crop == "center":
+        x1, y1, x2, y2 = center_like_box(box, img.shape[1], img.shape[0])
+        return img[y1:y2, x1:x2]
+    return crop_face(img, box)
+
+
 def face_or_center(img, box, found, margin=DEFAULT_MARGIN):
     """The crop every path uses (face_image.py, inference on raw photos): the face with its margins, or
     the centre region of the photo when no face was found."""
@@ -195,7 +221,7 @@ def main(argv):
         envs = [env_default("SM_CHANNEL_TRAIN"), env_default("SM_CHANNEL_EVAL")]
         splits = [Path(p) for p in envs if p]
         if not splits:
-            demo_note("demo_data", "demo_data", "SM_CHANNEL_TRAIN", "--data_dir")
+            demo_note("demo_data", "demo_data", "SM_CHANNEL_TRAIN", "--data_dir", argv)
             splits = [Path("demo_data") / s for s in ("train", "eval")]
     splits = [s for s in splits if (s / "images").is_dir()]
     if not splits:

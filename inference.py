@@ -239,7 +239,7 @@ def build_parser():
 def main(argv):
     load_dotenv_once()
     args = build_parser().parse_args(argv)
-    demo_note(args.data_dir, DEMO_EVAL, "SM_CHANNEL_EVAL", "--data_dir")
+    demo_note(args.data_dir, DEMO_EVAL, "SM_CHANNEL_EVAL", "--data_dir", argv)
     device = distributed.setup(args.device).device
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     out = writable_dir(args.output_dir, "--output_dir (SM_OUTPUT_DATA_DIR)")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
-from face_image import FaceDetector, crop_face
+from face_image import FaceDetector, crop_for_model
 from inference import TTA_VIEWS, find_groups, load_models, run_groups
 from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
 
@@ -55,19 +55,31 @@ def output_names(files):
 
 
 def annotate(img, faces):
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
-    lw = max(2, round(max(im.size) / 300))
-    for f in faces:
-        x1, y1, x2, y2 = f["box"]
+    """The photo with a numbered box per face, and below it a legend: one line per number. Tags and
+    lines are sized to the photo, tags sit inside their boxes, so crowded photos stay readable."""
+    from PIL import ImageFont
+    h, w = img.shape[:2]
+    size = max(12, round(w / 60))
+    font = ImageFont.load_default(size=size)
+    lines = [f"{k + 1}: {f['mask_name']} | {f['gender_name']} | {f['age_name']} ({max(f['probs']):.2f})"
+             for k, f in enumerate(faces)]
+    canvas = Image.new("RGB", (w, h + (len(lines) * (size + 6) + 8 if lines else 0)), (255, 255, 255))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    d = ImageDraw.Draw(canvas)
+    lw = max(2, round(max(w, h) / 300))
+    for k, f in enumerate(faces):
+        x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
         c = COLOURS[f["mask"]]
         d.rectangle((x1, y1, x2, y2), outline=c, width=lw)
-        text = f"{f['mask_name']} | {f['gender_name']} | {f['age_name']}"
-        tw, th = d.textbbox((0, 0), text)[2:]
-        ty = max(0, y1 - th - 4)
-        d.rectangle((x1, ty, x1 + tw + 4, ty + th + 4), fill=c)
-        d.text((x1 + 2, ty + 2), text, fill=(0, 0, 0))
-    return im
+        tag_font = ImageFont.load_default(size=max(8, min(size, round((y2 - y1) / 3))))
+        tw, th = d.textbbox((0, 0), str(k + 1), font=tag_font)[2:]
+        tx, ty = min(max(0, x1 + lw), w - tw - 2), min(max(0, y1 + lw), h - th - 2)
+        d.rectangle((tx, ty, tx + tw + 2, ty + th + 2), fill=c)
+        d.text((tx + 1, ty), str(k + 1), fill=(0, 0, 0), font=tag_font)
+    for k, (line, f) in enumerate(zip(lines, faces)):
+        d.text((6, h + 4 + k * (size + 6)), line, fill=COLOURS[f["mask"]] if f["mask"] != 1 else (200, 120, 0),
+               font=font)
+    return canvas
 
 
 @cli
@@ -102,10 +114,12 @@ def main(argv):
         if not keep:
             print(f"{f}: no face found", file=sys.stderr)
         found.append((f, img, [(boxes[i], scores[i]) for i in keep]))
-        crops += [crop_face(img, boxes[i]) for i in keep]
-    # every face of every photo in one pass per model; each crop prepared once per input size
+        crops += [(img, boxes[i]) for i in keep]
+    # every face of every photo in one pass per model; each face cut as its model was trained (face crop
+    # or centre-like window) and prepared once per input size
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
-    arrays = {k: np.stack([prepare(c, k[0], "none") for c in crops]) if crops else None for k in keys}
+    arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1]), k[0], "none") for im, box in crops])
+              if crops else None for k in keys}
     probs = run_groups(groups, arrays, models, tta=args.tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
     k = 0
     n_faces = 0

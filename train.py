@@ -679,7 +679,7 @@ def settings(args, argv):
     if cfg["multi"] == "cv":  # the original's --multi 2
         cfg.update(multi=True, cv=True)
     if not args.resume:
-        demo_note(cfg["data_dir"], DEMO_TRAIN, "SM_CHANNEL_TRAIN", "--data_dir")
+        demo_note(cfg["data_dir"], DEMO_TRAIN, "SM_CHANNEL_TRAIN", "--data_dir", argv)
         return cfg
     path = Path(args.resume) / "config.json"
     if not path.is_file():

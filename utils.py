@@ -123,9 +123,11 @@ def fraction(v):
     return x
 
 
-def demo_note(value, default, env, flag):
-    """One line on stderr when a script falls back to the demo data, saying how to point at real data."""
-    if str(value) == str(default) and not os.environ.get(env):
+def demo_note(value, default, env, flag, argv):
+    """One line on stderr when a script falls back to the demo data (neither env nor flag given), saying
+    how to point at real data."""
+    named = any(a == flag or a.startswith(flag + "=") for a in argv)
+    if str(value) == str(default) and not os.environ.get(env) and not named:
         print(f"note: using the demo data ({default}); set {env} or {flag} for real data", file=sys.stderr)
 
 

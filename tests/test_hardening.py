@@ -297,3 +297,28 @@ def test_zoom_tta_view_is_the_central_90_percent():
     z = view(x, "zoom")
     ref = torch.nn.functional.interpolate(x[..., 1:19, 1:19], size=(20, 20), mode="bilinear", align_corners=False)
     assert torch.equal(z, ref) and torch.equal(view(x, "flip_zoom"), ref.flip(-1))
+
+
+def test_centre_crop_models_see_a_found_face_framed_as_in_training():
+    """predict.py on any photo: a model trained on whole competition photos (crop 'center') gets the
+    window that frames the face as the centre region frames a competition face; scaled and moved with it."""
+    from dataset import center_region
+    from face_image import center_like_box
+    face = (92, 130.4, 292, 330.4)  # a 200 px face centred at (0.5, 0.45) of a 384x512 photo
+    assert np.allclose(center_like_box(face, 384, 512), center_region(384, 512), atol=1)
+    double = center_like_box(tuple(2 * v + 100 for v in face), 2000, 2000)
+    ref = np.array(center_region(384, 512)) * 2 + 100
+    assert np.allclose(double, ref, atol=2)
+
+
+def test_annotation_numbers_faces_inside_the_photo_and_lists_them_below():
+    from predict import annotate
+    img = np.zeros((300, 400, 3), np.uint8)
+    faces = [dict(box=[b, 10, b + 30, 40], mask=k % 3, mask_name="wear", gender_name="male", age_name="<30",
+                  probs=[0.9] + [0.1 / 17] * 17) for k, b in enumerate((0, 20, 40, 380))]  # crowded, one at the edge
+    out = annotate(img, faces)
+    assert out.size[0] == 400 and out.size[1] > 300 + 4 * 12  # a legend line per face below the photo
+    legend = np.asarray(out)[300:].min(axis=2)
+    line = (out.size[1] - 300 - 8) // 4
+    assert all((legend[4 + k * line:4 + (k + 1) * line] < 200).any() for k in range(4))  # text on every line
+    assert np.asarray(out)[10:40, 380:400].any()  # the edge face's box and tag are drawn inside the photo
