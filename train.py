@@ -717,7 +717,7 @@ def choose_run_dir(cfg, dist):
 
 def create_run_dir(run_dir, cfg, dist):
     if dist.is_main:
-        writable_dir(run_dir, "--run_dir")
+        writable_dir(run_dir, "--run_dir").mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.json").is_file():
             write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
     distributed.barrier()

@@ -132,16 +132,17 @@ def demo_note(value, default, env, flag, argv):
 
 
 def writable_dir(path, flag):
-    """Create `path` if needed and check a file can be written there, before any work starts."""
+    """Check, before any work, that `path` can become a folder we write in: the nearest part of it that
+    exists must be a folder this process may write to (a read-only filesystem says no here too). Nothing
+    is created: a run that then fails leaves no empty folder behind."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path} is a file, not a folder: choose another {flag}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-write-check-"):
-            pass
-    except OSError as e:
-        raise UserError(f"{path}: cannot write there ({e.strerror}): choose another {flag}")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{probe} is a file, not a folder: choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{probe}: cannot write there (read-only or no permission): choose another {flag}")
     return path
 
 

@@ -322,3 +322,42 @@ def test_annotation_numbers_faces_inside_the_photo_and_lists_them_below():
     line = (out.size[1] - 300 - 8) // 4
     assert all((legend[4 + k * line:4 + (k + 1) * line] < 200).any() for k in range(4))  # text on every line
     assert np.asarray(out)[10:40, 380:400].any()  # the edge face's box and tag are drawn inside the photo
+
+
+def test_clip_grad_caps_the_global_norm_and_is_off_by_default():
+    from train import ClipGrad, no_clip
+    model = torch.nn.Linear(4, 3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def norm_after(clip):
+        opt.zero_grad()
+        (model(torch.full((2, 4), 100.0)) ** 2).sum().backward()
+        clip(scaler, opt, model.parameters())
+        return float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    assert norm_after(no_clip) > 10 and norm_after(ClipGrad(1.0)) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_heads_cv_run_merges_its_out_of_fold_predictions(tiny_root, tmp_path):
+    run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *BASE, "--img_size", "32", "32",
+        "--heads", "--cv", "True", "--k_folds", "2", "--run_dir", tmp_path / "h")
+    import pandas as pd
+    oof = pd.read_csv(tmp_path / "h" / "oof.csv")
+    from dataset import Log, build_table
+    assert sorted(oof["path"]) == sorted(build_table(tiny_root / "train", log=Log(quiet=True))["path"])
+    assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
+
+
+def test_an_interrupted_faces_folder_is_not_used_by_inference(tiny_root, tiny_runs, tmp_path):
+    """train and inference ask the same question (faces/boxes.csv, written last): a faces/ folder that an
+    interrupted face_image.py left without it is ignored, and faces are cropped on the fly instead."""
+    ck = torch.load(tiny_runs["single"] / "best.pth", weights_only=True)
+    ck["meta"]["crop"] = "none"  # as if trained on faces/
+    (tmp_path / "r").mkdir()
+    torch.save(ck, tmp_path / "r" / "best.pth")
+    data = tmp_path / "eval"
+    shutil.copytree(tiny_root / "eval", data)
+    (data / "faces").mkdir()
+    shutil.copy(next((data / "images").iterdir()), data / "faces")  # one crop written, then the run stopped
+    run("inference.py", "--data_dir", data, "--model_dir", tmp_path / "r", "--output_dir", tmp_path / "o")
+    assert (tmp_path / "o" / "output.csv").is_file()

@@ -80,7 +80,7 @@ def test_same_seed_same_metrics(tiny_root, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path):
-    args = [*_base(tiny_root, tmp_path), "--epochs", "4", "--augment", "strong", "--cutmix", "0.5"]
+    args = [*_base(tiny_root, tmp_path), "--epochs", "4", "--augment", "strong", "--cutmix", "0.5", "--ema", "0.9"]
     run(*args, "--run_dir", tmp_path / "full")
     # the same run, killed (SIGKILL) once epoch 2's checkpoint is on disk, then resumed
     cmd = [sys.executable, *map(str, args), "--run_dir", tmp_path / "cut"]
@@ -99,6 +99,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path):
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["ema"] and all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])  # the EMA resumes exactly too
     ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert ma["best_f1"] == mb["best_f1"] and ma["best_epoch"] == mb["best_epoch"]
