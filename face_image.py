@@ -71,7 +71,7 @@ class FaceDetector:
 def box_iou(a, b):
     """IoU of two (x1, y1, x2, y2) boxes (torchvision's)."""
     from torchvision.ops import box_iou as iou
-    return float(iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))[0, 0])
+    return float(iou(torch.tensor(np.asarray([a], float)), torch.tensor(np.asarray([b], float)))[0, 0])
 
 
 def select_face(boxes, scores, w, h):

@@ -192,12 +192,6 @@ def test_output_folders_that_are_files_and_empty_info_csv_exit_2(tiny_root, tiny
                            "--output_dir", tmp_path / "o", check=False), "info.csv")
 
 
-def test_nan_in_the_first_epoch_does_not_name_a_missing_checkpoint(tiny_root, tmp_path):
-    p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *BASE, "--img_size", "32", "32",
-            "--lr", "1e30", "--optimizer", "sgd", "--scheduler", "constant", check=False)
-    assert_clean_error(p, "no checkpoint was saved yet")
-
-
 def test_tiny_images_are_kept_with_a_warning(tiny_root, tmp_path):
     from PIL import Image
     from dataset import Log, build_table
