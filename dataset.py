@@ -279,7 +279,7 @@ def truncated_jpeg(data):
     The end marker is looked for after the main image's first scan, found by walking the segments from
     the start: an EXIF thumbnail (inside APP1) has an end marker of its own, and phone "motion photos"
     carry a video after the image's end."""
-    b = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
+    b = data.tobytes()
     if b[:2] != b"\xff\xd8":
         return False
     i = 2
@@ -627,6 +627,11 @@ def make_loader(dataset, batch_size, train, seed, weights=None, workers=0, rank=
                                        pin_memory=pin, persistent_workers=workers > 0)
 
 
+def send(t, device):
+    """A small host tensor to `device` without stalling it: pinned first on CUDA, then an asynchronous copy."""
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
 def to_device(batches, device):
     """Yield each batch (a tuple of tensors) on `device`. On CUDA the next batch is copied on a side
     stream while the current one computes (from pinned memory: asynchronous); elsewhere a plain move."""
@@ -687,10 +692,8 @@ class DeviceLoader:
         return len(self.sampler)
 
     def __iter__(self):
-        pin = self.device.type == "cuda"
         for idx in self.sampler:
-            i = torch.as_tensor(idx)
-            i = (i.pin_memory() if pin else i).to(self.device, non_blocking=True)  # asynchronous from pinned memory
+            i = send(torch.as_tensor(idx), self.device)
             yield self.images[i].permute(0, 3, 1, 2), self.targets[i], i
 
 
@@ -726,9 +729,8 @@ class BatchTransform:
     def _augment(self, x, g):
         p, b, dev = self.p, x.shape[0], x.device
         # Every random number of the batch in one draw from the CPU generator (the same stream on any
-        # device), sent to the device in one asynchronous copy: no host synchronisation per batch.
-        r = torch.rand(b, 14, generator=g)
-        r = (r.pin_memory() if dev.type == "cuda" else r).to(dev, non_blocking=True)
+        # device), sent in one asynchronous copy: no host synchronisation per batch.
+        r = send(torch.rand(b, 14, generator=g), dev)
         s = p["scale"][0] + (p["scale"][1] - p["scale"][0]) * r[:, 0]
         ang = (r[:, 1] * 2 - 1) * math.radians(p["rotate"])
         flip = torch.where(r[:, 2] < p["flip"], -1.0, 1.0)

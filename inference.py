@@ -50,7 +50,7 @@ def view(x, name):
 @torch.no_grad()
 def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", channels_last=True, amp=True):
     """The one prediction path: (model, uint8 images (N, H, W, 3)) -> {task: (N, K) probabilities},
-    averaged over the TTA views. Batches are copied once into pinned memory by a helper thread and
+    averaged over the TTA views. Batches are read once into pinned memory by helper threads and
     sent ahead on a side stream; results stay on the device until the end (one read back), and one
     autocast region covers the whole pass (its cast weights are reused, not re-cast per batch)."""
     dev = torch.device(device)

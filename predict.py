@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
+import distributed
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
 from face_image import FaceDetector, crop_for_model
 from inference import TTA_VIEWS, find_groups, load_models, run_groups
@@ -94,7 +94,7 @@ def main(argv):
     ap.add_argument("--detect_size", type=int, default=1024, help="longest side seen by the detector (0: full)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = distributed.setup(args.device).device
     out = writable_dir(args.out, "--out")
     groups = find_groups(args.model_dir, args.pth_name)
     models = load_models(groups, device)

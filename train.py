@@ -45,8 +45,7 @@ DEMO_TRAIN = "demo_data/train"
 
 
 # the original scripts' names for what these flags take
-LOSS_ALIASES = {"symmetric": "symmetric_ce", "cross_entropy": "cross_entropy", "focal": "focal", "f1": "f1",
-                "label_smoothing": "label_smoothing"}
+LOSS_ALIASES = {"symmetric": "symmetric_ce"}  # the other original names are ours too
 AUGMENT_ALIASES = {"baseaugmentation": "none", "customaugmentation": "basic"}
 
 
