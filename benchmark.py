@@ -68,7 +68,8 @@ def bench_train(args, dev, table_paths, labels):
     and memory layout. Only the end of each timed pass waits for the device, as in training."""
     import distributed
     import train as T
-    from dataset import BatchDataset, cached_images, make_loader, task_targets
+    from dataset import YEARS, BatchDataset, cached_images, joint_targets, make_loader
+    from labels import AGE_MIN
     cfg = vars(T.build_parser().parse_args([])) | dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
                                                       pretrained=False, progress=False, amp=args.amp,
                                                       channels_last=args.channels_last, epochs=1000)
@@ -80,7 +81,8 @@ def bench_train(args, dev, table_paths, labels):
     key = (tuple(args.img_size), "center")
     cache = cached_images(paths, [key], Path(args.cache_dir), device=dev if args.gpu_decode else "cpu")[key]
     workers = args.workers if dev.type == "cuda" else 0  # train.py's defaults: 0 on CPU, workers on CUDA
-    loader = make_loader(BatchDataset(cache, np.arange(n), task_targets(labels, ["label"])), args.batch_size, True, 0,
+    targets = np.stack([labels, joint_targets(labels, np.full(n, AGE_MIN))], axis=1)  # as train.py's (label, joint)
+    loader = make_loader(BatchDataset(cache, np.arange(n), targets), args.batch_size, True, 0,
                          workers=workers, pin=dev.type == "cuda", gpu=dev if args.gpu_data else None)
 
     def toolkit():
@@ -97,7 +99,7 @@ def bench_train(args, dev, table_paths, labels):
 
     def step(xb, yb):
         with loop.precision.autocast():
-            loss = T.heads_loss(model(xb), torch.nn.functional.one_hot(yb, 18).float(), ("label",), loop.loss_fns,
+            loss = T.heads_loss(model(xb), torch.nn.functional.one_hot(yb * YEARS, 18 * YEARS).float(), ("label",), loop.loss_fns,
                                 loop.head_weights)
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()

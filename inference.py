@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 import distributed
+from decision import decide, fit_decision, read_offsets
 from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
 from model import choose_precision, combine_probs, model_from_checkpoint, task_probs
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
@@ -174,13 +175,40 @@ def run_groups(groups, arrays, models, **opts):
     return (acc / len(groups)).numpy()
 
 
-def vote(run_probs, weights, how):
+def vote(run_probs, weights, how, offsets=None, run_offsets=None):
+    """-> (soft-vote probabilities, labels). Soft: the weighted mean, decided with `offsets` (the
+    ensemble's, or the single run's); hard: each run decides with its own offsets, then votes."""
     w = np.asarray(weights, float) / np.sum(weights)
     soft = sum(wi * p for wi, p in zip(w, run_probs))
     if how == "soft":
-        return soft, soft.argmax(1)
-    votes = sum(wi * np.eye(18)[p.argmax(1)] for wi, p in zip(w, run_probs))
+        return soft, decide(soft, offsets)
+    run_offsets = run_offsets or [None] * len(run_probs)
+    votes = sum(wi * np.eye(18)[decide(p, off)] for wi, p, off in zip(w, run_probs, run_offsets))
     return soft, (votes + 1e-6 * soft).argmax(1)  # ties broken by the soft vote
+
+
+def ensemble_offsets(runs, weights):
+    """Macro-F1 offsets for a soft vote: a single run's own (decision.json), or, for an ensemble, fitted
+    here on the members' combined out-of-fold predictions, which exist when every member is a CV run
+    over the same people. -> (offsets or None, a few words saying which)."""
+    if len(runs) == 1:
+        off = read_offsets(runs[0])
+        return off, "fitted (the run's decision.json)" if off is not None and off.any() else "argmax"
+    oofs = [Path(r) / "oof.csv" for r in runs]
+    if not all(p.is_file() for p in oofs):
+        return None, "argmax (offsets need every member to be a CV run with oof.csv)"
+    frames = [pd.read_csv(p).set_index("path").sort_index() for p in oofs]
+    if any(not f.index.equals(frames[0].index) for f in frames):
+        return None, "argmax (the members' out-of-fold predictions cover different images)"
+    cols = [f"p{k}" for k in range(18)]
+    w = np.asarray(weights, float) / np.sum(weights)
+    soft = sum(wi * f[cols].to_numpy() for wi, f in zip(w, frames))
+    record, _ = fit_decision(soft, frames[0]["label"].to_numpy(), frames[0]["people_path"].to_numpy(),
+                             "the ensemble's combined out-of-fold predictions")
+    if not record["used"]:
+        return None, "argmax (fitted offsets did not beat it on held-out people)"
+    return np.asarray(record["offsets"]), (f"fitted on the members' combined OOF (macro F1 {record['f1_argmax']:.3f} "
+                                           f"-> {record['f1_cross_fitted']:.3f} cross-fitted)")
 
 
 def resolve_model_dir(path):
@@ -221,6 +249,10 @@ def build_parser():
                     help="per-run weights for the ensemble")
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none")
+    ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
+                    help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "
+                    "validation predictions; for an ensemble of CV runs, fitted on their combined OOF) before the "
+                    "argmax; none: plain argmax")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
@@ -260,14 +292,16 @@ def main(argv):
                               device if args.gpu_decode else "cpu")
     run_probs = [run_groups(gs, arrays, models, tta=args.tta, batch_size=batch_size, device=device, amp=args.amp)
                  for gs in run_groups_]
-    probs, ans = vote(run_probs, weights, args.vote)
+    offsets, how = ensemble_offsets(runs, weights) if args.decision == "fitted" else (None, "argmax")
+    run_offsets = [read_offsets(r) if args.decision == "fitted" else None for r in runs]
+    probs, ans = vote(run_probs, weights, args.vote, offsets, run_offsets)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})
     with atomic_path(out / f"{args.output_name}_probs.npy") as tmp:
         np.save(tmp, probs.astype(np.float32))
     write_csv_atomic(sub, out / f"{args.output_name}.csv")
     n_models = sum(len(g) for gs in run_groups_ for g in gs)
-    print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={args.tta}, vote={args.vote} "
-          f"-> {out / (args.output_name + '.csv')}", file=sys.stderr)
+    print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={args.tta}, vote={args.vote}, "
+          f"decision {how if args.vote == 'soft' else 'per run'} -> {out / (args.output_name + '.csv')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 OFFICIAL_AGE_BOUNDS = (30, 60)
-TASKS = {"label": 18, "mask": 3, "gender": 2, "age": 3}
+AGE_MIN, AGE_MAX = 18, 60  # the competition's ages: 18 to 60, 60 standing for 60 and over
+YEARS = AGE_MAX - AGE_MIN + 1
+# "years": a distribution over each year of age, an auxiliary head that teaches age as an ordered
+# quantity (see model.fuse_years); the other tasks are the scored ones
+TASKS = {"label": 18, "mask": 3, "gender": 2, "age": 3, "years": YEARS}
 MASK_NAMES = ("wear", "incorrect", "not wear")
 GENDER_NAMES = ("male", "female")
 AGE_NAMES = ("<30", "30-59", ">=60")
@@ -27,6 +31,17 @@ def age_class(age_years, bounds=OFFICIAL_AGE_BOUNDS):
     """0: < bounds[0], 1: < bounds[1], 2: the rest."""
     a = np.asarray(age_years)
     return (a >= bounds[0]).astype(int) + (a >= bounds[1]).astype(int)
+
+
+def year_index(age_years):
+    """Age in years -> index of the years head (ages outside 18-60 clipped)."""
+    return np.clip(np.asarray(age_years).astype(int), AGE_MIN, AGE_MAX) - AGE_MIN
+
+
+def joint_targets(labels, age_years):
+    """(N,) 18-class labels and ages -> (N,) index into label x year (18 * YEARS classes): one-hot (or
+    mixed by CutMix/MixUp) over this joint, a batch's target carries both the class and the year."""
+    return np.asarray(labels).astype(np.int64) * YEARS + year_index(age_years)
 
 
 def task_targets(labels, tasks):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from labels import YEARS
 from utils import UserError
 
 
@@ -58,6 +59,23 @@ def class_weights(counts):
     counts = torch.as_tensor(counts, dtype=torch.float).clamp(min=1)
     w = counts.sum() / counts
     return w / w.mean()
+
+
+def years_loss(sigma):
+    """Loss of the years head: cross entropy against the target's age spread over neighbouring years
+    by a Gaussian of `sigma` years (label distribution learning: 34 and 36 are near misses for 35, 60
+    is not), so the head learns age as an ordered quantity from few people per year."""
+    k = torch.arange(YEARS, dtype=torch.float)
+    kernel = torch.exp(-((k[:, None] - k[None, :]) ** 2) / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    on_device = {}
+
+    def loss(logits, p_years):
+        if logits.device not in on_device:
+            on_device[logits.device] = kernel.to(logits.device)
+        return F.cross_entropy(logits.float(), p_years.float() @ on_device[logits.device])
+
+    return loss
 
 
 def create_loss(name, class_counts=None, smoothing=None):

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 import distributed
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
+from decision import decide, read_offsets
 from face_image import FaceDetector, crop_for_model
 from inference import TTA_VIEWS, find_groups, load_models, run_groups
 from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
@@ -93,6 +94,8 @@ def main(argv):
     ap.add_argument("--min_score", type=float, default=0.9, help="minimum face detection score")
     ap.add_argument("--detect_size", type=int, default=1024, help="longest side seen by the detector (0: full)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
+                    help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")
     args = ap.parse_args(argv)
     device = distributed.setup(args.device).device
     out = writable_dir(args.out, "--out")
@@ -121,14 +124,14 @@ def main(argv):
     arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1]), k[0], "none") for im, box in crops])
               if crops else None for k in keys}
     probs = run_groups(groups, arrays, models, tta=args.tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
+    labels = decide(probs, read_offsets(args.model_dir) if args.decision == "fitted" else None)
     k = 0
     n_faces = 0
     for f, img, faces in found:
         rows = []
         for box, score in faces:
-            p = probs[k]
+            p, label = probs[k], int(labels[k])
             k += 1
-            label = int(p.argmax())
             m, g, a = (int(v) for v in decode(label))
             rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=label,
                              mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],

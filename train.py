@@ -28,12 +28,13 @@ import pandas as pd
 import torch
 
 import distributed
-from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, BatchDataset, BatchTransform, ImageCache, Log,
-                     age_class, build_table, cached_images, encode, has_faces, holdout_split, kfold_split, make_loader, people_of,
-                     task_targets, to_device)
+from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDataset, BatchTransform, ImageCache, Log,
+                     age_class, build_table, cached_images, encode, has_faces, holdout_split, joint_targets, kfold_split,
+                     make_loader, people_of, task_targets, to_device)
+from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
-from loss import LOSSES, create_loss
-from model import (Precision, choose_precision, combine_probs, create_model, load_checkpoint, marginal,
+from loss import LOSSES, create_loss, years_loss
+from model import (Precision, choose_precision, combine_probs, create_model, joint_marginal, load_checkpoint,
                    save_checkpoint, split_heads, task_probs)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
@@ -93,6 +94,11 @@ def build_parser():
     add_bool(g, "--heads", False, "one backbone with mask, gender and age heads")
     g.add_argument("--head_weights", type=positive(float, 0, inclusive=True), nargs=3, default=[1.0, 1.0, 1.0],
                    metavar=("MASK", "GENDER", "AGE"))
+    g.add_argument("--years_weight", type=positive(float, 0, inclusive=True), default=0.0,
+                   help="weight of an auxiliary head over each year of age (18-60) learnt from train.csv's ages: a "
+                   "training aid for the shared features; the label (or age) head still decides (0: off)")
+    g.add_argument("--years_sigma", type=pos, default=3.0,
+                   help="the years head's targets: the true age spread by a Gaussian of this many years")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     g = ap.add_argument_group("model and recipe")
     g.add_argument("--model", "--model_name", default="efficientnet_lite0", help="any timm model name")
@@ -223,12 +229,13 @@ def plan_units(cfg, table):
         splits = [(f"fold{i}", splits[i]) for i in folds]
     else:
         splits = [("", holdout_split(main_people, cfg["val_ratio"], cfg["seed"]))]
+    years = ("years",) if cfg["years_weight"] > 0 else ()
     if cfg["multi"]:
-        task_sets = [((t,), t) for t in MULTI_TASKS]
+        task_sets = [((t,) + (years if t == "age" else ()), t) for t in MULTI_TASKS]
     elif cfg["heads"]:
-        task_sets = [(MULTI_TASKS, "")]
+        task_sets = [(MULTI_TASKS + years, "")]
     else:
-        task_sets = [(("label",), "")]
+        task_sets = [(("label",) + years, "")]
     return [dict(subdir=str(Path(s, sub)) if s or sub else "", tasks=tasks, train=list(tr) + extra_people, valid=va)
             for s, (tr, va) in splits for tasks, sub in task_sets]
 
@@ -249,10 +256,11 @@ class NoEma:
 
 
 class OneHot:
-    """Stands in for timm's Mixup when CutMix and MixUp are off: hard labels as probabilities."""
+    """Stands in for timm's Mixup when CutMix and MixUp are off: hard labels as probabilities (over
+    class x year of age, labels.joint_targets)."""
 
     def __call__(self, x, y):
-        return x, torch.nn.functional.one_hot(y, 18).float()
+        return x, torch.nn.functional.one_hot(y, 18 * YEARS).float()
 
 
 def make_mixer(cfg):
@@ -262,7 +270,7 @@ def make_mixer(cfg):
     from timm.data import Mixup
     mix = Mixup(mixup_alpha=0.2 if cfg["mixup"] else 0.0, cutmix_alpha=1.0 if cfg["cutmix"] else 0.0,
                 prob=min(1.0, p), switch_prob=cfg["cutmix"] / p if cfg["mixup"] and cfg["cutmix"] else 0.5,
-                label_smoothing=0.0, num_classes=18)
+                label_smoothing=0.0, num_classes=18 * YEARS)
     one_hot = OneHot()
     return lambda x, y: mix(x, y) if len(x) % 2 == 0 else one_hot(x, y)  # timm needs an even batch
 
@@ -347,7 +355,9 @@ def log_main(*a):
 
 def unit_metrics(tasks, probs, labels_official):
     """Pure: metrics of one unit from its per-task probabilities. Units that cover the 18 classes
-    are scored as the competition is; a single-task unit by that task's macro F1."""
+    are scored as the competition is; a single-task unit by that task's macro F1 (a years head, a
+    training aid, is not scored)."""
+    tasks = tuple(t for t in tasks if t != "years")
     if "label" in tasks or set(tasks) == set(MULTI_TASKS):
         return score(labels_official, combine_probs(probs).argmax(1).numpy())
     (t,) = tasks
@@ -357,9 +367,10 @@ def unit_metrics(tasks, probs, labels_official):
     return {"f1": f1, "accuracy": float((y == pred).mean()), f"f1_{t}": f1}
 
 
-def heads_loss(logits, target18, tasks, loss_fns, weights):
+def heads_loss(logits, target, tasks, loss_fns, weights):
+    """target: (B, 18 * YEARS) over class x year of age; each head learns its task's marginal."""
     heads = split_heads(logits, tasks)
-    return sum(weights[t] * loss_fns[t](heads[t], marginal(target18, t)) for t in tasks)
+    return sum(weights[t] * loss_fns[t](heads[t], joint_marginal(target, t)) for t in tasks)
 
 
 def epoch_seed(seed, epoch, rank):
@@ -382,9 +393,9 @@ def train_one_epoch(model, loader, loop, epoch):
     logits_all, ys = [], []
     for step, (x, y, _) in enumerate(loop.bar.wrap(to_device(loader, loop.device), f"epoch {epoch + 1} train",
                                                    len(loader))):
-        y = y[:, 0]
+        y, joint = y[:, 0], y[:, 1]
         x = loop.transform(x, train=True, generator=gen).contiguous(memory_format=loop.memory_format)
-        x, target = loop.mixer(x, y)
+        x, target = loop.mixer(x, joint)
         with loop.precision.autocast():
             logits = model(x)
             loss = heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights)
@@ -431,7 +442,7 @@ def evaluate(model, loader, loop):
         x = loop.eval_transform(x).contiguous(memory_format=loop.memory_format)
         with loop.precision.autocast():
             logits = model(x).float()
-        target = torch.nn.functional.one_hot(y[:, 0], 18).float()
+        target = torch.nn.functional.one_hot(y[:, 1], 18 * YEARS).float()
         loss_sum += heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights) * len(idx)
         idx_all.append(idx)
         logits_all.append(logits)
@@ -470,11 +481,14 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if cfg["compile"] and dev.type == "cuda":
         model = torch.compile(model)  # after DDP, as PyTorch documents: DDP's buckets guide the graph breaks
-    counts = {t: np.bincount(task_targets(train_labels, [t])[:, 0], minlength=TASKS[t]) for t in tasks}
+    counts = {t: np.bincount(task_targets(train_labels, [t])[:, 0], minlength=TASKS[t]) for t in tasks if t != "years"}
+    loss_fns = {t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in counts}
+    loss_fns["years"] = years_loss(cfg["years_sigma"])
     loop = Loop(device=dev, tasks=tasks, seed=cfg["seed"], rank=dist.rank, transform=BatchTransform(mean, std, cfg["augment"]),
                 eval_transform=BatchTransform(mean, std, "none"), mixer=make_mixer(cfg), memory_format=memory_format,
-                precision=precision, loss_fns={t: create_loss(cfg["loss"], counts[t], cfg["smoothing"]) for t in tasks},
-                head_weights=dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0), optimizer=optimizer,
+                precision=precision, loss_fns=loss_fns,
+                head_weights=dict(zip(MULTI_TASKS, cfg["head_weights"]), label=1.0, years=cfg["years_weight"]),
+                optimizer=optimizer,
                 scaler=scaler, schedule=schedule, ema=ema, raw_model=raw_model,
                 clip=ClipGrad(cfg["clip_grad"]) if cfg["clip_grad"] > 0 else no_clip,
                 bar=Bar() if cfg["progress"] and dist.is_main else NoBar(), mean=mean, std=std,
@@ -485,8 +499,10 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
 def make_loaders(cfg, table, images, tr_rows, va_rows, dist):
     cache_rows = table["cache_row"].to_numpy()
     train_labels = table["label"].to_numpy()[tr_rows]
-    ds_tr = BatchDataset(images, cache_rows[tr_rows], task_targets(train_labels, ["label"]))
-    ds_va = BatchDataset(images, cache_rows[va_rows], task_targets(table["label"].to_numpy()[va_rows], ["label"]))
+    # targets: the 18-class label (metrics, sampler) and the class x year index (the loss)
+    targets = np.stack([table["label"].to_numpy(), joint_targets(table["label"], table["age_years"])], axis=1)
+    ds_tr = BatchDataset(images, cache_rows[tr_rows], targets[tr_rows])
+    ds_va = BatchDataset(images, cache_rows[va_rows], targets[va_rows])
     cuda = dist.device.type == "cuda"
     workers = cfg["workers"] if cfg["workers"] is not None else (4 if cuda else 0)
     weights = None
@@ -636,26 +652,40 @@ def merge_cv(run_dir, k=None, quiet_missing=False):
             return None
         raise UserError(f"{run_dir}: folds {', '.join(missing)} have not finished; run them with --fold i "
                         f"--run_dir {run_dir}")
-    parts = []
-    for i in range(k):
-        frames = [pd.read_csv(run_dir / f"fold{i}" / s / "valid_preds.csv") for s in subs]
-        base = frames[0][["path", "people_path", "label"]]
-        probs = {}
-        for f in frames:
-            for t in ("label",) + MULTI_TASKS:
-                if set(prob_columns(t)) <= set(f.columns):
-                    probs[t] = torch.tensor(f[prob_columns(t)].to_numpy())
-        p18 = combine_probs(probs).numpy()
-        parts.append(pd.concat([base.assign(fold=i), pd.DataFrame(p18, columns=prob_columns("label"))], axis=1))
-    oof = pd.concat(parts, ignore_index=True)
+    oof = pd.concat([unit_preds(run_dir / f"fold{i}", subs).assign(fold=i) for i in range(k)], ignore_index=True)
     if oof["path"].duplicated().any():
         raise UserError(f"{run_dir}: an image appears in more than one fold's validation set")
     m = score(oof["label"].to_numpy(), oof[prob_columns("label")].to_numpy().argmax(1))
     write_csv_atomic(oof, run_dir / "oof.csv", float_format="%.6f")
-    write_json_atomic(run_dir / "cv.json", {**m, "n": len(oof), "folds": k})
     log_main(f"CV ({k} folds, {len(oof)} out-of-fold images): macro F1 {m['f1']:.4f} accuracy {m['accuracy']:.4f} "
              f"(mask {m['f1_mask']:.3f} gender {m['f1_gender']:.3f} age {m['f1_age']:.3f}) -> {run_dir / 'oof.csv'}")
+    decided = fit_run_decision(run_dir, oof, "out-of-fold predictions of every person (oof.csv)")
+    write_json_atomic(run_dir / "cv.json", {**m, "n": len(oof), "folds": k, "decided_cross_fitted": decided})
     return m
+
+
+def unit_preds(folder, subs):
+    """The 18-class validation predictions of one split (folder: the run, or a fold): path,
+    people_path, label, p0..p17, from its valid_preds.csv (one per task folder for --multi)."""
+    frames = [pd.read_csv(folder / s / "valid_preds.csv") for s in subs]
+    probs = {t: torch.tensor(f[prob_columns(t)].to_numpy()) for f in frames for t in TASKS
+             if set(prob_columns(t)) <= set(f.columns)}
+    p18 = combine_probs(probs).numpy()
+    return pd.concat([frames[0][["path", "people_path", "label"]], pd.DataFrame(p18, columns=prob_columns("label"))],
+                     axis=1)
+
+
+def fit_run_decision(run_dir, preds, source):
+    """Fit the run's macro-F1 offsets (decision.py) on predictions of people the model did not train on;
+    -> the cross-fitted metrics (each person decided by offsets fitted without them)."""
+    probs, labels = preds[prob_columns("label")].to_numpy(), preds["label"].to_numpy()
+    record, held_pred = fit_decision(probs, labels, preds["people_path"].to_numpy(), source)
+    write_decision(run_dir, record)
+    held = score(labels, held_pred)
+    log_main(f"decision offsets ({'kept' if record['used'] else 'not kept: argmax'}): macro F1 {held['f1']:.4f} on "
+             f"people they were not fitted on (argmax {record['f1_argmax']:.4f}; mask {held['f1_mask']:.3f} gender "
+             f"{held['f1_gender']:.3f} age {held['f1_age']:.3f}) -> {Path(run_dir) / DECISION_FILE}")
+    return held
 
 
 # --- entry ---------------------------------------------------------------------------------------
@@ -767,6 +797,9 @@ def main(argv):
             cv = merge_cv(run_dir, cfg["k_folds"], quiet_missing=True)
             if cv:
                 summary["cv"] = cv
+        elif dist.is_main:
+            summary["decided"] = fit_run_decision(run_dir, unit_preds(run_dir, [t for t in MULTI_TASKS] if cfg["multi"]
+                                                                      else [""]), "the validation split (valid_preds.csv)")
         if dist.is_main:
             summary["wall_time_s"] = round(time.time() - t0, 1)
             write_json_atomic(run_dir / "summary.json", summary)

@@ -62,8 +62,9 @@ def tiny_runs(tiny_root, tmp_path_factory):
     md = tmp_path_factory.mktemp("runs")
     base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY]
     runs = {}
-    for name, extra in {"single": [], "cv": ["--cv", "True", "--k_folds", "3"], "multi": ["--multi=True"],
-                        "heads": ["--heads"]}.items():
+    years = ["--years_weight", "1"]  # the age-in-years head, in every mode but the plain single run
+    for name, extra in {"single": [], "cv": ["--cv", "True", "--k_folds", "3", *years], "multi": ["--multi=True", *years],
+                        "heads": ["--heads", *years]}.items():
         run(*base, "--run_dir", md / name, *extra)
         runs[name] = md / name
     return runs

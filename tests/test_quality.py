@@ -1,0 +1,111 @@
+"""The quality levers: the age-in-years head (targets, loss, fusion) and macro-F1 decision offsets."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run
+from decision import cross_fitted, decide, fit_decision, fit_offsets, macro_f1, read_offsets
+from inference import ensemble_offsets
+from labels import YEARS, decode, joint_targets
+from loss import years_loss
+from model import combine_probs, joint_marginal
+
+
+def test_joint_target_carries_class_and_year_and_mixes_linearly():
+    j = torch.nn.functional.one_hot(torch.as_tensor(joint_targets([7, 16], [45, 70])), 18 * YEARS).float()
+    assert joint_marginal(j, "label").argmax(1).tolist() == [7, 16]
+    assert joint_marginal(j, "years").argmax(1).tolist() == [45 - 18, 60 - 18]  # 70 counts as 60
+    assert joint_marginal(j, "mask").argmax(1).tolist() == [int(decode(7)[0]), int(decode(16)[0])]
+    mixed = 0.3 * j[:1] + 0.7 * j[1:]  # what CutMix/MixUp hand the loss
+    assert torch.allclose(joint_marginal(mixed, "label")[0, [7, 16]], torch.tensor([0.3, 0.7]))
+    assert torch.allclose(joint_marginal(mixed, "years")[0, [27, 42]], torch.tensor([0.3, 0.7]))
+
+
+def test_years_loss_treats_near_ages_as_near_misses():
+    loss = years_loss(3.0)
+    target = torch.nn.functional.one_hot(torch.tensor([20]), YEARS).float()  # 38 years old
+    logits = torch.full((3, YEARS), -5.0)
+    for row, idx in enumerate((20, 22, 40)):  # predicts 38, 40, 58
+        logits[row, idx] = 5.0
+    losses = [float(loss(logits[i:i + 1], target)) for i in range(3)]
+    assert losses[0] < losses[1] < losses[2]
+
+
+def test_the_years_head_takes_no_part_in_the_decision():
+    p18 = torch.softmax(torch.randn(4, 18), 1)
+    years = torch.softmax(torch.randn(4, YEARS), 1)
+    assert torch.equal(combine_probs({"label": p18, "years": years}), p18)
+
+
+def _skewed(n=3000, seed=0):
+    """Predictions whose argmax under-calls the rare classes: what a model trained on a skewed
+    prior gives macro F1."""
+    rng = np.random.default_rng(seed)
+    prior = np.r_[np.full(12, 8.0), np.full(6, 1.0)]
+    y = rng.choice(18, n, p=prior / prior.sum())
+    logits = rng.normal(0, 1.0, (n, 18)) + np.log(prior)  # the prior pulls the argmax to common classes
+    logits[np.arange(n), y] += 2.0
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True), y, np.arange(n) // 7  # 7 photos a person
+
+
+def test_offsets_raise_macro_f1_on_people_they_were_not_fitted_on():
+    p, y, people = _skewed()
+    plain = macro_f1(y, decide(p))
+    held = macro_f1(y, cross_fitted(p, y, people))
+    assert held > plain + 0.03, (plain, held)
+    off = fit_offsets(p, y)
+    assert off[12:].mean() > off[:12].mean()  # the rare classes are lifted
+    record, held_pred = fit_decision(p, y, people, "test")
+    assert record["used"] and record["f1_cross_fitted"] == pytest.approx(held)
+    assert macro_f1(y, held_pred) == pytest.approx(held)
+    assert macro_f1(y, decide(p)) == pytest.approx(macro_f1(y, p.argmax(1)))
+    # matches sklearn's macro F1 over all 18 labels
+    from evaluation import macro_f1 as sk_macro_f1
+    assert macro_f1(y, decide(p, off)) == pytest.approx(sk_macro_f1(y, decide(p, off)))
+
+
+def test_offsets_that_do_not_pay_are_not_kept():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(18), 20)
+    p = np.full((len(y), 18), 0.01)
+    p[np.arange(len(y)), y] = 0.9  # already perfect: nothing to gain
+    record, pred = fit_decision(p / p.sum(1, keepdims=True), y, rng.permutation(len(y)) // 7, "test")
+    assert not record["used"] and not any(record["offsets"]) and (pred == y).all()
+
+
+def _infer(tiny_root, out, *args):
+    return run("inference.py", "--data_dir", tiny_root / "eval", "--output_dir", out, *args)
+
+
+def test_inference_applies_the_runs_offsets_and_none_is_plain_argmax(tiny_root, tiny_runs, tmp_path):
+    rd = tmp_path / "run"
+    shutil.copytree(tiny_runs["single"], rd)
+    _infer(tiny_root, tmp_path, "--model_dir", rd, "--output_name", "none", "--decision", "none")
+    probs = np.load(tmp_path / "none_probs.npy")
+    assert (pd.read_csv(tmp_path / "none.csv")["ans"] == probs.argmax(1)).all()
+    (rd / "decision.json").unlink()  # a run trained before offsets existed: argmax, as before
+    _infer(tiny_root, tmp_path, "--model_dir", rd, "--output_name", "old")
+    assert (pd.read_csv(tmp_path / "old.csv")["ans"] == probs.argmax(1)).all()
+    off = np.zeros(18)
+    off[5] = 50.0  # an offset that must win everywhere shows that the file is read and applied
+    (rd / "decision.json").write_text(json.dumps({"offsets": off.tolist()}))
+    p = _infer(tiny_root, tmp_path, "--model_dir", rd, "--output_name", "fitted")
+    assert (pd.read_csv(tmp_path / "fitted.csv")["ans"] == 5).all() and "decision fitted" in p.stderr
+    assert np.array_equal(np.load(tmp_path / "fitted_probs.npy"), probs)  # probabilities stay raw for ensembling
+
+
+def test_an_ensemble_of_cv_runs_fits_on_their_combined_oof(tiny_runs):
+    own = read_offsets(tiny_runs["cv"])
+    off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["cv"]], [1, 1])
+    rec = json.loads((tiny_runs["cv"] / "decision.json").read_text())
+    if rec["used"]:  # the same run twice: the same OOF, so the same offsets
+        assert np.allclose(off, own) and "combined OOF" in how
+    else:
+        assert off is None and "argmax" in how
+    off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["single"]], [1, 1])
+    assert off is None and "CV run" in how
