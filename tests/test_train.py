@@ -62,7 +62,7 @@ def test_multi_and_heads_runs_carry_the_years_head_where_asked(tiny_runs):
     for i in range(3):
         assert load_checkpoint(tiny_runs["cv"] / f"fold{i}" / "best.pth")["meta"]["tasks"] == ["label", "years"]
         vp = pd.read_csv(tiny_runs["cv"] / f"fold{i}" / "valid_preds.csv")
-        assert {"years0", "years42"} <= set(vp.columns) and np.allclose(vp.filter(like="years").sum(1), 1, atol=1e-4)
+        assert {"years0", "years42"} <= set(vp.columns) and np.allclose(vp.filter(like="years").sum(axis=1), 1, atol=1e-4)
     assert load_checkpoint(tiny_runs["single"] / "best.pth")["meta"]["tasks"] == ["label"]
     # the unit's validation F1 is scored on the label/age heads alone
     m = json.loads((tiny_runs["heads"] / "metrics.json").read_text())
