@@ -6,6 +6,13 @@
 Reads <gt_dir>/gt.csv and <output_dir>/<output_name>.csv (both ImageID, ans). Prints JSON (f1,
 accuracy, per-task F1, per-class precision/recall/F1/support) and writes
 <output_dir>/<output_name>_confusion.png and <output_name>_scores.json.
+
+    python evaluation.py --boxes ../shared/realdata/kaggle_facemask --pred_dir predictions [--min_face 32]
+
+Mask status on real photos with annotated face boxes (PASCAL-VOC: annotations/*.xml, images/): each
+annotated face of at least --min_face px is matched to predict.py's faces (<pred_dir>/*.json) at
+IoU >= 0.5; prints mask accuracy, macro F1 and the 3x3 confusion over the matched faces, by face size,
+with the faces missed by the detector counted apart, and writes <pred_dir>/boxes_scores.json.
 """
 from __future__ import annotations
 
@@ -14,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import classification_report, f1_score, precision_recall_fscore_support
+from sklearn.metrics import classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from labels import class_names, decode
-from utils import UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, write_json_atomic
+from labels import MASK_NAMES, class_names, decode
+from voc import match_boxes, read_voc
+from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
+                   write_json_atomic)
 
 CLASSES = list(range(18))
 
@@ -88,6 +97,63 @@ def evaluate_files(gt_path, sub_path):
     return merged["ans_true"].to_numpy(), merged["ans_pred"].to_numpy()
 
 
+SIZE_BINS = ((32, 64), (64, 128), (128, 1_000_000))
+
+
+def read_predictions(pred_dir):
+    """predict.py's per-photo JSON files -> {photo stem: [(box, mask id)]}."""
+    pred_dir = Path(pred_dir)
+    files = sorted(pred_dir.glob("*.json")) if pred_dir.is_dir() else []
+    out = {}
+    for f in files:
+        try:
+            d = json.loads(f.read_text())
+            out[Path(d["photo"]).stem] = [(face["box"], int(face["mask"])) for face in d["faces"]]
+        except (ValueError, KeyError, TypeError):
+            continue  # not one of predict.py's files (e.g. boxes_scores.json)
+    if not out:
+        raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS --out {pred_dir}")
+    return out
+
+
+def mask_scores(y, pred):
+    return {"mask_accuracy": float((y == pred).mean()) if len(y) else 0.0,
+            "mask_f1": macro_f1(y, pred, [0, 1, 2]) if len(y) else 0.0, "n": int(len(y))}
+
+
+def score_boxes(data_dir, pred_dir, min_face=32, min_iou=0.5):
+    """Mask status of annotated faces matched to predicted ones. -> dict of figures."""
+    faces = read_voc(data_dir)
+    faces = faces[faces["size"] >= min_face]
+    preds = read_predictions(pred_dir)
+    y, pred, size = [], [], []
+    missed = 0
+    for stem, gt in faces.groupby("stem", sort=True):
+        found = preds.get(stem, [])
+        pairs = match_boxes(gt[["xmin", "ymin", "xmax", "ymax"]].to_numpy(), [b for b, _ in found], min_iou)
+        missed += len(gt) - len(pairs)
+        for g, p in pairs:
+            y.append(gt["mask"].iloc[g]), pred.append(found[p][1]), size.append(gt["size"].iloc[g])
+    y, pred, size = np.asarray(y, int), np.asarray(pred, int), np.asarray(size)
+    res = {**mask_scores(y, pred), "annotated": int(len(faces)), "missed": int(missed),
+           "photos": int(faces["stem"].nunique()), "photos_predicted": int(sum(s in preds for s in faces["stem"].unique())),
+           "always_wear_accuracy": float((y == 0).mean()) if len(y) else 0.0, "min_face": min_face,
+           "confusion": confusion_matrix(y, pred, labels=[0, 1, 2]).tolist() if len(y) else [[0] * 3] * 3}
+    res["by_size"] = {f"{lo}-{hi - 1}" if hi < 1_000_000 else f"{lo}+": mask_scores(y[(size >= lo) & (size < hi)],
+                                                                                    pred[(size >= lo) & (size < hi)])
+                      for lo, hi in SIZE_BINS if hi > min_face}
+    return res
+
+
+def print_boxes(res):
+    print(json.dumps({k: v for k, v in res.items() if k not in ("confusion", "by_size")}))
+    print("confusion (rows: annotated, columns: predicted)\n" + f"{'':>10}" + "".join(f"{n:>10}" for n in MASK_NAMES))
+    for n, row in zip(MASK_NAMES, res["confusion"]):
+        print(f"{n:>10}" + "".join(f"{v:>10}" for v in row))
+    for k, v in res["by_size"].items():
+        print(f"faces {k:>8} px: n {v['n']:4d}  accuracy {v['mask_accuracy']:.3f}  macro F1 {v['mask_f1']:.3f}")
+
+
 @cli
 def main(argv):
     load_dotenv_once()
@@ -99,7 +165,17 @@ def main(argv):
     ap.add_argument("--output_name", default="output", help="submission is <output_dir>/<output_name>.csv")
     ap.add_argument("--gt_name", default="gt.csv")
     add_bool(ap, "--per_class", True, "print the per-class table after the JSON line")
+    ap.add_argument("--boxes", default=None, metavar="DIR", help="score mask status on real photos with annotated "
+                    "boxes (annotations/*.xml, images/) against predict.py's output in --pred_dir")
+    ap.add_argument("--pred_dir", default="predictions", help="with --boxes: predict.py's --out folder")
+    ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32,
+                    help="with --boxes: smallest annotated face counted (shorter side, px)")
     args = ap.parse_args(argv)
+    if args.boxes:
+        res = score_boxes(args.boxes, args.pred_dir, args.min_face)
+        write_json_atomic(Path(args.pred_dir) / "boxes_scores.json", res)
+        print_boxes(res)
+        return
     demo_note(args.gt_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", "--gt_dir", argv)
     out_dir = Path(args.output_dir)
     y_true, y_pred = evaluate_files(Path(args.gt_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")

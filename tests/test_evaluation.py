@@ -75,3 +75,40 @@ def test_bad_submissions_exit_2(tmp_path, case, needle):
     env = _write(tmp_path, gt, sub)
     assert_clean_error(run("evaluation.py", env=env, check=False), needle, "output.csv")
     assert not (tmp_path / "out" / "output_scores.json").exists()
+
+
+def _voc(path, objects):
+    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
+                   f"<ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+    path.write_text(f"<annotation><filename>{path.stem}.jpg</filename>{objs}</annotation>")
+
+
+def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
+    from voc import match_boxes
+    # two predictions overlap one face: the better one takes it, the other stays unmatched
+    assert match_boxes([[0, 0, 10, 10]], [[1, 1, 10, 10], [0, 0, 10, 10]]) == [(0, 1)]
+    assert match_boxes([[0, 0, 10, 10]], [[6, 6, 16, 16]]) == []  # IoU 0.09
+    d = tmp_path / "kaggle"
+    (d / "images").mkdir(parents=True)
+    (d / "annotations").mkdir()
+    for stem in ("a", "b"):
+        (d / "images" / f"{stem}.png").write_bytes(b"")  # only the files' presence is read
+    _voc(d / "annotations" / "a.xml", [("with_mask", (0, 0, 40, 40)), ("without_mask", (100, 0, 140, 40)),
+                                      ("mask_weared_incorrect", (200, 0, 240, 40)), ("with_mask", (300, 0, 310, 10))])
+    _voc(d / "annotations" / "b.xml", [("con_mascarilla", (0, 0, 100, 100))])  # the MaskON repository's Spanish name
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    faces_a = [dict(box=[2, 2, 40, 40], mask=0), dict(box=[100, 0, 140, 40], mask=0),  # not wear called wear
+               dict(box=[500, 0, 540, 40], mask=2)]  # a face nobody annotated; the incorrect one is missed
+    (pred / "a.json").write_text(json.dumps({"photo": str(d / "images" / "a.png"), "faces": faces_a}))
+    (pred / "b.json").write_text(json.dumps({"photo": "elsewhere/b.png", "faces": [dict(box=[0, 0, 100, 95], mask=0)]}))
+    p = run("evaluation.py", "--boxes", d, "--pred_dir", pred)
+    res = json.loads(p.stdout.splitlines()[0])
+    assert res["annotated"] == 4 and res["missed"] == 1 and res["n"] == 3  # the 10 px face is below --min_face
+    assert res["mask_accuracy"] == pytest.approx(2 / 3) and res["always_wear_accuracy"] == pytest.approx(2 / 3)
+    full = json.loads((pred / "boxes_scores.json").read_text())
+    assert full["confusion"] == [[2, 0, 0], [0, 0, 0], [1, 0, 0]]
+    assert full["by_size"]["32-63"]["n"] == 2 and full["by_size"]["64-127"]["n"] == 1
+    (d / "images" / "c.png").write_bytes(b"")
+    (d / "annotations" / "c.xml").write_text("<annotation><object><name>mask</name></object></annotation>")
+    assert_clean_error(run("evaluation.py", "--boxes", d, "--pred_dir", pred, check=False), "c.xml", "'mask'")
