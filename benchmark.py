@@ -81,7 +81,7 @@ def bench_train(args, dev, table_paths, labels):
     key = (tuple(args.img_size), "center")
     cache = cached_images(paths, [key], Path(args.cache_dir), device=dev if args.gpu_decode else "cpu")[key]
     workers = args.workers if dev.type == "cuda" else 0  # train.py's defaults: 0 on CPU, workers on CUDA
-    targets = np.stack([labels, joint_targets(labels, np.full(n, AGE_MIN))], axis=1)  # as train.py's (label, joint)
+    targets = np.stack([labels, joint_targets(labels, np.full(n, AGE_MIN)), np.ones(n, int)], axis=1)  # as train.py's
     loader = make_loader(BatchDataset(cache, np.arange(n), targets), args.batch_size, True, 0,
                          workers=workers, pin=dev.type == "cuda", gpu=dev if args.gpu_data else None)
 

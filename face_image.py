@@ -141,6 +141,69 @@ def best_boxes(detector, images):
     return out
 
 
+# --- photos labelled with mask status only (train.py --extra_data) -------------------------------
+MASK_FOLDERS = {"with_mask": 0, "incorrect_mask": 1, "mask_weared_incorrect": 1, "without_mask": 2}
+
+
+def mask_only_layout(data_dir):
+    """'boxes' (PASCAL-VOC: annotations/*.xml + images/), 'folders' (with_mask/, incorrect_mask/,
+    without_mask/ of photos or face crops), or None (the competition layout)."""
+    d = Path(data_dir)
+    if (d / "annotations").is_dir():
+        return "boxes"
+    if any((d / f).is_dir() for f in MASK_FOLDERS):
+        return "folders"
+    return None
+
+
+def _labelled_faces(data_dir, layout, min_face):
+    """-> [(photo path, face box or None (find it), mask id)]."""
+    from voc import read_voc
+    d = Path(data_dir)
+    if layout == "boxes":
+        faces = read_voc(d)
+        faces = faces[faces["size"] >= min_face]
+        return [(r.photo, (r.xmin, r.ymin, r.xmax, r.ymax), r.mask) for r in faces.itertuples()]
+    return [(str(d / name / rel), None, mask) for name, mask in MASK_FOLDERS.items() if (d / name).is_dir()
+            for rel in list_images(d / name)]
+
+
+def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
+    """One crop per labelled face of a mask-only dataset, cut by the shared crop function as the main
+    model sees faces (crop 'none': the face crop; 'center': the centre-like window), written once as
+    PNG under out_dir with faces.csv (file, mask, found). 'boxes': the annotated faces of at least
+    min_face px; 'folders': the most plausible face MTCNN finds in each photo, else the whole photo
+    (most such photos are face crops already). -> DataFrame(file, mask, found)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "faces.csv").is_file():
+        return pd.read_csv(out_dir / "faces.csv")
+    layout = mask_only_layout(data_dir)
+    detector = FaceDetector() if layout == "folders" else None
+    rows = []
+    for n, (photo, box, mask) in enumerate(_labelled_faces(data_dir, layout, min_face)):
+        img = read_rgb(photo)
+        if img is None:
+            if log:
+                log.warn("unreadable image", f"{photo}: unreadable, skipped")
+            continue
+        h, w = img.shape[:2]
+        found = box is not None
+        if not found:
+            boxes, scores, _ = detector.detect([img])[0]
+            k = select_face(boxes, scores, w, h)
+            found = k is not None
+            box = tuple(boxes[k]) if found else (0, 0, w, h)
+        file = out_dir / f"{n:06d}.png"
+        write_image(file, crop_for_model(img, box, crop))
+        rows.append(dict(file=str(file), mask=int(mask), found=bool(found)))
+    if not rows:
+        raise UserError(f"{data_dir}: no labelled face to train on (faces smaller than --extra_min_face {min_face} px "
+                        "are left out)")
+    table = pd.DataFrame(rows)
+    write_csv_atomic(table, out_dir / "faces.csv")  # written last: its presence marks the crops complete
+    return table
+
+
 def write_image(path, rgb, quality=95):
     ext = path.suffix.lower()
     ok, buf = cv2.imencode(".png" if ext == ".png" else ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),

@@ -1,5 +1,7 @@
-"""Losses by name. Every loss takes (logits (B, K), target probabilities (B, K)) so that one-hot
-labels, smoothed labels and CutMix/MixUp targets go through the same code.
+"""Losses by name. Every loss takes (logits (B, K), target probabilities (B, K), rows) so that one-hot
+labels, smoothed labels and CutMix/MixUp targets go through the same code; `rows` ((B,) 0/1 weights)
+picks the rows that carry the task's label (photos labelled with mask status only carry no gender or
+age).
 
 Used by train.py (`--loss NAME`); not a script.
 """
@@ -12,35 +14,54 @@ from labels import YEARS
 from utils import UserError
 
 
-def cross_entropy(logits, target, weight=None, smoothing=0.0):
+def _mean(per_row, rows):
+    """Mean over the rows that carry this task's label (rows: (B,) 0/1 weights; None: every row). A batch
+    with no such row gives 0, computed without reading the device."""
+    if rows is None:
+        return per_row.mean()
+    return (per_row * rows).sum() / rows.sum().clamp(min=1)
+
+
+def cross_entropy(logits, target, weight=None, smoothing=0.0, rows=None):
     # torch's built-in: probability targets, class weights and label smoothing in one call
-    return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+    return _mean(F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing, reduction="none"),
+                 rows)
 
 
-def focal(logits, target, weight=None, smoothing=0.0, gamma=2.0):
+def focal(logits, target, weight=None, smoothing=0.0, rows=None, gamma=2.0):
     logp = F.log_softmax(logits.float(), dim=1)
     target = target * (1 - smoothing) + smoothing / target.shape[1]
     loss = -(target * (1 - logp.exp()) ** gamma * logp)
     if weight is not None:
         loss = loss * weight
-    return loss.sum(1).mean()
+    return _mean(loss.sum(1), rows)
 
 
-def f1(logits, target, weight=None, smoothing=0.0, eps=1e-7):
+def f1(logits, target, weight=None, smoothing=0.0, rows=None, eps=1e-7):
     """1 - soft macro F1 over the batch (differentiable surrogate of the metric)."""
     p = F.softmax(logits.float(), dim=1)
+    if rows is not None:
+        p, target = p * rows[:, None], target * rows[:, None]
     tp = (p * target).sum(0)
     prec = tp / (p.sum(0) + eps)
     rec = tp / (target.sum(0) + eps)
     return 1 - (2 * prec * rec / (prec + rec + eps)).mean()
 
 
-def symmetric_ce(logits, target, weight=None, smoothing=0.0, alpha=0.1, beta=1.0):
+def symmetric_ce(logits, target, weight=None, smoothing=0.0, rows=None, alpha=0.1, beta=1.0):
     """Symmetric cross entropy (Wang et al. 2019): CE plus reverse CE, robust to label noise."""
-    ce = cross_entropy(logits, target, weight, smoothing)
+    ce = cross_entropy(logits, target, weight, smoothing, rows)
     p = F.softmax(logits.float(), dim=1).clamp(min=1e-7)
-    rce = -(p * target.clamp(min=1e-4).log()).sum(1).mean()
+    rce = _mean(-(p * target.clamp(min=1e-4).log()).sum(1), rows)
     return alpha * ce + beta * rce
+
+
+def mask_marginal_loss(logits18, mask_target, rows):
+    """Loss of the 18-class output on photos labelled with mask status only: -log of the probability
+    the output gives the labelled mask state (the sum over its 6 gender x age classes), so gender and
+    age get no push either way. mask_target: (B, 3) mask distribution; rows: (B,) 0/1 weights."""
+    logp = F.log_softmax(logits18.float(), dim=1).view(-1, 3, 6)
+    return _mean(-(mask_target * torch.logsumexp(logp, dim=2)).sum(1), rows)
 
 
 # name -> (function, default label smoothing, uses class weights)
@@ -70,10 +91,10 @@ def years_loss(sigma):
     kernel = kernel / kernel.sum(1, keepdim=True)
     on_device = {}
 
-    def loss(logits, p_years):
+    def loss(logits, p_years, rows=None):
         if logits.device not in on_device:
             on_device[logits.device] = kernel.to(logits.device)
-        return F.cross_entropy(logits.float(), p_years.float() @ on_device[logits.device])
+        return cross_entropy(logits, p_years.float() @ on_device[logits.device], rows=rows)
 
     return loss
 
@@ -88,9 +109,9 @@ def create_loss(name, class_counts=None, smoothing=None):
 
     on_device = {}  # the weights sent once per device: a copy per step would stall the GPU
 
-    def loss(logits, target):
+    def loss(logits, target, rows=None):
         if w is not None and logits.device not in on_device:
             on_device[logits.device] = w.to(logits.device)
-        return fn(logits, target, weight=on_device.get(logits.device), smoothing=eps)
+        return fn(logits, target, weight=on_device.get(logits.device), smoothing=eps, rows=rows)
 
     return loss

@@ -17,6 +17,7 @@ TensorBoard logs in tb/ (CV: fold<i>/ each, plus oof.csv and cv.json; multi: mas
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -33,7 +34,9 @@ from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDatase
                      make_loader, people_of, task_targets, to_device)
 from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
-from loss import LOSSES, create_loss, years_loss
+from face_image import mask_only_faces, mask_only_layout
+from labels import AGE_MIN
+from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
 from model import (Precision, choose_precision, combine_probs, create_model, joint_marginal, load_checkpoint,
                    save_checkpoint, split_heads, task_probs)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
@@ -80,6 +83,10 @@ def build_parser():
                    help="age classes for training labels; validation always uses 30 60")
     g.add_argument("--extra_data", nargs="*", default=[], help="other training dirs in the same layout: added to "
                    "the training side of every split, never validated on")
+    g.add_argument("--extra_min_face", type=positive(int, 1, inclusive=True), default=32,
+                   help="mask-only extra data with boxes: smallest face used (shorter side, px)")
+    g.add_argument("--mask_only_weight", type=positive(float, 0, inclusive=True), default=1.0,
+                   help="loss weight of photos labelled with mask status only (unmeasured default)")
     g.add_argument("--fixes", default=None, help="label fixes CSV (default: the repo's label_fixes.csv)")
     g.add_argument("--max_bad", type=fraction, default=0.01, help="fail when more than this share of images is bad")
     g.add_argument("--cache_dir", default=None, help="decoded-image cache (default <model_dir>/.cache)")
@@ -159,11 +166,16 @@ def load_data(cfg, log):
     """Label table of the main dataset (+ extra datasets) and the decoded-image cache over all of it."""
     tables = []
     fixes = cfg["fixes"] or str(Path(__file__).resolve().parent / "label_fixes.csv")
+    cache_dir = Path(cfg["cache_dir"] or Path(cfg["model_dir"]) / ".cache")
+    main_crop = "none" if resolve_source(Path(cfg["data_dir"]), cfg["source"]) == "faces" else "center"
     for i, d in enumerate([cfg["data_dir"]] + list(cfg["extra_data"])):
         d = Path(d)
         if not d.is_dir():
             raise UserError(f"{d} is not a directory: set SM_CHANNEL_TRAIN / --data_dir / --extra_data to a "
                             "training dir holding train.csv and images/ (python synthetic.py makes a demo one)")
+        if i > 0 and mask_only_layout(d):
+            tables.append(mask_only_table(d, i, main_crop, cfg, cache_dir, log))
+            continue
         t = build_table(d, tuple(cfg["age_bounds"]), fixes, cfg["max_bad"], log)
         source = resolve_source(d, cfg["source"])
         if source == "faces":
@@ -174,14 +186,16 @@ def load_data(cfg, log):
                                 f"'python face_image.py --data_dir {d.parent}' or pass --source images")
         t["file"] = [str(d / p) for p in t["path"]]
         t["crop"] = "none" if source == "faces" else "center"
-        t["extra"] = i > 0
+        t["extra"], t["full"] = i > 0, True
         if i > 0:
             t["people_path"] = f"extra{i}:" + t["people_path"]
         tables.append(t)
     table = pd.concat(tables, ignore_index=True)
     # labels for training use the training bounds; validation is always scored with the official ones
     table["label_official"] = encode(table["mask"], table["gender"], age_class(table["age_years"]))
-    cache_dir = Path(cfg["cache_dir"] or Path(cfg["model_dir"]) / ".cache")
+    if not table["full"].all() and cfg["cutmix"] + cfg["mixup"] > 0:
+        raise UserError("--extra_data with mask-only labels cannot be mixed by --cutmix/--mixup (a mixed photo would "
+                        "have half a label); turn those off or leave the mask-only data out")
     decode_on = cfg["device_name"] if cfg["gpu_decode"] else "cpu"
 
     def build():  # rank 0 decodes every image once; the other ranks then map the files it wrote
@@ -201,6 +215,21 @@ def load_data(cfg, log):
              f"({int(table['extra'].sum())} extra images); image cache {mb:.0f} MiB "
              f"({len(table)} x {cfg['img_size'][0]} x {cfg['img_size'][1]} x 3 bytes)")
     return table, images
+
+
+def mask_only_table(d, i, main_crop, cfg, cache_dir, log):
+    """Rows for a dataset labelled with mask status only (face_image.mask_only_layout): one face crop per
+    labelled face, cut once into the cache by rank 0. Gender and age are unknown (full = False: no
+    loss for them); each face counts as its own person, always on the training side."""
+    key = hashlib.sha1(f"{d.resolve()}|{main_crop}|{cfg['extra_min_face']}|1".encode()).hexdigest()[:16]
+    faces = distributed.rank0_first(lambda: mask_only_faces(d, main_crop, cfg["extra_min_face"],
+                                                            cache_dir / "mask_only" / key, log))
+    t = pd.DataFrame({"path": faces["file"], "file": faces["file"], "mask": faces["mask"], "gender": 0, "age": 0,
+                      "age_years": AGE_MIN, "people_path": [f"extra{i}:face{n}" for n in range(len(faces))]})
+    t["label"] = encode(t["mask"], 0, 0)
+    t["crop"], t["extra"], t["full"] = "none", True, False
+    log_main(f"{d}: {len(t)} faces labelled with mask status only ({int(faces['found'].sum())} boxes given or found)")
+    return t
 
 
 def _join_caches(table, caches):
@@ -346,6 +375,7 @@ class Loop:
     std: list
     out: Path = Path(".")
     valid_labels: np.ndarray | None = None
+    mask_only_weight: float = 1.0
 
 
 def log_main(*a):
@@ -367,10 +397,20 @@ def unit_metrics(tasks, probs, labels_official):
     return {"f1": f1, "accuracy": float((y == pred).mean()), f"f1_{t}": f1}
 
 
-def heads_loss(logits, target, tasks, loss_fns, weights):
-    """target: (B, 18 * YEARS) over class x year of age; each head learns its task's marginal."""
+def heads_loss(logits, target, tasks, loss_fns, weights, full=None, mask_only_weight=1.0):
+    """target: (B, 18 * YEARS) over class x year of age; each head learns its task's marginal.
+    full: (B,) 1 for photos with every label, 0 for those labelled with mask status only (None: all
+    full). Mask-only rows teach the mask head, or the 18-class output through its mask marginal, and
+    nothing else (weighted by mask_only_weight)."""
     heads = split_heads(logits, tasks)
-    return sum(weights[t] * loss_fns[t](heads[t], joint_marginal(target, t)) for t in tasks)
+    loss = sum(weights[t] * loss_fns[t](heads[t], joint_marginal(target, t), None if t == "mask" else full)
+               for t in tasks)
+    if full is None:
+        return loss
+    part = mask_only_weight * (1 - full)
+    if "label" in tasks:
+        loss = loss + weights["label"] * mask_marginal_loss(heads["label"], joint_marginal(target, "mask"), part)
+    return loss
 
 
 def epoch_seed(seed, epoch, rank):
@@ -393,12 +433,12 @@ def train_one_epoch(model, loader, loop, epoch):
     logits_all, ys = [], []
     for step, (x, y, _) in enumerate(loop.bar.wrap(to_device(loader, loop.device), f"epoch {epoch + 1} train",
                                                    len(loader))):
-        y, joint = y[:, 0], y[:, 1]
+        y, joint, full = y[:, 0], y[:, 1], y[:, 2].float()
         x = loop.transform(x, train=True, generator=gen).contiguous(memory_format=loop.memory_format)
         x, target = loop.mixer(x, joint)
         with loop.precision.autocast():
             logits = model(x)
-            loss = heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights)
+            loss = heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights, full, loop.mask_only_weight)
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         loop.clip(loop.scaler, loop.optimizer, model.parameters())
@@ -410,7 +450,7 @@ def train_one_epoch(model, loader, loop, epoch):
         finite &= torch.isfinite(loss)
         total += loss * len(y)
         logits_all.append(logits.detach())
-        ys.append(y)
+        ys.append(torch.where(full > 0, y, -1))  # -1: mask status only, left out of the epoch's F1
         loop.bar.report(step, lambda: _running_figures(loop, total, logits_all, ys))
     distributed.sync_state(loop.raw_model)
     distributed.sync_state(loop.ema.module)
@@ -418,17 +458,23 @@ def train_one_epoch(model, loader, loop, epoch):
         last = loop.out / "last.pth"
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
         raise UserError(f"loss became nan or inf in epoch {epoch + 1}; {where}; lower --lr or enable --clip_grad")
-    logits, y = torch.cat(logits_all).float().cpu(), torch.cat(ys).cpu()
+    logits, y = _fully_labelled(logits_all, ys)
     m = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())
-    return {"loss": float(total) / max(len(y), 1), "f1": m["f1"], "accuracy": m["accuracy"],
+    return {"loss": float(total) / max(sum(len(v) for v in ys), 1), "f1": m["f1"], "accuracy": m["accuracy"],
             "lr": loop.optimizer.param_groups[0]["lr"]}
 
 
 def _running_figures(loop, total, logits_all, ys):
     """The bar's figures over the epoch so far (reads the device: only called every few steps)."""
-    logits, y = torch.cat(logits_all).float().cpu(), torch.cat(ys).cpu()
+    logits, y = _fully_labelled(logits_all, ys)
     f1 = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())["f1"]
-    return dict(loss=f"{float(total) / len(y):.4f}", f1=f"{f1:.3f}", lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
+    return dict(loss=f"{float(total) / max(sum(len(v) for v in ys), 1):.4f}", f1=f"{f1:.3f}", lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
+
+
+def _fully_labelled(logits_all, ys):
+    """The epoch's logits and labels on the host, without the mask-only rows (label -1)."""
+    logits, y = torch.cat(logits_all).float().cpu(), torch.cat(ys).cpu()
+    return logits[y >= 0], y[y >= 0]
 
 
 @torch.no_grad()
@@ -492,7 +538,7 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
                 scaler=scaler, schedule=schedule, ema=ema, raw_model=raw_model,
                 clip=ClipGrad(cfg["clip_grad"]) if cfg["clip_grad"] > 0 else no_clip,
                 bar=Bar() if cfg["progress"] and dist.is_main else NoBar(), mean=mean, std=std,
-                out=Path(cfg.get("run_dir") or "."))
+                out=Path(cfg.get("run_dir") or "."), mask_only_weight=cfg["mask_only_weight"])
     return model, raw_model, loop
 
 
@@ -500,7 +546,8 @@ def make_loaders(cfg, table, images, tr_rows, va_rows, dist):
     cache_rows = table["cache_row"].to_numpy()
     train_labels = table["label"].to_numpy()[tr_rows]
     # targets: the 18-class label (metrics, sampler) and the class x year index (the loss)
-    targets = np.stack([table["label"].to_numpy(), joint_targets(table["label"], table["age_years"])], axis=1)
+    targets = np.stack([table["label"].to_numpy(), joint_targets(table["label"], table["age_years"]),
+                        table["full"].to_numpy()], axis=1)
     ds_tr = BatchDataset(images, cache_rows[tr_rows], targets[tr_rows])
     ds_va = BatchDataset(images, cache_rows[va_rows], targets[va_rows])
     cuda = dist.device.type == "cuda"
@@ -537,7 +584,9 @@ def resume_state(out, loop, unit, resume, run_dir):
 def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     """Trains one model on train_people, validates on valid_people; -> best metrics. Every mode calls this."""
     tasks = tuple(unit["tasks"])
-    tr_rows = np.flatnonzero(table["people_path"].isin(set(train_people)))
+    # a gender or age model learns nothing from photos labelled with mask status only
+    learns_mask = bool({"mask", "label"} & set(tasks))
+    tr_rows = np.flatnonzero(table["people_path"].isin(set(train_people)) & (table["full"] | learns_mask))
     va_rows = np.flatnonzero(table["people_path"].isin(set(valid_people)))
     if len(tr_rows) == 0 or len(va_rows) == 0:
         raise UserError("a split has no images; use more people or a smaller --k_folds / --val_ratio")
