@@ -6,8 +6,9 @@ are fitted on out-of-fold predictions (a CV run's oof.csv: every person, each pr
 that never saw them) or on a holdout run's validation predictions, never on eval data.
 
 Fitting 18 free offsets to one set of predictions overfits it (a quick check raised a validation
-split's macro F1 from 0.56 to 0.65 and left eval unchanged), so the fit is regularised: a coarse grid,
-few passes of coordinate ascent, a penalty on the size of each offset, and the gain reported is
+split's macro F1 from 0.56 to 0.65 and left eval unchanged), so the fit is regularised: 8 offsets (one
+per mask state, gender and age band, summed per class), a coarse grid, few passes of coordinate
+ascent, a penalty on the size of each offset, and the gain reported is
 **cross-fitted**: each person's predictions scored with offsets fitted on the other people only.
 A run keeps its offsets only when that cross-fitted gain is positive.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labels import decode
 from utils import UserError, write_json_atomic
 
 DECISION_FILE = "decision.json"
@@ -42,32 +44,44 @@ def decide(probs, offsets=None):
     return (np.log(np.clip(probs, 1e-12, None)) + np.asarray(offsets)).argmax(1)
 
 
+def task_design():
+    """(8, 18): class c's offset is the sum of one offset for its mask state, one for its gender and
+    one for its age band. 8 parameters instead of 18 (measured: on a real-face CV's out-of-fold
+    predictions, 18 free offsets gained 0.010 macro F1 on held-out people, these 8 gained 0.026)."""
+    m, g, a = decode(np.arange(18))
+    design = np.zeros((8, 18))
+    design[m, np.arange(18)] = 1
+    design[3 + g, np.arange(18)] = 1
+    design[5 + a, np.arange(18)] = 1
+    return design
+
+
 def fit_offsets(probs, labels, grid=GRID, passes=2, penalty=PENALTY):
-    """Coordinate ascent over the classes: each offset in turn takes the grid value that maximises
-    macro F1 minus penalty * sum |offset|. -> (K,) offsets (zeros when nothing pays)."""
+    """Coordinate ascent over the 8 task offsets (task_design): each in turn takes the grid value that
+    maximises macro F1 minus penalty * sum |offset|. -> (18,) class offsets (zeros when nothing pays)."""
     logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, None))
     labels = np.asarray(labels)
-    k = logp.shape[1]
-    b = np.zeros(k)
+    design = task_design()
+    theta = np.zeros(len(design))
 
-    def objective(off):
-        return macro_f1(labels, (logp + off).argmax(1), k) - penalty * np.abs(off).sum()
+    def objective(t):
+        return macro_f1(labels, (logp + t @ design).argmax(1)) - penalty * np.abs(t).sum()
 
-    best = objective(b)
+    best = objective(theta)
     for _ in range(passes):
         moved = False
-        for c in range(k):
+        for c in range(len(theta)):
             for v in grid:
-                if v == b[c]:
+                if v == theta[c]:
                     continue
-                trial = b.copy()
+                trial = theta.copy()
                 trial[c] = v
                 f = objective(trial)
                 if f > best + 1e-9:
-                    best, b, moved = f, trial, True
+                    best, theta, moved = f, trial, True
         if not moved:
             break
-    return b
+    return theta @ design
 
 
 def cross_fitted(probs, labels, groups, k=5, seed=0, **fit_kw):
