@@ -30,8 +30,8 @@ import torch
 
 import distributed
 from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDataset, BatchTransform, ImageCache, Log,
-                     age_class, build_table, cached_images, encode, has_faces, holdout_split, joint_targets, kfold_split,
-                     make_loader, people_of, task_targets, to_device)
+                     age_class, build_table, cached_images, decode, encode, has_faces, holdout_split, joint_targets,
+                     kfold_split, make_loader, people_of, read_eval, task_targets, to_device)
 from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
 from face_image import mask_only_faces, mask_only_layout
@@ -45,6 +45,7 @@ from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, i
                    write_json_atomic)
 
 MULTI_TASKS = ("mask", "gender", "age")
+PSEUDO_YEARS = (24, 45, 60)  # an age in years for each predicted band
 DEMO_TRAIN = "demo_data/train"
 
 
@@ -87,6 +88,13 @@ def build_parser():
                    help="mask-only extra data with boxes: smallest face used (shorter side, px)")
     g.add_argument("--mask_only_weight", type=positive(float, 0, inclusive=True), default=1.0,
                    help="loss weight of photos labelled with mask status only (unmeasured default)")
+    g.add_argument("--pseudo", default=None, metavar="PROBS_NPY",
+                   help="pseudo-labels: inference.py's <name>_probs.npy for the eval set in --pseudo_data; photos it "
+                   "is confident about are added to training (never validated on)")
+    g.add_argument("--pseudo_data", default=env_default("SM_CHANNEL_EVAL", "demo_data/eval"),
+                   help="the eval dir those probabilities are for (env SM_CHANNEL_EVAL)")
+    g.add_argument("--pseudo_threshold", type=fraction, default=0.9,
+                   help="smallest top probability for a pseudo-label")
     g.add_argument("--fixes", default=None, help="label fixes CSV (default: the repo's label_fixes.csv)")
     g.add_argument("--max_bad", type=fraction, default=0.01, help="fail when more than this share of images is bad")
     g.add_argument("--cache_dir", default=None, help="decoded-image cache (default <model_dir>/.cache)")
@@ -190,6 +198,8 @@ def load_data(cfg, log):
         if i > 0:
             t["people_path"] = f"extra{i}:" + t["people_path"]
         tables.append(t)
+    if cfg["pseudo"]:
+        tables.append(pseudo_table(cfg, main_crop, log))
     table = pd.concat(tables, ignore_index=True)
     # labels for training use the training bounds; validation is always scored with the official ones
     table["label_official"] = encode(table["mask"], table["gender"], age_class(table["age_years"]))
@@ -229,6 +239,36 @@ def mask_only_table(d, i, main_crop, cfg, cache_dir, log):
     t["label"] = encode(t["mask"], 0, 0)
     t["crop"], t["extra"], t["full"] = "none", True, False
     log_main(f"{d}: {len(t)} faces labelled with mask status only ({int(faces['found'].sum())} boxes given or found)")
+    return t
+
+
+def pseudo_table(cfg, main_crop, log):
+    """Eval photos whose predicted top probability is at least --pseudo_threshold, labelled by that
+    prediction: training rows only, each photo its own person. Their age in years is the middle of the
+    predicted band (for a years head)."""
+    path, eval_dir = Path(cfg["pseudo"]), Path(cfg["pseudo_data"])
+    try:
+        probs = np.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a probabilities file ({type(e).__name__}); --pseudo takes inference.py's "
+                        "<output_name>_probs.npy")
+    source = "faces" if main_crop == "none" else "images"
+    if source == "faces" and not has_faces(eval_dir):
+        raise UserError(f"{eval_dir / 'faces'} not found: the model trains on face crops; run python face_image.py "
+                        f"for {eval_dir} first")
+    info, paths = read_eval(eval_dir, source)
+    if probs.ndim != 2 or probs.shape != (len(info), 18):
+        raise UserError(f"{path}: shape {probs.shape}, expected ({len(info)}, 18) for the {len(info)} photos of "
+                        f"{eval_dir / 'info.csv'}; pass the eval dir it was predicted for with --pseudo_data")
+    keep = probs.max(1) >= cfg["pseudo_threshold"]
+    mask, gender, band = decode(probs.argmax(1)[keep])
+    years = np.asarray(PSEUDO_YEARS)[band]
+    t = pd.DataFrame({"path": [str(p) for p, k in zip(paths, keep) if k], "mask": mask, "gender": gender,
+                      "age_years": years, "people_path": [f"pseudo:{x}" for x in info["ImageID"][keep]]})
+    t["file"], t["age"] = t["path"], age_class(years, tuple(cfg["age_bounds"]))
+    t["label"] = encode(t["mask"], t["gender"], t["age"])
+    t["crop"], t["extra"], t["full"] = main_crop, True, True
+    log_main(f"pseudo-labels: {int(keep.sum())} of {len(info)} eval photos at probability >= {cfg['pseudo_threshold']}")
     return t
 
 
