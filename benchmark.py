@@ -227,7 +227,8 @@ def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
 
 def bench_faces(args, dev, face_dir):
     from dataset import read_rgb
-    from face_image import FaceDetector, best_boxes, box_iou, list_images
+    from face_image import FaceDetector, best_boxes, list_images
+    from voc import box_iou
     from PIL import Image
     rels = list_images(Path(face_dir))[:args.face_images]
     if not rels:
@@ -253,7 +254,7 @@ def bench_faces(args, dev, face_dir):
     res["face_batched"], _ = _timeit(run_batched, len(paths), args.repeat)
     res["face_plain"], _ = _timeit(run_plain, len(paths), args.repeat)
     both = [(a[0], b[0]) for a, b in zip(out_b, out_p) if a[2] and b[2]]
-    ious = np.array([box_iou(a, b) for a, b in both]) if both else np.zeros(0)
+    ious = np.diag(box_iou([a for a, _ in both], [b for _, b in both])) if both else np.zeros(0)
     res.update(face_images=len(paths), faces_found_batched=int(sum(a[2] for a in out_b)),
                faces_found_plain=int(sum(b[2] for b in out_p)),
                face_iou_median=float(np.median(ious)) if len(ious) else None,

@@ -11,9 +11,11 @@ again, skips finished work and ends with the same files as an uninterrupted one.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 
 from dataset import IMG_EXTS, center_crop, center_region, read_rgb
 from utils import UserError, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, write_csv_atomic
+from voc import box_iou, match_boxes, read_voc
 
 # margins around the detected box, as fractions of the box width: close to the original's 30 px at the
 # sides and bottom and 60 px on top for a ~200 px face in a 384x512 photo, and right for any face size
@@ -66,12 +69,6 @@ class FaceDetector:
                     b = np.asarray(boxes[j], float) * [sx, sy, sx, sy]
                     out[i] = (b, np.asarray(probs[j], float), np.asarray(points[j], float) * [sx, sy])
         return out
-
-
-def box_iou(a, b):
-    """IoU of two (x1, y1, x2, y2) boxes (torchvision's)."""
-    from torchvision.ops import box_iou as iou
-    return float(iou(torch.tensor(np.asarray([a], float)), torch.tensor(np.asarray([b], float)))[0, 0])
 
 
 def select_face(boxes, scores, w, h):
@@ -158,7 +155,6 @@ def mask_only_layout(data_dir):
 
 def _labelled_faces(data_dir, layout, min_face):
     """-> [(photo path, face box or None (find it), mask id)]."""
-    from voc import read_voc
     d = Path(data_dir)
     if layout == "boxes":
         faces = read_voc(d)
@@ -263,6 +259,53 @@ def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, worker
     return len(rels), found, len(df) - found, len(bad)
 
 
+# --- scoring detection against known boxes --------------------------------------------------------
+def known_boxes(root):
+    """-> DataFrame(photo, group, x1, y1, x2, y2): the true face boxes of a composed dataset
+    (synthetic.py --faces writes faces_gt.csv; group = mask state) or of a VOC dataset (group = the
+    annotated mask state)."""
+    root = Path(root)
+    if (root / "faces_gt.csv").is_file():
+        gt = pd.read_csv(root / "faces_gt.csv")
+        return pd.DataFrame({"photo": [str(root / s / "images" / p) for s, p in zip(gt["split"], gt["path"])],
+                             "group": gt["mask"], "x1": gt["x1"], "y1": gt["y1"], "x2": gt["x2"], "y2": gt["y2"]})
+    if (root / "annotations").is_dir():
+        v = read_voc(root)
+        return v.rename(columns={"xmin": "x1", "ymin": "y1", "xmax": "x2", "ymax": "y2", "mask": "group"})[
+            ["photo", "group", "x1", "y1", "x2", "y2"]]
+    raise UserError(f"{root}: no faces_gt.csv (python synthetic.py --faces ... writes it) and no annotations/ "
+                    "(PASCAL-VOC); --score needs known face boxes")
+
+
+def score_detection(root, detector, min_face=32, min_score=0.9):
+    """Recall and precision at IoU >= 0.5 (one-to-one, highest IoU first) and the median IoU of the
+    matched faces, by mask state, over every known face of at least min_face px, for the detections
+    of score >= min_score (predict.py's default); precision counts detections of at least min_face / 2
+    px (smaller ones would match faces left out). -> dict, with images per second."""
+    gt = known_boxes(root)
+    gt = gt[np.minimum(gt["x2"] - gt["x1"], gt["y2"] - gt["y1"]) >= min_face]
+    hits, ious, dets, t0 = np.zeros(len(gt), bool), np.full(len(gt), np.nan), 0, time.perf_counter()
+    for photo, faces in gt.groupby("photo", sort=True):
+        img = read_rgb(photo)
+        if img is None:
+            raise UserError(f"{photo}: unreadable photo")
+        boxes, scores, _ = detector.detect([img])[0]
+        boxes = boxes[scores >= min_score]
+        # detector boxes are tighter than annotated ones: half the size still counts for precision
+        dets += int((np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face / 2).sum())
+        pos = gt.index.get_indexer(faces.index)
+        iou = box_iou(faces[["x1", "y1", "x2", "y2"]].to_numpy(), boxes)
+        for g, d in match_boxes(faces[["x1", "y1", "x2", "y2"]].to_numpy(), boxes):
+            hits[pos[g]], ious[pos[g]] = True, iou[g, d]
+    secs = time.perf_counter() - t0
+    groups = {name: gt["group"].to_numpy() == k for k, name in enumerate(("wear", "incorrect", "not wear"))}
+    out = {name: {"faces": int(m.sum()), "recall": float(hits[m].mean()) if m.any() else None,
+                  "median_iou": float(np.nanmedian(ious[m & hits])) if (m & hits).any() else None}
+           for name, m in groups.items()}
+    return {"faces": len(gt), "recall": float(hits.mean()), "precision": float(hits.sum() / max(dets, hits.sum(), 1)),
+            "by_mask": out, "photos": int(gt["photo"].nunique()), "images_per_s": gt["photo"].nunique() / secs}
+
+
 @cli
 def main(argv):
     load_dotenv_once()
@@ -277,7 +320,18 @@ def main(argv):
                     help="MTCNN stage thresholds; lower finds more masked faces and more false ones")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--workers", type=int, default=None, help="decoding threads")
+    ap.add_argument("--score", nargs="+", default=None, metavar="ROOT", help="score detection against known face "
+                    "boxes (faces_gt.csv of synthetic.py --faces, or PASCAL-VOC annotations/) instead of cropping")
+    ap.add_argument("--min_face", type=int, default=32, help="with --score: smallest face counted (px)")
+    ap.add_argument("--min_score", type=float, default=0.9, help="with --score: smallest detection score kept "
+                    "(predict.py's default)")
     args = ap.parse_args(argv)
+    if args.score:
+        det = FaceDetector(args.device, args.detect_size or None, thresholds=tuple(args.thresholds))
+        for root in args.score:
+            print(json.dumps({"data": str(root), "detect_size": args.detect_size,
+                              **score_detection(root, det, args.min_face, args.min_score)}))
+        return
     if args.data_dir:
         splits = [Path(args.data_dir) / s for s in ("train", "eval") if (Path(args.data_dir) / s / "images").is_dir()]
     else:

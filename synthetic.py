@@ -170,7 +170,7 @@ def write_dataset(people, out, eval_ratio, seed):
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    train_rows, eval_rows = [], []
+    train_rows, eval_rows, boxes = [], [], []
     for p, photos in people:
         is_eval = np.random.default_rng([seed, int(p["id"][:6]), 7]).random() < eval_ratio
         gname = "female" if p["gender"] else "male"
@@ -185,6 +185,10 @@ def write_dataset(people, out, eval_ratio, seed):
                 dst = tmp / "train" / "images" / folder / f"{stem}.jpg"
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(data)
+            if "boxes" in p:  # the builder placed this face itself: detection can be scored against it
+                split = "eval" if is_eval else "train"
+                boxes.append(dict(split=split, path=dst.relative_to(tmp / split / "images").as_posix(),
+                                  mask=MASK_STEMS[stem], **dict(zip(("x1", "y1", "x2", "y2"), p["boxes"][stem]))))
         if not is_eval:
             train_rows.append(dict(id=p["id"], gender=gname, race=p.get("race", "Asian"), age=p["age"], path=folder))
     if not train_rows or not eval_rows:
@@ -195,6 +199,8 @@ def write_dataset(people, out, eval_ratio, seed):
     ev = ev.iloc[np.random.default_rng(seed).permutation(len(ev))]
     ev.assign(ans=0).to_csv(tmp / "eval" / "info.csv", index=False)
     ev.to_csv(tmp / "eval" / "gt.csv", index=False)
+    if boxes:
+        pd.DataFrame(boxes).to_csv(tmp / "faces_gt.csv", index=False)
     shutil.rmtree(out, ignore_errors=True)  # replaced whole: never a mix of two generations
     tmp.rename(out)
     return len(train_rows), len(ev) // 7
