@@ -1,5 +1,5 @@
-"""Extra data labelled with mask status only: both layouts load, the loss ignores the missing labels,
-and such photos only ever train."""
+"""Extra training data: photos labelled with mask status only (both layouts load, the loss ignores the
+missing labels) and pseudo-labelled eval photos; such photos only ever train."""
 import shutil
 
 import numpy as np
@@ -91,15 +91,35 @@ def test_the_18_class_output_learns_only_the_mask_marginal_from_mask_only_rows()
     assert torch.all(logits.grad[2] == 0)
 
 
-def test_mask_only_photos_train_and_never_validate(tiny_root, tmp_path):
+def _pseudo_probs(tiny_root, path):
+    """Predictions for the eval photos: a third confident (0.95), the rest not (0.5)."""
+    info = pd.read_csv(tiny_root / "eval" / "info.csv", dtype={"ImageID": str})
+    probs = np.full((len(info), 18), 0.5 / 17)
+    probs[np.arange(len(info)), np.arange(len(info)) % 18] = 0.5
+    confident = np.arange(len(info)) % 3 == 0
+    probs[confident] = 0.05 / 17
+    probs[confident, 2] = 0.95  # wear / male / >=60
+    np.save(path, probs)
+    return int(confident.sum()), len(info)
+
+
+def test_mask_only_photos_and_pseudo_labels_train_and_never_validate(tiny_root, tmp_path):
     voc = _voc_dir(tiny_root, tmp_path / "voc")
     folders = _folder_dir(tiny_root, tmp_path / "folders")
+    n_conf, n_eval = _pseudo_probs(tiny_root, tmp_path / "p_probs.npy")
     md = tmp_path / "m"
     p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--epochs", "1", "--cv", "True",
-            "--k_folds", "2", "--extra_data", voc, folders, "--run_dir", md / "cv")
+            "--k_folds", "2", "--extra_data", voc, folders, "--pseudo", tmp_path / "p_probs.npy", "--pseudo_data",
+            tiny_root / "eval", "--run_dir", md / "cv")
     assert "3 faces labelled with mask status only" in p.stdout and "4 faces labelled" in p.stdout
+    assert f"pseudo-labels: {n_conf} of {n_eval} eval photos" in p.stdout
+    assert f"({3 + 4 + n_conf} extra images)" in p.stdout  # all of them reach the training table
     oof = pd.read_csv(md / "cv" / "oof.csv")
     assert oof["path"].str.startswith("images/").all()  # only the main dataset's photos are validated
     p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--epochs", "1",
             "--extra_data", voc, "--cutmix", "0.5", check=False)
     assert p.returncode == 2 and "mask-only" in p.stderr
+    np.save(tmp_path / "bad.npy", np.zeros((3, 18)))
+    p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--pseudo", tmp_path / "bad.npy",
+            "--pseudo_data", tiny_root / "eval", check=False)
+    assert p.returncode == 2 and "bad.npy" in p.stderr and "Traceback" not in p.stderr

@@ -110,25 +110,3 @@ def test_an_ensemble_of_cv_runs_fits_on_their_combined_oof(tiny_runs):
     off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["single"]], [1, 1])
     assert off is None and "CV run" in how
 
-
-def test_pseudo_labels_train_on_confident_eval_photos_and_never_validate(tiny_root, tmp_path):
-    info = pd.read_csv(tiny_root / "eval" / "info.csv", dtype={"ImageID": str})
-    probs = np.full((len(info), 18), 0.5 / 17)
-    probs[np.arange(len(info)), np.arange(len(info)) % 18] = 0.5  # not confident
-    confident = np.arange(len(info)) % 3 == 0
-    probs[confident] = 0.05 / 17
-    probs[confident, 2] = 0.95  # wear / male / >=60
-    np.save(tmp_path / "p_probs.npy", probs)
-    md = tmp_path / "m"
-    from conftest import TINY
-    p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--epochs", "1", "--cv", "True",
-            "--k_folds", "2", "--pseudo", tmp_path / "p_probs.npy", "--pseudo_data", tiny_root / "eval",
-            "--run_dir", md / "cv")
-    assert f"pseudo-labels: {confident.sum()} of {len(info)} eval photos" in p.stdout
-    assert f"({confident.sum()} extra images)" in p.stdout  # they reach the training table
-    oof = pd.read_csv(md / "cv" / "oof.csv")
-    assert oof["path"].str.startswith("images/").all() and not oof["path"].str.contains("eval").any()
-    np.save(tmp_path / "bad.npy", probs[:3])
-    p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--pseudo", tmp_path / "bad.npy",
-            "--pseudo_data", tiny_root / "eval", check=False)
-    assert p.returncode == 2 and "bad.npy" in p.stderr and "Traceback" not in p.stderr
