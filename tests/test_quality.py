@@ -110,3 +110,12 @@ def test_an_ensemble_of_cv_runs_fits_on_their_combined_oof(tiny_runs):
     off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["single"]], [1, 1])
     assert off is None and "CV run" in how
 
+
+
+def test_a_broken_decision_file_is_named(tmp_path):
+    from utils import UserError
+    assert read_offsets(tmp_path) is None  # no file: plain argmax
+    for text in ("{not json", json.dumps({"offsets": [1.0, 2.0]})):
+        (tmp_path / "decision.json").write_text(text)
+        with pytest.raises(UserError, match="decision.json"):
+            read_offsets(tmp_path)
