@@ -444,12 +444,10 @@ def heads_loss(logits, target, tasks, loss_fns, weights, full=None, mask_only_we
     full). Mask-only rows teach the mask head, or the 18-class output through its mask marginal, and
     nothing else (weighted by mask_only_weight)."""
     heads = split_heads(logits, tasks)
-    loss = sum(weights[t] * loss_fns[t](heads[t], joint_marginal(target, t), None if t == "mask" else full)
-               for t in tasks)
-    if full is None:
-        return loss
-    part = mask_only_weight * (1 - full)
-    if "label" in tasks:
+    part = None if full is None else mask_only_weight * (1 - full)
+    rows = {"mask": None if full is None else full + part}  # every row carries its mask state
+    loss = sum(weights[t] * loss_fns[t](heads[t], joint_marginal(target, t), rows.get(t, full)) for t in tasks)
+    if part is not None and "label" in tasks:
         loss = loss + weights["label"] * mask_marginal_loss(heads["label"], joint_marginal(target, "mask"), part)
     return loss
 

@@ -123,3 +123,16 @@ def test_mask_only_photos_and_pseudo_labels_train_and_never_validate(tiny_root, 
     p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--pseudo", tmp_path / "bad.npy",
             "--pseudo_data", tiny_root / "eval", check=False)
     assert p.returncode == 2 and "bad.npy" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_mask_only_weight_scales_what_those_rows_teach():
+    torch.manual_seed(2)
+    tasks = ("mask", "gender", "age")
+    loss_fns = {t: create_loss("cross_entropy") for t in tasks}
+    logits = torch.randn(4, 8)
+    target = torch.nn.functional.one_hot(torch.as_tensor(joint_targets([6, 12, 0, 1], [18] * 4)), 18 * YEARS).float()
+    full = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    w = dict(mask=1.0, gender=1.0, age=1.0)
+    base, half, none = (float(heads_loss(logits, target, tasks, loss_fns, w, full, m)) for m in (1.0, 0.5, 0.0))
+    mask_ce = torch.nn.functional.cross_entropy(logits[:2, :3], torch.tensor([1, 2]), reduction="sum") / 4
+    assert base - none == pytest.approx(float(mask_ce), rel=1e-5) and half - none == pytest.approx(float(mask_ce) / 2, rel=1e-5)
