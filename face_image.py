@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataset import IMG_EXTS, center_crop, center_region, read_rgb
+from dataset import IMG_EXTS, MASK_NAMES, center_crop, center_region, read_rgb
 from utils import UserError, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, write_csv_atomic
 from voc import box_iou, match_boxes, read_voc
 
@@ -298,7 +298,7 @@ def score_detection(root, detector, min_face=32, min_score=0.9):
         for g, d in match_boxes(faces[["x1", "y1", "x2", "y2"]].to_numpy(), boxes):
             hits[pos[g]], ious[pos[g]] = True, iou[g, d]
     secs = time.perf_counter() - t0
-    groups = {name: gt["group"].to_numpy() == k for k, name in enumerate(("wear", "incorrect", "not wear"))}
+    groups = {name: gt["group"].to_numpy() == k for k, name in enumerate(MASK_NAMES)}
     out = {name: {"faces": int(m.sum()), "recall": float(hits[m].mean()) if m.any() else None,
                   "median_iou": float(np.nanmedian(ious[m & hits])) if (m & hits).any() else None}
            for name, m in groups.items()}
