@@ -68,7 +68,7 @@ realface-experiments: realface-data demo-data
 
 # The headline quality figure: 5-fold CV out-of-fold macro F1 over all 497 train people of the real-face
 # dataset, 3 seeds, for the defaults and the previous defaults (--lr 1e-3); one-seed ablations. Each run
-# prints its argmax CV figure and, from decision.json, the cross-fitted figure with fitted offsets.
+# prints its argmax CV figure and the cross-fitted figure with fitted offsets (both from its cv.json).
 # About 10 minutes a run on 2 cores.
 SEEDS ?= 1 2 3
 realface-cv: realface-data
