@@ -24,9 +24,9 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from labels import MASK_NAMES, class_names, decode
-from voc import match_boxes, read_voc
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
                    write_json_atomic)
+from voc import match_boxes, read_voc
 
 CLASSES = list(range(18))
 

@@ -187,12 +187,12 @@ def vote(run_probs, weights, how, offsets=None, run_offsets=None):
     return soft, (votes + 1e-6 * soft).argmax(1)  # ties broken by the soft vote
 
 
-def ensemble_offsets(runs, weights):
-    """Macro-F1 offsets for a soft vote: a single run's own (decision.json), or, for an ensemble, fitted
-    here on the members' combined out-of-fold predictions, which exist when every member is a CV run
-    over the same people. -> (offsets or None, a few words saying which)."""
+def ensemble_offsets(runs, weights, run_offsets):
+    """Macro-F1 offsets for a soft vote: a single run's own (run_offsets: each run's decision.json), or,
+    for an ensemble, fitted here on the members' combined out-of-fold predictions, which exist when every
+    member is a CV run over the same people. -> (offsets or None, a few words saying which)."""
     if len(runs) == 1:
-        off = read_offsets(runs[0])
+        off = run_offsets[0]
         return off, "fitted (the run's decision.json)" if off is not None and off.any() else "argmax"
     oofs = [Path(r) / "oof.csv" for r in runs]
     if not all(p.is_file() for p in oofs):
@@ -292,8 +292,8 @@ def main(argv):
                               device if args.gpu_decode else "cpu")
     run_probs = [run_groups(gs, arrays, models, tta=args.tta, batch_size=batch_size, device=device, amp=args.amp)
                  for gs in run_groups_]
-    offsets, how = ensemble_offsets(runs, weights) if args.decision == "fitted" else (None, "argmax")
     run_offsets = [read_offsets(r) if args.decision == "fitted" else None for r in runs]
+    offsets, how = ensemble_offsets(runs, weights, run_offsets) if args.decision == "fitted" else (None, "argmax")
     probs, ans = vote(run_probs, weights, args.vote, offsets, run_offsets)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})
     with atomic_path(out / f"{args.output_name}_probs.npy") as tmp:

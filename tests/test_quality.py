@@ -101,13 +101,13 @@ def test_inference_applies_the_runs_offsets_and_none_is_plain_argmax(tiny_root, 
 
 def test_an_ensemble_of_cv_runs_fits_on_their_combined_oof(tiny_runs):
     own = read_offsets(tiny_runs["cv"])
-    off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["cv"]], [1, 1])
+    off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["cv"]], [1, 1], [own, own])
     rec = json.loads((tiny_runs["cv"] / "decision.json").read_text())
     if rec["used"]:  # the same run twice: the same OOF, so the same offsets
         assert np.allclose(off, own) and "combined OOF" in how
     else:
         assert off is None and "argmax" in how
-    off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["single"]], [1, 1])
+    off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["single"]], [1, 1], [own, read_offsets(tiny_runs["single"])])
     assert off is None and "CV run" in how
 
 
