@@ -131,7 +131,88 @@ def draw_mask(canvas, lm, box, state, rng):
     return np.asarray(img)
 
 
-def compose(face, box, lm, rng, state):
+# Real masks, by how often they appear in street photos: light-blue and white surgical masks most,
+# then black, grey, pink, navy; KF94 white or black; cloth in any colour.
+FITTED_STYLES = (("surgical", (150, 195, 225), 5), ("surgical", (238, 240, 242), 3), ("surgical", (35, 36, 40), 2),
+                 ("surgical", (200, 205, 212), 1), ("surgical", (232, 180, 196), 1), ("kf94", (240, 240, 240), 2),
+                 ("kf94", (30, 30, 34), 2), ("cloth", None, 3))
+
+
+def _fitted_outline(lm, box, state):
+    """Mask outline that follows the face: the top edge rises over the nose bridge, the bottom edge
+    follows the jaw, the sides sit on the cheeks. -> (polygon points, top centre y, bottom centre y,
+    half width, centre x), canvas pixels."""
+    le, re, nose, ml, mr = lm
+    eye_y, mouth_y = (le[1] + re[1]) / 2, (ml[1] + mr[1]) / 2
+    fh = box[3] - box[1]
+    chin = box[3] + 0.02 * fh
+    half = (box[2] - box[0]) / 2 * 0.88
+    cx = (le[0] + re[0]) / 4 + nose[0] / 2
+    peak, side, bottom = {  # top centre, top at the cheeks, bottom centre
+        "wear": (eye_y + 0.45 * (nose[1] - eye_y), eye_y + 0.8 * (nose[1] - eye_y), chin),
+        "nose": (nose[1] + 0.25 * (mouth_y - nose[1]), nose[1] + 0.35 * (mouth_y - nose[1]), chin + 0.05 * fh),
+        "chin": (mouth_y + 0.45 * (chin - mouth_y), mouth_y + 0.3 * (chin - mouth_y), chin + 0.16 * fh)}[state]
+    u = np.linspace(-1, 1, 25)
+    top = side - (side - peak) * np.cos(u * math.pi / 2) ** 1.5
+    low_side = side + 0.55 * (bottom - side)
+    low = low_side + (bottom - low_side) * np.sqrt(np.clip(1 - u ** 2, 0, 1))
+    xs_top, xs_low = cx + half * u, cx + half * 0.86 * u
+    pts = list(zip(xs_top, top)) + list(zip(xs_low[::-1], low[::-1]))
+    return pts, peak, bottom, half, cx
+
+
+def draw_mask_fitted(canvas, lm, box, state, rng):
+    """A mask fitted to the face and lit like the photo: the outline of _fitted_outline, soft edges,
+    the face's own light and shadow carried onto the mask, pleats or a seam, a nose wire, ear loops."""
+    weights = np.array([w for *_, w in FITTED_STYLES], float)
+    shape, colour, _ = FITTED_STYLES[rng.choice(len(FITTED_STYLES), p=weights / weights.sum())]
+    colour = np.array(colour if colour is not None else rng.integers(30, 235, 3), np.float32)
+    colour = np.clip(colour + rng.normal(0, 8, 3), 0, 255)
+    pts, top, chin, half, cx = _fitted_outline(lm, box, state)
+    layer = Image.new("L", (W, H), 0)
+    ImageDraw.Draw(layer).polygon([tuple(map(float, p)) for p in pts], fill=255)
+    alpha = cv2.GaussianBlur(np.asarray(layer, np.float32) / 255, (0, 0), 0.8 + half / 120)[..., None]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    u = np.clip((xx - cx) / max(half, 1), -1, 1)
+    v = np.clip((yy - top) / max(chin - top, 1), 0, 1)
+    # the photo's light: the face's blurred brightness under the mask, relative to its mean there
+    lum = cv2.GaussianBlur(canvas.astype(np.float32).mean(2), (0, 0), max(half / 6, 2))
+    inside = alpha[..., 0] > 0.5
+    light = lum / max(float(lum[inside].mean()) if inside.any() else 128.0, 1)
+    shade = (0.55 + 0.45 * np.clip(light, 0.5, 1.4)) * (1 - 0.2 * u ** 2 - 0.1 * v)
+    if shape == "surgical":  # three folds: a shadow under each, a highlight above
+        for k in range(3):
+            y = top + (0.3 + 0.2 * k) * (chin - top) + rng.normal(0, 1.5)
+            d = (yy - y) / max((chin - top) / 25, 1)
+            shade = shade * (1 - 0.16 * np.exp(-((d - 1) ** 2)) + 0.07 * np.exp(-((d + 1) ** 2)))
+    elif shape == "kf94":  # the centre seam and the folded-out chin panel
+        shade = shade * (1 - 0.18 * np.exp(-(((xx - cx) / 2.0) ** 2)) * (v > 0.05))
+        shade = shade * (1 - 0.1 * (v > 0.55))
+    tex = colour[None, None, :] * shade[..., None] + rng.normal(0, rng.uniform(2, 7), (H, W, 1)).astype(np.float32)
+    out = canvas.astype(np.float32) * (1 - alpha) + np.clip(tex, 0, 255) * alpha
+    img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    if shape == "surgical" and state == "wear":  # the nose wire
+        d.line([(cx - 0.3 * half, top + 0.06 * (chin - top)), (cx + 0.3 * half, top + 0.06 * (chin - top))],
+               fill=tuple(int(c) for c in colour * 0.85), width=max(1, int(half / 40)))
+    ear_y = lm[0][1] + 0.25 * (lm[2][1] - lm[0][1])
+    loop = tuple(int(c) for c in (colour * 0.9 if rng.random() < 0.5 else (235, 235, 235)))
+    for sx in (-1, 1):  # ear loops from the upper and lower corners
+        for y0 in (pts[0][1] if sx < 0 else pts[24][1], top + 0.75 * (chin - top)):
+            d.line([(cx + sx * 0.95 * half, y0), (cx + sx * 1.08 * half, ear_y)], fill=loop, width=1)
+    return np.asarray(img)
+
+
+MASK_RENDERERS = {"flat": draw_mask, "fitted": draw_mask_fitted}
+
+
+def create_mask_renderer(name):
+    if name not in MASK_RENDERERS:
+        raise UserError(f"unknown mask renderer {name!r}; choose one of {', '.join(MASK_RENDERERS)}")
+    return MASK_RENDERERS[name]
+
+
+def compose(face, box, lm, rng, state, draw=draw_mask):
     """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask.
     -> (JPEG bytes, the face box on the photo: the source photo's MTCNN box, its centre carried by
     the same warp and its size by the warp's scale; the small rotation is left out, as a detector's
@@ -157,7 +238,7 @@ def compose(face, box, lm, rng, state):
     lm_c, box_c = _apply(m, lm), _apply(m, [(box[0], box[1]), (box[2], box[3])]).reshape(-1)
     out = canvas.clip(0, 255).astype(np.uint8)
     if state != "none":
-        out = draw_mask(out, lm_c, box_c, state, rng)
+        out = draw(out, lm_c, box_c, state, rng)
     # light: brightness and a side gradient; then JPEG at a random quality
     g = rng.uniform(0.8, 1.15) + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, W, dtype=np.float32)[None, :, None]
     out = (out.astype(np.float32) * g).clip(0, 255).astype(np.uint8)
@@ -168,8 +249,10 @@ def compose(face, box, lm, rng, state):
     return buf.tobytes(), tuple(round(float(v), 1) for v in face_box)
 
 
-def real_people(faces_dir, faces_csv=None, seed=0, limit=None):
-    """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest."""
+def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="flat"):
+    """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest.
+    masks: the mask renderer (MASK_RENDERERS)."""
+    draw = create_mask_renderer(masks)
     from face_image import FaceDetector, select_face
     df = list_faces(faces_dir, faces_csv)
     if limit:
@@ -189,8 +272,8 @@ def real_people(faces_dir, faces_csv=None, seed=0, limit=None):
             i = int(r.Index)
             rng = np.random.default_rng([seed, i, 11])
             person = dict(id=f"{i + 1:06d}", gender=int(r.gender), age=int(r.age), race=r.race)
-            made = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear") for j in range(1, 6)}
-            made["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin")
+            made = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear", draw) for j in range(1, 6)}
+            made["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin", draw)
             made["normal"] = compose(im, boxes[k], lms[k], rng, "none")
             person["boxes"] = {stem: b for stem, (_, b) in made.items()}  # the true face box of each photo
             yield person, {stem: data for stem, (data, _) in made.items()}

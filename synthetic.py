@@ -217,10 +217,12 @@ def main(argv):
                     "labels CSV): build the dataset from them instead of drawing people")
     ap.add_argument("--faces_csv", default=None, help="CSV with path, age, gender (0 male, 1 female)")
     ap.add_argument("--limit", type=int, default=None, help="with --faces: use at most N photos")
+    ap.add_argument("--masks", default="flat", help="with --faces: how masks are drawn: flat (one colour, "
+                    "the first builder) or fitted (follows the face, lit like the photo; README, Real masks)")
     args = ap.parse_args(argv)
     if args.faces:
         from realfaces import real_people
-        people = real_people(args.faces, args.faces_csv, args.seed, args.limit)
+        people = real_people(args.faces, args.faces_csv, args.seed, args.limit, args.masks)
     else:
         people = drawn_people(args.people, args.seed)
     n_train, n_eval = write_dataset(people, args.out, args.eval_ratio, args.seed)

@@ -42,3 +42,23 @@ def test_real_face_dataset_end_to_end(tmp_path):
     run("inference.py", "--data_dir", root / "eval", "--model_dir", tmp_path / "m" / "r", "--output_dir", tmp_path / "o")
     r = json.loads(run("evaluation.py", "--gt_dir", root / "eval", "--output_dir", tmp_path / "o").stdout.splitlines()[0])
     assert r["n"] == len(pd.read_csv(root / "eval" / "gt.csv")) and 0 <= r["f1"] <= 1
+
+
+@pytest.mark.parametrize("name", ["flat", "fitted"])
+def test_mask_renderers_cover_what_each_state_says(name):
+    # a face box and 5 landmarks as MTCNN gives them on a composed photo; grey canvas
+    from realfaces import H, W, create_mask_renderer
+    box = np.array([110.0, 130.0, 275.0, 330.0])
+    lm = np.array([[160.0, 200.0], [225.0, 200.0], [192.0, 245.0], [165.0, 280.0], [220.0, 280.0]])
+    chin = (192, 322)
+    canvas = np.full((H, W, 3), 128, np.uint8)
+    changed = {}
+    for state in ("wear", "nose", "chin"):
+        out = create_mask_renderer(name)(canvas, lm, box, state, np.random.default_rng(0)).astype(int)
+        changed[state] = {k: np.abs(out[int(y), int(x)] - 128).max() > 12 for k, (x, y) in
+                          dict(eye=lm[0], nose=lm[2], mouth=(192, 280), chin=chin).items()}
+    assert changed["wear"] == dict(eye=False, nose=True, mouth=True, chin=True), changed
+    assert changed["nose"] == dict(eye=False, nose=False, mouth=True, chin=True), changed
+    assert changed["chin"] == dict(eye=False, nose=False, mouth=False, chin=True), changed
+    with pytest.raises(Exception, match="flat, fitted"):
+        create_mask_renderer("paper")
