@@ -76,3 +76,21 @@ def match_boxes(gt, pred, min_iou=0.5):
         if all(g != a and p != b for a, b in pairs):
             pairs.append((g, p))
     return pairs
+
+
+def split_by_photo(data_dir, out, n_test, seed):
+    """Split a VOC-layout folder by photo into <out>/train and <out>/test (symlinks, same layout), so no
+    test face is trained on: the protocol of the real-mask benchmark (README, Real masks)."""
+    data_dir, out = Path(data_dir).resolve(), Path(out)
+    photos = read_voc(data_dir).drop_duplicates("stem")[["stem", "photo"]].to_numpy()
+    if not 0 < n_test < len(photos):
+        raise UserError(f"{data_dir}: {len(photos)} photos; the test split must take between 1 and {len(photos) - 1}")
+    test = set(np.random.default_rng(seed).permutation(len(photos))[:n_test])
+    for i, (stem, photo) in enumerate(photos):
+        part = out / ("test" if i in test else "train")
+        for sub, src in (("images", Path(photo)), ("annotations", data_dir / "annotations" / f"{stem}.xml")):
+            (part / sub).mkdir(parents=True, exist_ok=True)
+            link = part / sub / src.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(src)
+    return out
