@@ -12,6 +12,7 @@ from dataset import Log, build_table, decode_many
 from evaluation import score
 from inference import predict_probs
 from model import model_from_checkpoint
+from test_mask_only import _voc_dir
 
 
 CHECK = """
@@ -36,8 +37,11 @@ train.main()
 def test_torchrun_two_processes(tiny_root, tmp_path):
     """train.py under torchrun (2 processes, gloo): one run folder, one set of checkpoints, rank 0 alone
     prints, ranks hold identical weights, and the logged validation F1 equals the F1 of the saved best
-    checkpoint computed in a single process on the same validation people."""
-    args = ["--data_dir", str(tiny_root / "train"), "--model_dir", str(tmp_path / "m"), *TINY, "--name", "ddp", "--ema", "0.9"]
+    checkpoint computed in a single process on the same validation people. Mask-only photos (VOC boxes)
+    train on both ranks and are never validated."""
+    voc = _voc_dir(tiny_root, tmp_path / "voc")
+    args = ["--data_dir", str(tiny_root / "train"), "--model_dir", str(tmp_path / "m"), *TINY, "--name", "ddp", "--ema", "0.9",
+            "--extra_data", str(voc)]
     script = tmp_path / "check.py"
     script.write_text(CHECK.format(repo=str(REPO), args=args))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
@@ -47,6 +51,7 @@ def test_torchrun_two_processes(tiny_root, tmp_path):
     assert [d.name for d in runs] == ["ddp"]  # exactly one run folder
     assert sorted(f.name for f in runs[0].glob("*.pth")) == ["best.pth", "last.pth"]
     assert p.stdout.count("epoch 2/2") == 1  # only rank 0 prints
+    assert "3 faces labelled with mask status only" in p.stdout + p.stderr
     sums = [line.split()[1:] for line in p.stdout.splitlines() if line.startswith("SUMS")]
     assert len(sums) == 2 and all(a == b for a, b in sums)  # identical weights on both ranks, every epoch
     vp = pd.read_csv(runs[0] / "valid_preds.csv")
