@@ -7,7 +7,7 @@ DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --batch_size 32 --progress False
 
-.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv
+.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realmask-bench
 
 install: $(STAMP)
 
@@ -79,3 +79,23 @@ realface-cv: realface-data
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --seed 1 --lr 1e-3 --years_weight 1
 	@for r in model/rfcv_*; do printf "%-28s " $$r; $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['decided_cross_fitted']; \
 	  print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")" $$r/cv.json; done
+
+# Real masks (README, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
+# times (voc.split_by_photo, seeds 0-2); models trained on drawn masks only (the flat and the fitted
+# builder) and on the real-face data + each split's train photos as mask-only extra data (--mask_only_weight
+# MOW); each scored on the faces of its split's test photos. About an hour on 2 cores.
+KAGGLE := ../shared/realdata/kaggle_facemask
+RM_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed 1
+MOW ?= 1.0
+realmask-bench: realface-data
+	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
+	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	$(PY) train.py $(RM_ARGS) --data_dir $(RF)/train --run_dir model/rm_flat
+	$(PY) train.py $(RM_ARGS) --data_dir realface_fitted/train --run_dir model/rm_fitted
+	for s in 0 1 2; do \
+	  $(PY) train.py $(RM_ARGS) --data_dir $(RF)/train --extra_data realmask/split$$s/train --mask_only_weight $(MOW) \
+	    --run_dir model/rm_kaggle_s$$s; \
+	  for r in rm_flat rm_fitted rm_kaggle_s$$s; do \
+	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/$$r --out output/rm/$${r}_on$$s > /dev/null && \
+	    printf "%-14s split %s " $$r $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --pred_dir output/rm/$${r}_on$$s | head -1; \
+	  done; done

@@ -136,3 +136,15 @@ def test_mask_only_weight_scales_what_those_rows_teach():
     base, half, none = (float(heads_loss(logits, target, tasks, loss_fns, w, full, m)) for m in (1.0, 0.5, 0.0))
     mask_ce = torch.nn.functional.cross_entropy(logits[:2, :3], torch.tensor([1, 2]), reduction="sum") / 4
     assert base - none == pytest.approx(float(mask_ce), rel=1e-5) and half - none == pytest.approx(float(mask_ce) / 2, rel=1e-5)
+
+
+def test_split_by_photo_keeps_every_photo_once_and_each_side_readable(tiny_root, tmp_path):
+    from voc import read_voc, split_by_photo
+    src = _voc_dir(tiny_root, tmp_path / "voc")
+    out = split_by_photo(src, tmp_path / "split", 1, seed=0)
+    train, test = read_voc(out / "train"), read_voc(out / "test")
+    assert test["stem"].nunique() == 1 and train["stem"].nunique() == 2
+    assert sorted(set(train["stem"]) | set(test["stem"])) == ["p0", "p1", "p2"]
+    assert len(train) + len(test) == len(read_voc(src))  # every face of a photo stays with it
+    assert split_by_photo(src, tmp_path / "again", 1, seed=0) and read_voc(tmp_path / "again" / "test")["stem"].tolist() \
+        == test["stem"].tolist()  # the same seed, the same split
