@@ -42,14 +42,26 @@ def cli(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # the reader left early (`| head`): what it took is all it wanted
+            _stdout_to_devnull()
+            sys.exit(0)
         except Exception as e:  # OOM is a user-fixable condition, everything else is a bug
             if debug or not _is_oom(e):
                 raise
             print(f"error: out of memory ({str(e).splitlines()[0][:120]}); "
                   "try a smaller --batch_size or --img_size", file=sys.stderr)
             sys.exit(2)
+        finally:  # flush while a closed pipe can still be handled (else Python reports it at exit)
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _stdout_to_devnull()
 
     return wrapper
+
+
+def _stdout_to_devnull():
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -1,12 +1,15 @@
 """evaluation.py: metrics equal sklearn's; bad submissions get one clear line and exit 2."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from conftest import assert_clean_error, run
+from conftest import REPO, assert_clean_error, run
 from evaluation import score
 
 
@@ -108,6 +111,13 @@ def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
     assert res["mask_accuracy"] == pytest.approx(2 / 3) and res["always_wear_accuracy"] == pytest.approx(2 / 3)
     full = json.loads((pred / "boxes_scores.json").read_text())
     assert full["confusion"] == [[2, 0, 0], [0, 0, 0], [1, 0, 0]]
+    # `... | head -1` (README, make realmask-bench): a reader that leaves early is no error
+    r, w = os.pipe()
+    os.close(r)
+    p = subprocess.run([sys.executable, "evaluation.py", "--boxes", str(d), "--pred_dir", str(pred)], cwd=REPO,
+                       stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(w)
+    assert p.returncode == 0 and p.stderr == "", p.stderr[-2000:]
     assert full["by_size"]["32-63"]["n"] == 2 and full["by_size"]["64-127"]["n"] == 1
     (d / "images" / "c.png").write_bytes(b"")
     (d / "annotations" / "c.xml").write_text("<annotation><object><name>mask</name></object></annotation>")
