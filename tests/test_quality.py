@@ -119,3 +119,21 @@ def test_a_broken_decision_file_is_named(tmp_path):
         (tmp_path / "decision.json").write_text(text)
         with pytest.raises(UserError, match="decision.json"):
             read_offsets(tmp_path)
+
+
+def test_cv_scores_detected_faces_and_fallbacks_apart(tmp_path):
+    """#13: what a detector's misses cost. Found photos predicted right, fallbacks wrong -> 1.0 and 0.0."""
+    from train import prob_columns, score_by_detection
+    (tmp_path / "faces").mkdir()
+    paths = [f"p{i}/mask1.jpg" for i in range(6)]
+    pd.DataFrame({"path": paths, "detected": [1, 1, 1, 1, 0, 0]}).to_csv(tmp_path / "faces" / "boxes.csv", index=False)
+    labels = np.array([0, 4, 8, 13, 0, 17])
+    pred = labels.copy()
+    pred[4:] = [1, 16]  # the two fallbacks are wrong
+    probs = np.eye(18)[pred]
+    oof = pd.concat([pd.DataFrame({"path": [f"faces/{p}" for p in paths], "label": labels}),
+                     pd.DataFrame(probs, columns=prob_columns("label"))], axis=1)
+    r = score_by_detection(tmp_path, oof)
+    assert (r["found"]["n"], r["fallback"]["n"]) == (4, 2)
+    assert r["found"]["accuracy"] == 1.0 and r["fallback"]["accuracy"] == 0.0
+    assert score_by_detection(tmp_path, oof.assign(path=[f"images/{p}" for p in paths])) is None  # whole photos
