@@ -42,52 +42,57 @@ bench: install
 clean:
 	rm -rf $(DEMO) model output predictions bench
 
-# Recipes measured on real faces (../shared/realdata/utkface_subset, internal testing only). The dataset keeps
-# the first builder's flat masks, which every real-face table in README was measured on.
-# Every run is scored on the same person-disjoint eval split of the real-face dataset (with the lr of the
-# defaults when this table was measured, 1e-3).
+# Recipes measured on real faces (../shared/realdata/utkface_subset, internal testing only; flat masks).
+# Every run is scored on the same person-disjoint eval split of the real-face dataset (with the backbone
+# and lr of the defaults when this table was measured: efficientnet_lite0, 1e-3).
 RF := realface_data
 RF_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False
 ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
+OLD := --model efficientnet_lite0 --lr 1e-3
 realface-data: install
-	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF) --masks flat
+	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF)
 
 realface-experiments: realface-data demo-data
 	rm -rf model/rf_* output/rf
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_a_real
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(DEMO)/train --run_dir model/rf_b_demo
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(DEMO)/train --extra_data $(RF)/train --run_dir model/rf_c_demo_plus_real
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_d_original $(ORIGINAL)
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_e_bounds --age_bounds 29 58
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_f_heads --heads
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_g_strong --augment strong
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_h_cutmix --cutmix 0.5
-	$(PY) train.py $(RF_ARGS) --lr 1e-3 --data_dir $(RF)/train --run_dir model/rf_i_weighted --sampler weighted
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_a_real
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(DEMO)/train --run_dir model/rf_b_demo
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(DEMO)/train --extra_data $(RF)/train --run_dir model/rf_c_demo_plus_real
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_d_original $(ORIGINAL)
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_e_bounds --age_bounds 29 58
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_f_heads --heads
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_g_strong --augment strong
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_h_cutmix --cutmix 0.5
+	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_i_weighted --sampler weighted
 	@for r in rf_a_real rf_b_demo rf_c_demo_plus_real rf_d_original rf_e_bounds rf_f_heads rf_g_strong rf_h_cutmix rf_i_weighted; do \
 	  $(PY) inference.py --data_dir $(RF)/eval --model_dir model/$$r --output_dir output/rf --output_name $$r && \
 	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done
 
 # The headline quality figure: 5-fold CV out-of-fold macro F1 over all 497 train people of the real-face
-# dataset, 3 seeds, for the defaults and the previous defaults (--lr 1e-3); one-seed ablations. Each run
-# prints its argmax CV figure and the cross-fitted figure with fitted offsets (both from its cv.json).
-# About 10 minutes a run on 2 cores.
+# dataset, 3 seeds, for the defaults (efficientnet_lite1, lr 2e-3), lite0 at lr 2e-3, and lite0 at lr 1e-3
+# (the defaults before); one-seed ablations. Each run prints its argmax CV figure and the cross-fitted figure
+# with fitted offsets (both from its cv.json). About 10 minutes a lite0 run on 2 cores, 15 a lite1 run.
 SEEDS ?= 1 2 3
 realface-cv: realface-data
 	for s in $(SEEDS); do \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s --lr 1e-3; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s $(OLD); \
 	done
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --seed 1 --lr 1e-3 --years_weight 1
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --seed 1 $(OLD) --years_weight 1
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 \
+	  --extra_data $(KAGGLE)
 	@for r in model/rfcv_*; do printf "%-28s " $$r; $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['decided_cross_fitted']; \
 	  print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")" $$r/cv.json; done
 
 # Real masks (README, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
 # times (voc.split_by_photo, seeds 0-2); models trained on drawn masks only (the flat and the fitted
 # builder) and on the real-face data + each split's train photos as mask-only extra data (--mask_only_weight
-# MOW); each scored on the faces of its split's test photos. About an hour on 2 cores.
+# MOW, default 1.0); each scored on the faces of its split's test photos; training seed RMSEED (default 1).
+# About an hour on 2 cores. Other rows of README's table: e.g. make realmask-bench RMSEED=2, MOW=0.5.
 KAGGLE := ../shared/realdata/kaggle_facemask
-RM_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed 1
+RMSEED ?= 1
 MOW ?= 1.0
+RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED)
 realmask-bench: realface-data
 	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done

@@ -8,8 +8,8 @@ skipped (the competition has none) and ages over 60 are recorded as 60, as in th
 For each person: MTCNN finds the face and its 5 landmarks; the photo is placed on a 384x512 canvas
 (head-and-shoulders framing) 7 times, each with its own small change of pose, light and crop, and
 masks are drawn from the landmarks: mask1..5 worn (surgical, KF94 or cloth), incorrect_mask (nose
-exposed, or only the chin covered), normal. Two renderers (MASK_RENDERERS): fitted (the default: follows
-the face, lit like the photo) and flat (the first builder's).
+exposed, or only the chin covered), normal. Two renderers (MASK_RENDERERS): flat (the default, the first
+builder's) and fitted (follows the face, lit like the photo).
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def create_mask_renderer(name):
     return MASK_RENDERERS[name]
 
 
-def compose(face, box, lm, rng, state, draw=draw_mask_fitted):
+def compose(face, box, lm, rng, state, draw=draw_mask):
     """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask.
     -> (JPEG bytes, the face box on the photo: the source photo's MTCNN box, its centre carried by
     the same warp and its size by the warp's scale; the small rotation is left out, as a detector's
@@ -250,7 +250,7 @@ def compose(face, box, lm, rng, state, draw=draw_mask_fitted):
     return buf.tobytes(), tuple(round(float(v), 1) for v in face_box)
 
 
-def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
+def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="flat"):
     """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest.
     masks: the mask renderer (MASK_RENDERERS)."""
     draw = create_mask_renderer(masks)
