@@ -6,6 +6,7 @@ Not a script; used by evaluation.py.
 """
 from __future__ import annotations
 
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -86,11 +87,11 @@ def split_by_photo(data_dir, out, n_test, seed):
     if not 0 < n_test < len(photos):
         raise UserError(f"{data_dir}: {len(photos)} photos; the test split must take between 1 and {len(photos) - 1}")
     test = set(np.random.default_rng(seed).permutation(len(photos))[:n_test])
+    for part in ("train", "test"):  # an earlier split into the same folder must not leave photos on both sides
+        shutil.rmtree(out / part, ignore_errors=True)
     for i, (stem, photo) in enumerate(photos):
         part = out / ("test" if i in test else "train")
         for sub, src in (("images", Path(photo)), ("annotations", data_dir / "annotations" / f"{stem}.xml")):
             (part / sub).mkdir(parents=True, exist_ok=True)
-            link = part / sub / src.name
-            link.unlink(missing_ok=True)
-            link.symlink_to(src)
+            (part / sub / src.name).symlink_to(src)
     return out
