@@ -7,7 +7,7 @@ DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --batch_size 32 --progress False
 
-.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realmask-bench
+.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench
 
 install: $(STAMP)
 
@@ -72,6 +72,9 @@ realface-experiments: realface-data demo-data
 # (the defaults before); one-seed ablations. Each run prints its argmax CV figure and the cross-fitted figure
 # with fitted offsets (both from its cv.json). About 10 minutes a lite0 run on 2 cores, 15 a lite1 run.
 SEEDS ?= 1 2 3
+# one line per CV run: out-of-fold macro F1 by argmax and with cross-fitted decisions, and age F1
+CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['decided_cross_fitted']; \
+  print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")"
 realface-cv: realface-data
 	for s in $(SEEDS); do \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s; \
@@ -81,8 +84,21 @@ realface-cv: realface-data
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --seed 1 $(OLD) --years_weight 1
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 \
 	  --extra_data $(KAGGLE)
-	@for r in model/rfcv_*; do printf "%-28s " $$r; $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['decided_cross_fitted']; \
-	  print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")" $$r/cv.json; done
+	@for r in model/rfcv_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# One-seed screens of recipe changes against the defaults (README, Real faces, 5-fold CV: ablations); the
+# pseudo-label run takes its labels from the defaults' CV run (make realface-cv) on the eval photos.
+ABLATIONS := ema:--ema=0.998 droppath:--drop_path=0.1 years025:--years_weight=0.25 weighted:--sampler=weighted \
+  mixup:--mixup=0.2
+realface-ablations: realface-data
+	test -f model/rfcv_defaults_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s1 --seed 1
+	for a in $(ABLATIONS); do \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 $${a#*:}; done
+	$(PY) inference.py --data_dir $(RF)/eval --model_dir model/rfcv_defaults_s1 --cv=True --tta flip --output_dir output/rf \
+	  --output_name pseudo_source
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 \
+	  --pseudo output/rf/pseudo_source_probs.npy --pseudo_data $(RF)/eval --pseudo_threshold 0.7
+	@for r in model/rfcv_defaults_s1 model/rfab_*_s1; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Real masks (README, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
 # times (voc.split_by_photo, seeds 0-2); models trained on drawn masks only (the flat and the fitted

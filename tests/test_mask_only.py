@@ -112,7 +112,7 @@ def test_mask_only_photos_and_pseudo_labels_train_and_never_validate(tiny_root, 
             "--k_folds", "2", "--extra_data", voc, folders, "--pseudo", tmp_path / "p_probs.npy", "--pseudo_data",
             tiny_root / "eval", "--run_dir", md / "cv")
     assert "3 faces labelled with mask status only" in p.stdout and "4 faces labelled" in p.stdout
-    assert f"pseudo-labels: {n_conf} of {n_eval} eval photos" in p.stdout
+    assert f"pseudo-labels: {n_conf} of {n_eval} eval photos at probability >= 0.9 (highest 0.950)" in p.stdout
     assert f"({3 + 4 + n_conf} extra images)" in p.stdout  # all of them reach the training table
     oof = pd.read_csv(md / "cv" / "oof.csv")
     assert oof["path"].str.startswith("images/").all()  # only the main dataset's photos are validated
