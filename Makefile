@@ -50,7 +50,7 @@ RF_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progr
 ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
 OLD := --model efficientnet_lite0 --lr 1e-3
 realface-data: install
-	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF)
+	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF) --masks flat
 
 realface-experiments: realface-data demo-data
 	rm -rf model/rf_* output/rf

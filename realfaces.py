@@ -8,8 +8,8 @@ skipped (the competition has none) and ages over 60 are recorded as 60, as in th
 For each person: MTCNN finds the face and its 5 landmarks; the photo is placed on a 384x512 canvas
 (head-and-shoulders framing) 7 times, each with its own small change of pose, light and crop, and
 masks are drawn from the landmarks: mask1..5 worn (surgical, KF94 or cloth), incorrect_mask (nose
-exposed, or only the chin covered), normal. Two renderers (MASK_RENDERERS): flat (the default, the first
-builder's) and fitted (follows the face, lit like the photo).
+exposed, or only the chin covered), normal. Two renderers (MASK_RENDERERS): fitted (the default: models
+trained on it read real masks better) and flat (the first builder's).
 """
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def compose(face, box, lm, rng, state, draw=draw_mask):
     return buf.tobytes(), tuple(round(float(v), 1) for v in face_box)
 
 
-def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="flat"):
+def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
     """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest.
     masks: the mask renderer (MASK_RENDERERS)."""
     draw = create_mask_renderer(masks)

@@ -217,9 +217,9 @@ def main(argv):
                     "labels CSV): build the dataset from them instead of drawing people")
     ap.add_argument("--faces_csv", default=None, help="CSV with path, age, gender (0 male, 1 female)")
     ap.add_argument("--limit", type=int, default=None, help="with --faces: use at most N photos")
-    ap.add_argument("--masks", default="flat", help="with --faces: how masks are drawn: flat (the first builder, "
-                    "which the real-face figures were measured on) or fitted (follows the face, lit like the "
-                    "photo; on real masks level with flat over two seeds: README, Real masks)")
+    ap.add_argument("--masks", default="fitted", help="with --faces: how masks are drawn: fitted (follows the face, "
+                    "lit like the photo; reads real masks better than flat over five training seeds: README, Real "
+                    "masks) or flat (the first builder, which the real-face CV tables were measured on)")
     args = ap.parse_args(argv)
     if args.faces:
         from realfaces import real_people

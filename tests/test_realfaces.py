@@ -23,11 +23,12 @@ def test_real_face_dataset_end_to_end(tmp_path):
         names = sorted(f.name for f in (root / "train" / "images" / folder).iterdir())
         assert names == sorted([f"mask{i}.jpg" for i in range(1, 6)] + ["incorrect_mask.jpg", "normal.jpg"])
     # MTCNN finds the real faces again in the composed photos. Measured on the full real-face dataset
-    # (flat masks, the default): 96% of unmasked, 84% of incorrect and 32% of masked faces at 256 px
-    # (MTCNN's landmark cascade is weak on masks); 62% of these 168 photos. The rest get the centre crop.
+    # (fitted masks, the default): 95% of unmasked, 85% of incorrect and 55% of masked faces at 256 px
+    # (MTCNN's landmark cascade is weak on masks; flat masks: 32%); 86% of these 168 photos. The rest get
+    # the centre crop.
     out = run("face_image.py", "--data_dir", root).stdout.strip().splitlines()[-1]
     n, found = int(out.split()[0]), int(out.split(", ")[1].split()[0])
-    assert found / n >= 0.55, out
+    assert found / n >= 0.75, out  # flat masks (62%) would fail this
     boxes = pd.read_csv(root / "train" / "faces" / "boxes.csv")
     assert (boxes.loc[boxes["path"].str.endswith("normal.jpg"), "detected"] == 1).mean() >= 0.75
     # the builder writes the true face box of every photo it composed; MTCNN's finds agree with it
@@ -36,7 +37,7 @@ def test_real_face_dataset_end_to_end(tmp_path):
     both = boxes[boxes["detected"] == 1].merge(gt[gt["split"] == "train"], on="path", suffixes=("", "_gt"))
     assert len(both) == int((boxes["detected"] == 1).sum())
     iou = box_iou(both[["x1", "y1", "x2", "y2"]].to_numpy(), both[["x1_gt", "y1_gt", "x2_gt", "y2_gt"]].to_numpy())
-    assert (np.diag(iou) >= 0.5).mean() >= 0.8, np.diag(iou)  # measured 0.88 on these 24 people
+    assert (np.diag(iou) >= 0.5).mean() >= 0.8, np.diag(iou)  # measured 0.85 here (flat masks: 0.88)
     run("train.py", "--data_dir", root / "train", "--model_dir", tmp_path / "m", *TINY, "--run_dir", tmp_path / "m" / "r")
     assert load_checkpoint(tmp_path / "m" / "r" / "best.pth")["meta"]["crop"] == "none"  # trained on faces/
     run("inference.py", "--data_dir", root / "eval", "--model_dir", tmp_path / "m" / "r", "--output_dir", tmp_path / "o")
