@@ -213,8 +213,9 @@ def create_mask_renderer(name):
     return MASK_RENDERERS[name]
 
 
-def compose(face, box, lm, rng, state, draw=draw_mask):
-    """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask.
+def compose(face, box, lm, rng, state, draw):
+    """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask
+    drawn by `draw` (a MASK_RENDERERS function, the builder's choice; unused for state "none").
     -> (JPEG bytes, the face box on the photo: the source photo's MTCNN box, its centre carried by
     the same warp and its size by the warp's scale; the small rotation is left out, as a detector's
     upright box leaves it out)."""
@@ -275,7 +276,7 @@ def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
             person = dict(id=f"{i + 1:06d}", gender=int(r.gender), age=int(r.age), race=r.race)
             made = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear", draw) for j in range(1, 6)}
             made["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin", draw)
-            made["normal"] = compose(im, boxes[k], lms[k], rng, "none")
+            made["normal"] = compose(im, boxes[k], lms[k], rng, "none", draw)
             person["boxes"] = {stem: b for stem, (_, b) in made.items()}  # the true face box of each photo
             yield person, {stem: data for stem, (data, _) in made.items()}
     print(f"{len(df)} real faces: {len(df) - skipped} people written, {skipped} skipped (no face found or "
