@@ -15,7 +15,13 @@ sys.path.insert(0, str(REPO))
 # The suite checks the CPU paths (what CI runs) and compares CPU results exactly, so on a machine with
 # a GPU it hides the GPU from itself and from the scripts it starts; tests/test_cuda.py gives the GPU
 # back to the processes it starts (GPU_ENV) and checks the CUDA paths.
-GPU_ENV = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+# The value before hiding is kept in the environment: pytest-xdist starts its workers after the main
+# process hid the GPU, and they must hand test_cuda.py the GPUs the user had, not the hidden value (they
+# did: under `make test` on an H100 the CUDA tests skipped as if no GPU were there).
+_UNSET = "<unset>"
+os.environ.setdefault("MASKTK_TEST_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", _UNSET))
+_visible = os.environ["MASKTK_TEST_VISIBLE_DEVICES"]
+GPU_ENV = {"CUDA_VISIBLE_DEVICES": None if _visible == _UNSET else _visible}
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 # a real timm network, small enough to train in seconds on CPU
