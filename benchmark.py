@@ -68,8 +68,8 @@ def bench_train(args, dev, table_paths, labels):
     and memory layout. Only the end of each timed pass waits for the device, as in training."""
     import distributed
     import train as T
-    from dataset import YEARS, BatchDataset, cached_images, joint_targets, make_loader
-    from labels import AGE_MIN
+    from dataset import YEARS, BatchDataset, cached_images, make_loader
+    from labels import AGE_MIN, loss_targets
     cfg = vars(T.build_parser().parse_args([])) | dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
                                                       pretrained=False, progress=False, amp=args.amp,
                                                       channels_last=args.channels_last, epochs=1000)
@@ -81,7 +81,7 @@ def bench_train(args, dev, table_paths, labels):
     key = (tuple(args.img_size), "center")
     cache = cached_images(paths, [key], Path(args.cache_dir), device=dev if args.gpu_decode else "cpu")[key]
     workers = args.workers if dev.type == "cuda" else 0  # train.py's defaults: 0 on CPU, workers on CUDA
-    targets = np.stack([labels, joint_targets(labels, np.full(n, AGE_MIN)), np.ones(n, int)], axis=1)  # as train.py's
+    targets = loss_targets(labels, np.full(n, AGE_MIN))
     loader = make_loader(BatchDataset(cache, np.arange(n), targets), args.batch_size, True, 0,
                          workers=workers, pin=dev.type == "cuda", gpu=dev if args.gpu_data else None)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from labels import (AGE_NAMES, GENDER_NAMES, MASK_NAMES, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, age_class,  # noqa: F401
-                    decode, encode, joint_targets, task_targets)
+                    decode, encode, joint_targets, loss_targets, task_targets)
 from utils import UserError, atomic_path, cli, demo_note, env_default, inside, load_dotenv_once, make_parser, write_csv_atomic
 
 # --- layout -------------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ def joint_targets(labels, age_years):
     return np.asarray(labels).astype(np.int64) * YEARS + year_index(age_years)
 
 
+def loss_targets(labels, age_years, full=None):
+    """-> (N, 3) the columns every training batch carries: the 18-class label (metrics, sampler), the
+    label x year index (the loss) and 1 where all three tasks are labelled (0: a mask-only photo)."""
+    labels = np.asarray(labels).astype(np.int64)
+    full = np.ones(len(labels), np.int64) if full is None else np.asarray(full).astype(np.int64)
+    return np.stack([labels, joint_targets(labels, age_years), full], axis=1)
+
+
 def task_targets(labels, tasks):
     """(N,) 18-class labels -> (N, len(tasks)) integer targets for the given tasks."""
     mask, gender, age = decode(labels)

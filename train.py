@@ -30,7 +30,7 @@ import torch
 
 import distributed
 from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDataset, BatchTransform, ImageCache, Log,
-                     age_class, build_table, cached_images, decode, encode, has_faces, holdout_split, joint_targets,
+                     age_class, build_table, cached_images, decode, encode, has_faces, holdout_split, loss_targets,
                      kfold_split, make_loader, people_of, read_eval, task_targets, to_device)
 from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
@@ -594,8 +594,7 @@ def make_loaders(cfg, table, images, tr_rows, va_rows, dist):
     cache_rows = table["cache_row"].to_numpy()
     train_labels = table["label"].to_numpy()[tr_rows]
     # targets: the 18-class label (metrics, sampler) and the class x year index (the loss)
-    targets = np.stack([table["label"].to_numpy(), joint_targets(table["label"], table["age_years"]),
-                        table["full"].to_numpy()], axis=1)
+    targets = loss_targets(table["label"], table["age_years"], table["full"])
     ds_tr = BatchDataset(images, cache_rows[tr_rows], targets[tr_rows])
     ds_va = BatchDataset(images, cache_rows[va_rows], targets[va_rows])
     cuda = dist.device.type == "cuda"

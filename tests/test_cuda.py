@@ -44,7 +44,8 @@ def test_one_tiny_epoch_with_amp_and_channels_last(tiny_root, tmp_path):
 SYNCS = """
 import warnings, numpy as np, torch
 import distributed, train as T
-from dataset import BatchDataset, make_loader, task_targets
+from dataset import BatchDataset, make_loader
+from labels import AGE_MIN, loss_targets
 steps, bs = 12, 16
 cfg = vars(T.build_parser().parse_args([])) | dict(model="test_efficientnet", pretrained=False, img_size=[32, 32],
                                                   progress=False, batch_size=bs)
@@ -54,7 +55,7 @@ dev = torch.device("cuda")
 model, raw, loop = T.build_training(cfg, ("label",), labels, steps, distributed.Dist(device=dev))
 loop.valid_labels = labels
 for gpu in (None, dev):  # the DataLoader with pinned memory, and the GPU-resident loader (the default)
-    loader = make_loader(BatchDataset(images, np.arange(len(labels)), task_targets(labels, ["label"])), bs, True, 0,
+    loader = make_loader(BatchDataset(images, np.arange(len(labels)), loss_targets(labels, np.full(len(labels), AGE_MIN))), bs, True, 0,
                          pin=True, gpu=gpu)
     T.train_one_epoch(model, loader, loop, 0)  # warm-up: first copies of constants, autotuning
     T.evaluate(model, loader, loop)
