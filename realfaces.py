@@ -259,7 +259,7 @@ def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
     df = list_faces(faces_dir, faces_csv)
     if limit:
         df = df.sample(n=min(limit, len(df)), random_state=seed).sort_index()
-    det = FaceDetector(detect_size=None)
+    det = FaceDetector(detect_size=None, retry_thresholds=None)  # the source faces are bare: MTCNN's own pass
     skipped = 0
     for start in range(0, len(df), 32):
         part = df.iloc[start:start + 32]

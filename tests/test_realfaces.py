@@ -22,13 +22,16 @@ def test_real_face_dataset_end_to_end(tmp_path):
     for folder in train["path"]:
         names = sorted(f.name for f in (root / "train" / "images" / folder).iterdir())
         assert names == sorted([f"mask{i}.jpg" for i in range(1, 6)] + ["incorrect_mask.jpg", "normal.jpg"])
-    # MTCNN finds the real faces again in the composed photos. Measured on the full real-face dataset
-    # (fitted masks, the default): 95% of unmasked, 85% of incorrect and 55% of masked faces at 256 px
-    # (MTCNN's landmark cascade is weak on masks; flat masks: 32%); 86% of these 168 photos. The rest get
-    # the centre crop.
+    # MTCNN finds the real faces again in the composed photos: 163 of these 168 with its second pass
+    # (face_image.RETRY_THRESHOLDS), 86% without it (62% with flat masks). The rest get the centre crop.
     out = run("face_image.py", "--data_dir", root).stdout.strip().splitlines()[-1]
     n, found = int(out.split()[0]), int(out.split(", ")[1].split()[0])
-    assert found / n >= 0.75, out  # flat masks (62%) would fail this
+    assert found / n >= 0.93, out
+    # the second pass finds masked faces the first misses, at the true box (IoU >= 0.5): 91 of the 120
+    # masked faces against 77 (any detection score)
+    recall = {sp: json.loads(run("face_image.py", "--score", root, "--min_score", "0", "--second_pass", sp).stdout)
+              ["by_mask"]["wear"]["recall"] for sp in ("True", "False")}
+    assert recall["True"] >= recall["False"] + 0.08 and recall["True"] >= 0.72, recall
     boxes = pd.read_csv(root / "train" / "faces" / "boxes.csv")
     assert (boxes.loc[boxes["path"].str.endswith("normal.jpg"), "detected"] == 1).mean() >= 0.75
     # the builder writes the true face box of every photo it composed; MTCNN's finds agree with it
@@ -37,7 +40,7 @@ def test_real_face_dataset_end_to_end(tmp_path):
     both = boxes[boxes["detected"] == 1].merge(gt[gt["split"] == "train"], on="path", suffixes=("", "_gt"))
     assert len(both) == int((boxes["detected"] == 1).sum())
     iou = box_iou(both[["x1", "y1", "x2", "y2"]].to_numpy(), both[["x1_gt", "y1_gt", "x2_gt", "y2_gt"]].to_numpy())
-    assert (np.diag(iou) >= 0.5).mean() >= 0.8, np.diag(iou)  # measured 0.85 here (flat masks: 0.88)
+    assert (np.diag(iou) >= 0.5).mean() >= 0.8, np.diag(iou)  # measured 0.86 here with the second pass (0.85 without)
     run("train.py", "--data_dir", root / "train", "--model_dir", tmp_path / "m", *TINY, "--run_dir", tmp_path / "m" / "r")
     assert load_checkpoint(tmp_path / "m" / "r" / "best.pth")["meta"]["crop"] == "none"  # trained on faces/
     run("inference.py", "--data_dir", root / "eval", "--model_dir", tmp_path / "m" / "r", "--output_dir", tmp_path / "o")
