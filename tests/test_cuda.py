@@ -55,8 +55,8 @@ dev = torch.device("cuda")
 model, raw, loop = T.build_training(cfg, ("label",), labels, steps, distributed.Dist(device=dev))
 loop.valid_labels = labels
 for gpu in (None, dev):  # the DataLoader with pinned memory, and the GPU-resident loader (the default)
-    loader = make_loader(BatchDataset(images, np.arange(len(labels)), loss_targets(labels, np.full(len(labels), AGE_MIN))), bs, True, 0,
-                         pin=True, gpu=gpu)
+    targets = loss_targets(labels, np.full(len(labels), AGE_MIN))
+    loader = make_loader(BatchDataset(images, np.arange(len(labels)), targets), bs, True, 0, pin=True, gpu=gpu)
     T.train_one_epoch(model, loader, loop, 0)  # warm-up: first copies of constants, autotuning
     T.evaluate(model, loader, loop)
     torch.cuda.synchronize()
