@@ -89,7 +89,7 @@ realface-cv: realface-data
 # One-seed screens of recipe changes against the defaults (README, Real faces, 5-fold CV: ablations); the
 # pseudo-label run takes its labels from the defaults' CV run (make realface-cv) on the eval photos.
 ABLATIONS := ema:--ema=0.998 droppath:--drop_path=0.1 years025:--years_weight=0.25 weighted:--sampler=weighted \
-  mixup:--mixup=0.2 smooth0:--smoothing=0 wd005:--weight_decay=0.05
+  mixup:--mixup=0.2 smooth0:--smoothing=0 wd005:--weight_decay=0.05 lite2:--model=efficientnet_lite2
 realface-ablations: realface-data
 	test -f model/rfcv_defaults_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s1 --seed 1
 	for a in $(ABLATIONS); do \
@@ -98,6 +98,7 @@ realface-ablations: realface-data
 	  --output_name pseudo_source
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 \
 	  --pseudo output/rf/pseudo_source_probs.npy --pseudo_data $(RF)/eval --pseudo_threshold 0.7
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_img112_s1 --seed 1 --img_size 112 96
 	@for r in model/rfcv_defaults_s1 model/rfab_*_s1; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Real masks (README, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
