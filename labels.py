@@ -5,6 +5,8 @@ Not a script; imported by dataset.py, evaluation.py, model.py, ...
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 OFFICIAL_AGE_BOUNDS = (30, 60)
@@ -36,6 +38,21 @@ def age_class(age_years, bounds=OFFICIAL_AGE_BOUNDS):
 def year_index(age_years):
     """Age in years -> index of the years head (ages outside 18-60 clipped)."""
     return np.clip(np.asarray(age_years).astype(int), AGE_MIN, AGE_MAX) - AGE_MIN
+
+
+def band_spread(sigma, bounds=OFFICIAL_AGE_BOUNDS):
+    """(YEARS, 3): for each year of age (18..60), the share of a Gaussian of `sigma` years around it that
+    falls in each age band (band edges half-way between whole years). Soft age targets: a person of 29
+    is nearly as likely to look 30-59 as under 30, one of 24 is not. 60 stands for "60 and over", an open
+    interval, so it keeps its band whole; sigma 0: the hard bands."""
+    out = np.zeros((YEARS, 3))
+    for i, y in enumerate(range(AGE_MIN, AGE_MAX + 1)):
+        if sigma <= 0 or y >= AGE_MAX:
+            out[i, age_class(y, bounds)] = 1.0
+            continue
+        below = [0.5 * (1 + math.erf((b - 0.5 - y) / (sigma * math.sqrt(2)))) for b in bounds]
+        out[i] = below[0], below[1] - below[0], 1 - below[1]
+    return out
 
 
 def joint_targets(labels, age_years):

@@ -242,6 +242,25 @@ def joint_marginal(joint, task):
     return j.sum(1) if task == "years" else marginal(j.sum(2), task)
 
 
+def soft_age_marginal(spread):
+    """-> a function like joint_marginal whose 18-class and age targets take each year's age band from
+    `spread` ((YEARS, 3), labels.band_spread) instead of the hard bands; the other tasks as before."""
+    k = torch.as_tensor(spread, dtype=torch.float)
+    on_device = {}  # sent once per device: a copy per step would stall the GPU
+
+    def fn(joint, task):
+        if task not in ("label", "age"):
+            return joint_marginal(joint, task)
+        if joint.device not in on_device:
+            on_device[joint.device] = k.to(joint.device)
+        # class = (mask * 2 + gender) * 3 + age: sum out the hard band, then spread each year over the bands
+        by_year = joint.view(joint.shape[0], 6, 3, YEARS).sum(2)
+        soft = by_year @ on_device[joint.device]  # (N, 6, 3)
+        return soft.reshape(-1, 18) if task == "label" else soft.sum(1)
+
+    return fn
+
+
 def marginal(p18, task):
     """(N, 18) class probabilities -> (N, K) of one task (sum over the others)."""
     if task == "label":

@@ -15,12 +15,15 @@ OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "madgrad": "m
 SCHEDULERS = ("onecycle", "cosine", "step", "cyclic", "constant")
 
 
-def create_optimizer(name, model, lr, weight_decay=0.0, momentum=0.9):
+def create_optimizer(name, model, lr, weight_decay=0.0, momentum=0.9, layer_decay=0.0):
+    """layer_decay (0: off): each block's lr is this fraction of the next one's, down from the head
+    (timm's layer-wise decay: the ImageNet features near the input change least)."""
     from timm.optim import create_optimizer_v2
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     kw = {"momentum": momentum} if name == "sgd" else {}
-    return create_optimizer_v2(model, opt=OPTIMIZERS[name], lr=lr, weight_decay=weight_decay, **kw)
+    return create_optimizer_v2(model, opt=OPTIMIZERS[name], lr=lr, weight_decay=weight_decay,
+                               layer_decay=layer_decay or None, **kw)
 
 
 class Schedule:
@@ -50,15 +53,18 @@ class Schedule:
 
 def create_scheduler(name, optimizer, lr, epochs, steps_per_epoch, warmup_epochs=0.0):
     total = max(1, epochs * steps_per_epoch)
+    # torch's schedules take one peak per parameter group; timm's layer decay scales each group's
+    # (timm's own schedules apply lr_scale themselves)
+    peaks = [lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     if name == "onecycle":
         # OneCycleLR needs at least a step in each phase: two spare steps, and a warm-up of at least
         # one step (--warmup_epochs 0: just that), at most half the run
         steps = total + 2
         pct = min(0.5, max(warmup_epochs / max(epochs, 1), 1.01 / steps))
-        impl = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
+        impl = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps, pct_start=pct)
         return Schedule(impl, False)
     if name == "cyclic":  # the original recipe's triangular cycle, 2 epochs up, 2 down
-        impl = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=lr / 10, max_lr=lr,
+        impl = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=[p / 10 for p in peaks], max_lr=peaks,
                                                  step_size_up=max(1, 2 * steps_per_epoch), cycle_momentum=False)
         return Schedule(impl, False)
     if name in ("cosine", "step"):

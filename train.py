@@ -35,10 +35,10 @@ from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDatase
 from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
 from face_image import mask_only_faces, mask_only_layout
-from labels import AGE_MIN
+from labels import AGE_MIN, band_spread
 from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
 from model import (Precision, choose_precision, combine_probs, create_model, joint_marginal, load_checkpoint,
-                   save_checkpoint, split_heads, task_probs)
+                   save_checkpoint, soft_age_marginal, split_heads, task_probs)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
                    make_parser, positive, refuse, seed_everything, str2bool, writable_dir, write_csv_atomic,
@@ -115,6 +115,9 @@ def build_parser():
                    "training aid for the shared features; the label (or age) head still decides (0: off)")
     g.add_argument("--years_sigma", type=pos, default=3.0,
                    help="the years head's targets: the true age spread by a Gaussian of this many years")
+    g.add_argument("--age_sigma", type=positive(float, 0, inclusive=True), default=0.0,
+                   help="soft age bands: the 18-class and age targets spread each person's age (train.csv) by a "
+                   "Gaussian of this many years before cutting it into bands (0: hard bands)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     g = ap.add_argument_group("model and recipe")
     g.add_argument("--model", "--model_name", default="efficientnet_lite1",
@@ -129,6 +132,8 @@ def build_parser():
     g.add_argument("--lr", type=pos, default=2e-3,
                    help="peak learning rate (2e-3 measured best on real faces at the CPU budget: README)")
     g.add_argument("--weight_decay", type=positive(float, 0, inclusive=True), default=1e-2)
+    g.add_argument("--layer_decay", type=fraction, default=0.0,
+                   help="layer-wise lr decay: each block's lr this fraction of the next one's (0: one lr)")
     g.add_argument("--scheduler", type=str.lower, choices=SCHEDULERS, default="onecycle")
     g.add_argument("--warmup_epochs", type=positive(float, 0, inclusive=True), default=1.0)
     g.add_argument("--loss", "--criterion", type=loss_name, choices=sorted(LOSSES), default="label_smoothing")
@@ -340,6 +345,13 @@ class OneHot:
         return x, torch.nn.functional.one_hot(y, 18 * YEARS).float()
 
 
+def make_marginal(cfg):
+    """How a batch's class x year target becomes each head's target: hard age bands, or soft ones."""
+    if cfg.get("age_sigma", 0) <= 0:
+        return joint_marginal
+    return soft_age_marginal(band_spread(cfg["age_sigma"], tuple(cfg.get("age_bounds", OFFICIAL_AGE_BOUNDS))))
+
+
 def make_mixer(cfg):
     p = cfg["cutmix"] + cfg["mixup"]
     if p <= 0:
@@ -424,6 +436,8 @@ class Loop:
     out: Path = Path(".")
     valid_labels: np.ndarray | None = None
     mask_only_weight: float = 1.0
+    marginal: object = joint_marginal  # batch target over class x year -> a task's target
+
 
 
 def log_main(*a):
@@ -445,15 +459,16 @@ def unit_metrics(tasks, probs, labels_official):
     return {"f1": f1, "accuracy": float((y == pred).mean()), f"f1_{t}": f1}
 
 
-def heads_loss(logits, target, tasks, loss_fns, weights, full=None, mask_only_weight=1.0):
-    """target: (B, 18 * YEARS) over class x year of age; each head learns its task's marginal.
+def heads_loss(logits, target, tasks, loss_fns, weights, full=None, mask_only_weight=1.0, marginal=joint_marginal):
+    """target: (B, 18 * YEARS) over class x year of age; each head learns its task's marginal (as
+    `marginal` forms it: hard or soft age bands).
     full: (B,) 1 for photos with every label, 0 for those labelled with mask status only (None: all
     full). Mask-only rows teach the mask head, or the 18-class output through its mask marginal, and
     nothing else (weighted by mask_only_weight)."""
     heads = split_heads(logits, tasks)
     part = None if full is None else mask_only_weight * (1 - full)
     rows = {"mask": None if full is None else full + part}  # every row carries its mask state
-    loss = sum(weights[t] * loss_fns[t](heads[t], joint_marginal(target, t), rows.get(t, full)) for t in tasks)
+    loss = sum(weights[t] * loss_fns[t](heads[t], marginal(target, t), rows.get(t, full)) for t in tasks)
     if part is not None and "label" in tasks:
         loss = loss + weights["label"] * mask_marginal_loss(heads["label"], joint_marginal(target, "mask"), part)
     return loss
@@ -484,7 +499,8 @@ def train_one_epoch(model, loader, loop, epoch):
         x, target = loop.mixer(x, joint)
         with loop.precision.autocast():
             logits = model(x)
-            loss = heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights, full, loop.mask_only_weight)
+            loss = heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights, full, loop.mask_only_weight,
+                              loop.marginal)
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         loop.clip(loop.scaler, loop.optimizer, model.parameters())
@@ -507,14 +523,19 @@ def train_one_epoch(model, loader, loop, epoch):
     logits, y = _fully_labelled(logits_all, ys)
     m = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())
     return {"loss": float(total) / max(sum(len(v) for v in ys), 1), "f1": m["f1"], "accuracy": m["accuracy"],
-            "lr": loop.optimizer.param_groups[0]["lr"]}
+            "lr": top_lr(loop.optimizer)}
+
+
+def top_lr(optimizer):
+    """The head's lr (with layer decay the groups differ; the first is the stem's)."""
+    return max(g["lr"] for g in optimizer.param_groups)
 
 
 def _running_figures(loop, total, logits_all, ys):
     """The bar's figures over the epoch so far (reads the device: only called every few steps)."""
     logits, y = _fully_labelled(logits_all, ys)
     f1 = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())["f1"]
-    return dict(loss=f"{float(total) / max(sum(len(v) for v in ys), 1):.4f}", f1=f"{f1:.3f}", lr=f"{loop.optimizer.param_groups[0]['lr']:.2e}")
+    return dict(loss=f"{float(total) / max(sum(len(v) for v in ys), 1):.4f}", f1=f"{f1:.3f}", lr=f"{top_lr(loop.optimizer):.2e}")
 
 
 def _fully_labelled(logits_all, ys):
@@ -535,7 +556,7 @@ def evaluate(model, loader, loop):
         with loop.precision.autocast():
             logits = model(x).float()
         target = torch.nn.functional.one_hot(y[:, 1], 18 * YEARS).float()
-        loss_sum += heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights) * len(idx)
+        loss_sum += heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights, marginal=loop.marginal) * len(idx)
         idx_all.append(idx)
         logits_all.append(logits)
     width = sum(TASKS[t] for t in loop.tasks)
@@ -566,7 +587,8 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
         from timm.utils import ModelEmaV3
         # Warm-up: a run of a few hundred steps would otherwise average in the ImageNet start.
         ema = ModelEmaV3(raw_model, decay=cfg["ema"], use_warmup=True)
-    optimizer = create_optimizer(cfg["optimizer"], raw_model, cfg["lr"], cfg["weight_decay"])
+    optimizer = create_optimizer(cfg["optimizer"], raw_model, cfg["lr"], cfg["weight_decay"],
+                                 layer_decay=cfg.get("layer_decay", 0.0))
     schedule = create_scheduler(cfg["scheduler"], optimizer, cfg["lr"], cfg["epochs"], steps_per_epoch,
                                 cfg["warmup_epochs"])
     precision = choose_precision(dev, cfg["amp"])
@@ -586,7 +608,8 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
                 scaler=scaler, schedule=schedule, ema=ema, raw_model=raw_model,
                 clip=ClipGrad(cfg["clip_grad"]) if cfg["clip_grad"] > 0 else no_clip,
                 bar=Bar() if cfg["progress"] and dist.is_main else NoBar(), mean=mean, std=std,
-                out=Path(cfg.get("run_dir") or "."), mask_only_weight=cfg["mask_only_weight"])
+                out=Path(cfg.get("run_dir") or "."), mask_only_weight=cfg["mask_only_weight"],
+                marginal=make_marginal(cfg))
     return model, raw_model, loop
 
 

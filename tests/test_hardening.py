@@ -157,6 +157,25 @@ def test_onecycle_warmup_means_what_it_says():
     assert np.isfinite(tiny).all()
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cyclic", "cosine"])
+def test_layer_decay_lowers_the_lr_towards_the_input_under_every_schedule(schedule):
+    import timm
+
+    from optimizer import create_optimizer, create_scheduler
+    from train import top_lr
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=18)
+    opt = create_optimizer("adamw", model, 1e-3, 0.01, layer_decay=0.9)
+    sched = create_scheduler(schedule, opt, 1e-3, 4, 10, 1)
+    for _ in range(10):  # to the peak of each schedule's warm-up
+        opt.step()
+        sched.step()
+    by_name = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    stem, head = by_name[id(model.conv_stem.weight)], by_name[id(model.classifier.weight)]
+    assert head == pytest.approx(top_lr(opt)) and stem < 0.25 * head  # 0.9 per block, about 17 blocks down
+    plain = create_optimizer("adamw", model, 1e-3, 0.01)
+    assert len({g["lr"] for g in plain.param_groups}) == 1
+
+
 def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
     from pathlib import Path
     from predict import output_names

@@ -10,9 +10,10 @@ import torch
 from conftest import run
 from decision import cross_fitted, decide, fit_decision, fit_offsets, macro_f1, read_offsets
 from inference import ensemble_offsets
-from labels import YEARS, decode, joint_targets
+from labels import AGE_MIN, YEARS, age_class, band_spread, decode, encode, joint_targets
 from loss import years_loss
-from model import combine_probs, joint_marginal
+from model import combine_probs, joint_marginal, soft_age_marginal
+from train import make_marginal
 
 
 def test_joint_target_carries_class_and_year_and_mixes_linearly():
@@ -23,6 +24,37 @@ def test_joint_target_carries_class_and_year_and_mixes_linearly():
     mixed = 0.3 * j[:1] + 0.7 * j[1:]  # what CutMix/MixUp hand the loss
     assert torch.allclose(joint_marginal(mixed, "label")[0, [7, 16]], torch.tensor([0.3, 0.7]))
     assert torch.allclose(joint_marginal(mixed, "years")[0, [27, 42]], torch.tensor([0.3, 0.7]))
+
+
+def _one_hot_joint(labels, years):
+    return torch.nn.functional.one_hot(torch.as_tensor(joint_targets(labels, years)), 18 * YEARS).float()
+
+
+def test_soft_age_bands_split_only_ages_near_an_edge():
+    spread = band_spread(3.0)
+    assert np.allclose(spread.sum(1), 1)
+    at = {y: spread[y - AGE_MIN] for y in (18, 29, 30, 45, 59, 60)}
+    assert at[18][0] > 0.99 and at[45][1] > 0.99  # far from an edge: one band
+    assert 0.5 < at[29][0] < 0.6 and 0.5 < at[30][1] < 0.6  # either side of 30: nearly even
+    assert 0.3 < at[59][2] < 0.5 and at[60][2] == 1  # 60 stands for "60 and over": its band whole
+    # the 18-class and age targets of a 29-year-old wearing a mask: the mask and gender stay hard
+    target = soft_age_marginal(spread)(_one_hot_joint([encode(0, 1, 0)], [29]), "label")[0]
+    assert target[encode(0, 1, 0)] == pytest.approx(at[29][0]) and target[encode(0, 1, 1)] == pytest.approx(at[29][1])
+    assert target.sum() == pytest.approx(1) and float(target[[encode(0, 1, 0), encode(0, 1, 1)]].sum()) == pytest.approx(1)
+
+
+@pytest.mark.parametrize("bounds", [(30, 60), (30, 58)])
+def test_hard_age_bands_are_todays_targets(bounds):
+    rng = np.random.default_rng(0)
+    years = rng.integers(18, 61, 300)
+    labels = encode(rng.integers(0, 3, 300), rng.integers(0, 2, 300), age_class(years, bounds))
+    joint = _one_hot_joint(labels, years)
+    hard = soft_age_marginal(band_spread(0, bounds))
+    for task in ("label", "mask", "gender", "age", "years"):
+        assert torch.equal(hard(joint, task), joint_marginal(joint, task)), task
+    assert make_marginal({"age_sigma": 0.0}) is joint_marginal
+    soft = make_marginal({"age_sigma": 3.0, "age_bounds": list(bounds)})
+    assert not torch.equal(soft(joint, "age"), joint_marginal(joint, "age"))
 
 
 def test_years_loss_treats_near_ages_as_near_misses():
