@@ -7,7 +7,8 @@ DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --batch_size 32 --progress False
 
-.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench
+.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
+  realface-faces realface-cv-faces
 
 install: $(STAMP)
 
@@ -46,9 +47,10 @@ clean:
 # Every run is scored on the same person-disjoint eval split of the real-face dataset (with the backbone
 # and lr of the defaults when this table was measured: efficientnet_lite0, 1e-3).
 RF := realface_data
-RF_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False
+# --source images: whole photos, even after face_image.py has cropped the folder (realface-cv-faces uses copies)
+RF_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False --source images
 ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
-OLD := --model efficientnet_lite0 --lr 1e-3
+OLD := --model efficientnet_lite0 --lr 1e-3 --tta none
 realface-data: install
 	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF) --masks flat
 
@@ -64,7 +66,7 @@ realface-experiments: realface-data demo-data
 	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_h_cutmix --cutmix 0.5
 	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_i_weighted --sampler weighted
 	@for r in rf_a_real rf_b_demo rf_c_demo_plus_real rf_d_original rf_e_bounds rf_f_heads rf_g_strong rf_h_cutmix rf_i_weighted; do \
-	  $(PY) inference.py --data_dir $(RF)/eval --model_dir model/$$r --output_dir output/rf --output_name $$r && \
+	  $(PY) inference.py --data_dir $(RF)/eval --model_dir model/$$r --tta none --output_dir output/rf --output_name $$r && \
 	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done
 
 # The headline quality figure: 5-fold CV out-of-fold macro F1 over all 497 train people of the real-face
@@ -78,28 +80,48 @@ CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['dec
 realface-cv: realface-data
 	for s in $(SEEDS); do \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none; \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0; \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s $(OLD); \
 	done
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --seed 1 $(OLD) --years_weight 1
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 \
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --tta none --seed 1 $(OLD) --years_weight 1
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 --tta none \
 	  --extra_data $(KAGGLE)
 	@for r in model/rfcv_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# One-seed screens of recipe changes against the defaults (README, Real faces, 5-fold CV: ablations); the
-# pseudo-label run takes its labels from the defaults' CV run (make realface-cv) on the eval photos.
+# The same on face crops, the way a user runs the toolkit (face_image.py, then train.py): copies of the
+# real-face training photos cropped with the second pass (the default) and with one pass (face_image.py as it
+# was), the defaults on the first, the previous defaults on the second (README, Real faces, on face crops).
+RFF := realface_faces
+realface-faces: realface-data
+	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RFF)/two/ && $(PY) face_image.py --data_dir $(RFF)/two)
+	test -d $(RFF)/one/train/faces || (mkdir -p $(RFF)/one && cp -r $(RF)/train $(RFF)/one/ && \
+	  $(PY) face_image.py --data_dir $(RFF)/one --second_pass False)
+
+realface-cv-faces: realface-faces
+	for s in $(SEEDS); do \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_defaults_s$$s --seed $$s; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
+	done
+	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# One-seed screens of recipe changes against the defaults of their time, which validated on one view
+# (--tta none; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
+# run's folds on the eval photos.
 ABLATIONS := ema:--ema=0.998 droppath:--drop_path=0.1 years025:--years_weight=0.25 weighted:--sampler=weighted \
-  mixup:--mixup=0.2 smooth0:--smoothing=0 wd005:--weight_decay=0.05 lite2:--model=efficientnet_lite2
+  mixup:--mixup=0.2 smooth0:--smoothing=0 wd005:--weight_decay=0.05 lite2:--model=efficientnet_lite2 \
+  img112:--img_size=112,96 bounds58:--age_bounds=30,58 agesigma3:--age_sigma=3 layerdecay09:--layer_decay=0.9
 realface-ablations: realface-data
-	test -f model/rfcv_defaults_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s1 --seed 1
+	test -f model/rfcv_notta_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s1 --seed 1 --tta none
 	for a in $(ABLATIONS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 $${a#*:}; done
-	$(PY) inference.py --data_dir $(RF)/eval --model_dir model/rfcv_defaults_s1 --cv=True --tta flip --output_dir output/rf \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 --tta none \
+	    $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
+	$(PY) inference.py --data_dir $(RF)/eval --model_dir model/rfcv_notta_s1 --cv=True --tta flip --output_dir output/rf \
 	  --output_name pseudo_source
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 \
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 --tta none \
 	  --pseudo output/rf/pseudo_source_probs.npy --pseudo_data $(RF)/eval --pseudo_threshold 0.7
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_img112_s1 --seed 1 --img_size 112 96
-	@for r in model/rfcv_defaults_s1 model/rfab_*_s1; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+	@for r in model/rfcv_notta_s1 model/rfab_*_s1; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Real masks (README, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
 # times (voc.split_by_photo, seeds 0-2); models trained on drawn masks only (the flat and the fitted
@@ -109,7 +131,7 @@ realface-ablations: realface-data
 KAGGLE := ../shared/realdata/kaggle_facemask
 RMSEED ?= 1
 MOW ?= 1.0
-RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED)
+RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED) --tta none
 realmask-bench: realface-data
 	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
@@ -119,6 +141,6 @@ realmask-bench: realface-data
 	  $(PY) train.py $(RM_ARGS) --data_dir $(RF)/train --extra_data realmask/split$$s/train --mask_only_weight $(MOW) \
 	    --run_dir model/rm_kaggle_s$$s; \
 	  for r in rm_flat rm_fitted rm_kaggle_s$$s; do \
-	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/$$r --out output/rm/$${r}_on$$s > /dev/null && \
+	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/$$r --tta none --out output/rm/$${r}_on$$s > /dev/null && \
 	    printf "%-14s split %s " $$r $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --pred_dir output/rm/$${r}_on$$s | head -1; \
 	  done; done

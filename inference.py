@@ -22,30 +22,12 @@ import torch
 import distributed
 from decision import decide, fit_decision, read_offsets
 from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
-from model import choose_precision, combine_probs, model_from_checkpoint, task_probs
+from model import TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
                    str2bool, writable_dir, write_csv_atomic)
 
-TTA_VIEWS = {
-    "none": ("id",),
-    "flip": ("id", "flip"),
-    "zoom": ("id", "zoom"),
-    "flip_zoom": ("id", "flip", "zoom", "flip_zoom"),
-}
 TASK_DIRS = ("mask", "gender", "age")
 DEMO_EVAL = "demo_data/eval"
-
-
-def view(x, name):
-    """A TTA view of a normalised batch."""
-    if "zoom" in name:  # central 90%, back to full size
-        h, w = x.shape[-2:]
-        dh, dw = round(h * 0.05), round(w * 0.05)
-        x = torch.nn.functional.interpolate(x[..., dh:h - dh, dw:w - dw], size=(h, w), mode="bilinear",
-                                            align_corners=False)
-    if "flip" in name:
-        x = x.flip(-1)
-    return x
 
 
 @torch.no_grad()
@@ -63,12 +45,9 @@ def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", 
     with choose_precision(dev, amp).autocast():
         for (x,) in to_device(pinned_batches(images, batch_size, dev.type == "cuda"), dev):
             x = transform(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)
-            acc = None
-            for v in views:
-                p = task_probs(model(view(x, v)).float(), meta["tasks"])
-                acc = p if acc is None else {t: acc[t] + p[t] for t in p}
-            for t, p in acc.items():
-                out.setdefault(t, []).append(p / len(views))
+            probs, _ = view_average(model, x, views, meta["tasks"])
+            for t, p in probs.items():
+                out.setdefault(t, []).append(p)
     return {t: torch.cat(v).cpu() for t, v in out.items()}
 
 
@@ -248,7 +227,8 @@ def build_parser():
     ap.add_argument("--weights", type=positive(float, 0, inclusive=True), nargs="*", default=None,
                     help="per-run weights for the ensemble")
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
-    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none")
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="flip",
+                    help="views averaged per image (flip: the photo and its mirror image; what train.py validates with)")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "
                     "validation predictions; for an ensemble of CV runs, fitted on their combined OOF) before the "

@@ -214,6 +214,39 @@ def task_probs(logits, tasks):
     return {t: torch.softmax(v.float(), dim=1) for t, v in split_heads(logits, tasks).items()}
 
 
+# Test-time views of a normalised batch, averaged in probability: inference.py, predict.py and
+# train.py's validation (so out-of-fold predictions and fitted decisions see what a submission sees).
+TTA_VIEWS = {
+    "none": ("id",),
+    "flip": ("id", "flip"),
+    "zoom": ("id", "zoom"),
+    "flip_zoom": ("id", "flip", "zoom", "flip_zoom"),
+}
+
+
+def view(x, name):
+    """A TTA view of a normalised batch."""
+    if "zoom" in name:  # central 90%, back to full size
+        h, w = x.shape[-2:]
+        dh, dw = round(h * 0.05), round(w * 0.05)
+        x = torch.nn.functional.interpolate(x[..., dh:h - dh, dw:w - dw], size=(h, w), mode="bilinear",
+                                            align_corners=False)
+    if "flip" in name:
+        x = x.flip(-1)
+    return x
+
+
+def view_average(model, x, views, tasks):
+    """-> ({task: probabilities averaged over the views}, the first view's logits)."""
+    first, acc = None, None
+    for v in views:
+        logits = model(view(x, v)).float()
+        p = task_probs(logits, tasks)
+        first = logits if first is None else first
+        acc = p if acc is None else {t: acc[t] + p[t] for t in p}
+    return {t: p / len(views) for t, p in acc.items()}, first
+
+
 def combine_probs(probs):
     """{task: (N, K) probabilities} -> (N, 18): the 18-class distribution as given ('label'), or
     the product of the mask, gender and age distributions (tasks taken as independent). A 'years'

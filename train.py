@@ -37,8 +37,8 @@ from evaluation import confusion_figure, macro_f1, score
 from face_image import mask_only_faces, mask_only_layout
 from labels import AGE_MIN, band_spread
 from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
-from model import (Precision, choose_precision, combine_probs, create_model, joint_marginal, load_checkpoint,
-                   save_checkpoint, soft_age_marginal, split_heads, task_probs)
+from model import (TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
+                   load_checkpoint, save_checkpoint, soft_age_marginal, split_heads, task_probs, view_average)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
                    make_parser, positive, refuse, seed_everything, str2bool, writable_dir, write_csv_atomic,
@@ -115,6 +115,9 @@ def build_parser():
                    "training aid for the shared features; the label (or age) head still decides (0: off)")
     g.add_argument("--years_sigma", type=pos, default=3.0,
                    help="the years head's targets: the true age spread by a Gaussian of this many years")
+    g.add_argument("--tta", choices=sorted(TTA_VIEWS), default="flip",
+                   help="views averaged when validating, so the epoch choice, out-of-fold predictions and fitted "
+                   "decisions see what inference.py's default (flip) sees")
     g.add_argument("--age_sigma", type=positive(float, 0, inclusive=True), default=0.0,
                    help="soft age bands: the 18-class and age targets spread each person's age (train.csv) by a "
                    "Gaussian of this many years before cutting it into bands (0: hard bands)")
@@ -437,6 +440,7 @@ class Loop:
     valid_labels: np.ndarray | None = None
     mask_only_weight: float = 1.0
     marginal: object = joint_marginal  # batch target over class x year -> a task's target
+    views: tuple = ("id",)  # test-time views averaged in validation
 
 
 
@@ -549,23 +553,22 @@ def evaluate(model, loader, loop):
     """Validation over every sample exactly once (gathered from all ranks); -> metrics dict plus
     'probs' {task: (N, K)} in dataset order. Read back from the device once, at the end."""
     model.eval()
-    idx_all, logits_all = [], []
+    idx_all, probs_all = [], []
     loss_sum = torch.zeros((), device=loop.device)
     for x, y, idx in loop.bar.wrap(to_device(loader, loop.device), "valid", len(loader)):
         x = loop.eval_transform(x).contiguous(memory_format=loop.memory_format)
         with loop.precision.autocast():
-            logits = model(x).float()
+            probs, logits = view_average(model, x, loop.views, loop.tasks)
         target = torch.nn.functional.one_hot(y[:, 1], 18 * YEARS).float()
         loss_sum += heads_loss(logits, target, loop.tasks, loop.loss_fns, loop.head_weights, marginal=loop.marginal) * len(idx)
         idx_all.append(idx)
-        logits_all.append(logits)
+        probs_all.append(torch.cat([probs[t] for t in loop.tasks], 1))
     width = sum(TASKS[t] for t in loop.tasks)
     mine = (torch.cat(idx_all).cpu() if idx_all else torch.zeros(0, dtype=torch.long),
-            torch.cat(logits_all).cpu() if logits_all else torch.zeros(0, width), float(loss_sum))
+            torch.cat(probs_all).cpu() if probs_all else torch.zeros(0, width), float(loss_sum))
     parts = distributed.gather_objects(mine)
     idx = torch.cat([p[0] for p in parts])
-    logits = torch.cat([p[1] for p in parts])[idx.argsort()]
-    probs = task_probs(logits, loop.tasks)
+    probs = split_heads(torch.cat([p[1] for p in parts])[idx.argsort()], loop.tasks)
     m = unit_metrics(loop.tasks, probs, loop.valid_labels)
     return {**m, "loss": sum(p[2] for p in parts) / max(len(idx), 1), "n": len(idx), "probs": probs}
 
@@ -609,7 +612,7 @@ def build_training(cfg, tasks, train_labels, steps_per_epoch, dist):
                 clip=ClipGrad(cfg["clip_grad"]) if cfg["clip_grad"] > 0 else no_clip,
                 bar=Bar() if cfg["progress"] and dist.is_main else NoBar(), mean=mean, std=std,
                 out=Path(cfg.get("run_dir") or "."), mask_only_weight=cfg["mask_only_weight"],
-                marginal=make_marginal(cfg))
+                marginal=make_marginal(cfg), views=TTA_VIEWS[cfg.get("tta", "none")])
     return model, raw_model, loop
 
 

@@ -305,7 +305,7 @@ def test_ensemble_weights_and_hard_vote_by_hand():
 
 
 def test_zoom_tta_view_is_the_central_90_percent():
-    from inference import view
+    from model import view
     x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20)
     z = view(x, "zoom")
     ref = torch.nn.functional.interpolate(x[..., 1:19, 1:19], size=(20, 20), mode="bilinear", align_corners=False)
