@@ -1,4 +1,5 @@
-"""Models over timm's zoo, offline pretrained weights, and the one checkpoint save/load pair.
+"""Models over timm's zoo, offline pretrained weights, the one checkpoint save/load pair, and the
+test-time views (TTA) that validation and every prediction average.
 
     python model.py --list                 # every model name timm knows
     python model.py --check efficientnet_lite0   # build it, load the offline ImageNet weights
