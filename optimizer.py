@@ -26,6 +26,11 @@ def create_optimizer(name, model, lr, weight_decay=0.0, momentum=0.9, layer_deca
                                layer_decay=layer_decay or None, **kw)
 
 
+def top_lr(optimizer):
+    """The head's lr (with layer decay the groups differ; the first is the stem's)."""
+    return max(g["lr"] for g in optimizer.param_groups)
+
+
 class Schedule:
     """Uniform per-update interface over timm schedulers (cosine, step with warmup) and torch's
     OneCycleLR/CyclicLR: call .step() after each optimizer step."""

@@ -39,7 +39,7 @@ from labels import AGE_MIN, band_spread
 from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
 from model import (TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
                    load_checkpoint, save_checkpoint, soft_age_marginal, split_heads, task_probs, view_average)
-from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
+from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler, top_lr
 from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
                    make_parser, positive, refuse, seed_everything, str2bool, writable_dir, write_csv_atomic,
                    write_json_atomic)
@@ -528,11 +528,6 @@ def train_one_epoch(model, loader, loop, epoch):
     m = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())
     return {"loss": float(total) / max(sum(len(v) for v in ys), 1), "f1": m["f1"], "accuracy": m["accuracy"],
             "lr": top_lr(loop.optimizer)}
-
-
-def top_lr(optimizer):
-    """The head's lr (with layer decay the groups differ; the first is the stem's)."""
-    return max(g["lr"] for g in optimizer.param_groups)
 
 
 def _running_figures(loop, total, logits_all, ys):

@@ -161,8 +161,7 @@ def test_onecycle_warmup_means_what_it_says():
 def test_layer_decay_lowers_the_lr_towards_the_input_under_every_schedule(schedule):
     import timm
 
-    from optimizer import create_optimizer, create_scheduler
-    from train import top_lr
+    from optimizer import create_optimizer, create_scheduler, top_lr
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=18)
     opt = create_optimizer("adamw", model, 1e-3, 0.01, layer_decay=0.9)
     sched = create_scheduler(schedule, opt, 1e-3, 4, 10, 1)
