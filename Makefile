@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_data
-# The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
+# The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget; batches of 32
+# instead of the default 16 keep `make demo` well under 10 minutes on 2 cores (16 takes about 1.2x as long).
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --batch_size 32 --progress False
 
 .PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
@@ -48,9 +49,11 @@ clean:
 # and lr of the defaults when this table was measured: efficientnet_lite0, 1e-3).
 RF := realface_data
 # --source images: whole photos, even after face_image.py has cropped the folder (realface-cv-faces uses copies)
-RF_ARGS := --model_dir model --img_size 96 80 --batch_size 32 --epochs 5 --progress False --source images
+RF_ARGS := --model_dir model --img_size 96 80 --epochs 5 --progress False --source images
+# the batch of every recipe before batch 16 became the default
+B32 := --batch_size 32
 ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
-OLD := --model efficientnet_lite0 --lr 1e-3 --tta none
+OLD := --model efficientnet_lite0 --lr 1e-3 --tta none $(B32)
 realface-data: install
 	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF) --masks flat
 
@@ -70,9 +73,10 @@ realface-experiments: realface-data demo-data
 	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done
 
 # The headline quality figure: 5-fold CV out-of-fold macro F1 over all 497 train people of the real-face
-# dataset, 3 seeds, for the defaults (efficientnet_lite1, lr 2e-3), lite0 at lr 2e-3, and lite0 at lr 1e-3
-# (the defaults before); one-seed ablations. Each run prints its argmax CV figure and the cross-fitted figure
-# with fitted offsets (both from its cv.json). About 10 minutes a lite0 run on 2 cores, 15 a lite1 run.
+# dataset, 3 seeds, for the defaults (efficientnet_lite1, lr 2e-3, batch 16, flip TTA), the same at batch 32 and
+# on one view (the defaults before), lite0 at lr 2e-3, and lite0 at lr 1e-3 (the first defaults); one-seed
+# ablations. Each run prints its argmax CV figure and the cross-fitted figure with fitted offsets (both from its
+# cv.json). About 10 minutes a lite0 run on 2 cores, 15 a lite1 run (20 at batch 16).
 SEEDS ?= 1 2 3
 # one line per CV run: out-of-fold macro F1 by argmax and with cross-fitted decisions, and age F1
 CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['decided_cross_fitted']; \
@@ -80,18 +84,20 @@ CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['dec
 realface-cv: realface-data
 	for s in $(SEEDS); do \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b32_s$$s --seed $$s $(B32); \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none $(B32); \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0 --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s $(OLD); \
 	done
 	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --tta none --seed 1 $(OLD) --years_weight 1
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 --tta none \
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 --tta none $(B32) \
 	  --extra_data $(KAGGLE)
 	@for r in model/rfcv_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # The same on face crops, the way a user runs the toolkit (face_image.py, then train.py): copies of the
 # real-face training photos cropped with the second pass (the default) and with one pass (face_image.py as it
-# was), the defaults on the first, the previous defaults on the second (README, Real faces, on face crops).
+# was), the defaults (and the defaults before: batch 32, one view) on the first, the first defaults on the
+# second (README, Real faces, on face crops).
 RFF := realface_faces
 realface-faces: realface-data
 	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RFF)/two/ && $(PY) face_image.py --data_dir $(RFF)/two)
@@ -101,25 +107,26 @@ realface-faces: realface-data
 realface-cv-faces: realface-faces
 	for s in $(SEEDS); do \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_defaults_s$$s --seed $$s; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none; \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_b32_s$$s --seed $$s $(B32); \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
 	done
 	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# One-seed screens of recipe changes against the defaults of their time, which validated on one view
-# (--tta none; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
+# One-seed screens of recipe changes against the defaults of their time, which validated on one view with
+# batches of 32 (--tta none --batch_size 32; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
 # run's folds on the eval photos.
 ABLATIONS := ema:--ema=0.998 droppath:--drop_path=0.1 years025:--years_weight=0.25 weighted:--sampler=weighted \
   mixup:--mixup=0.2 smooth0:--smoothing=0 wd005:--weight_decay=0.05 lite2:--model=efficientnet_lite2 \
   img112:--img_size=112,96 bounds58:--age_bounds=30,58 agesigma3:--age_sigma=3 layerdecay09:--layer_decay=0.9
 realface-ablations: realface-data
-	test -f model/rfcv_notta_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s1 --seed 1 --tta none
+	test -f model/rfcv_notta_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s1 --seed 1 --tta none $(B32)
 	for a in $(ABLATIONS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 --tta none \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 --tta none $(B32) \
 	    $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
 	$(PY) inference.py --data_dir $(RF)/eval --model_dir model/rfcv_notta_s1 --cv=True --tta flip --output_dir output/rf \
 	  --output_name pseudo_source
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 --tta none \
+	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 --tta none $(B32) \
 	  --pseudo output/rf/pseudo_source_probs.npy --pseudo_data $(RF)/eval --pseudo_threshold 0.7
 	@for r in model/rfcv_notta_s1 model/rfab_*_s1; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
