@@ -98,6 +98,8 @@ realface-cv: realface-data
 # was), the defaults (and the defaults before: batch 32, one view) on the first, the first defaults on the
 # second (README, Real faces, on face crops).
 RFF := realface_faces
+# 5-fold CV on the second-pass crops (face_image.py's default)
+RFF_CV = $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True
 realface-faces: realface-data
 	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RFF)/two/ && $(PY) face_image.py --data_dir $(RFF)/two)
 	test -d $(RFF)/one/train/faces || (mkdir -p $(RFF)/one && cp -r $(RF)/train $(RFF)/one/ && \
@@ -105,9 +107,9 @@ realface-faces: realface-data
 
 realface-cv-faces: realface-faces
 	for s in $(SEEDS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_defaults_s$$s --seed $$s; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_b32_s$$s --seed $$s $(B32); \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none $(B32); \
+	  $(RFF_CV) --run_dir model/rfcvf_defaults_s$$s --seed $$s; \
+	  $(RFF_CV) --run_dir model/rfcvf_b32_s$$s --seed $$s $(B32); \
+	  $(RFF_CV) --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
 	done
 	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
@@ -115,10 +117,10 @@ realface-cv-faces: realface-faces
 # Batch size and learning rate around today's defaults (batch 16, lr 2e-3), on the same face crops
 # (README, Real faces, 5-fold CV: face crops). lr 3e-3 ran with 3 seeds, the others with seed 1.
 realface-batch-screens: realface-faces
-	$(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_b8_s1 --seed 1 --batch_size 8
-	$(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_lr1e-3_s1 --seed 1 --lr 1e-3
+	$(RFF_CV) --run_dir model/rfcvf_b8_s1 --seed 1 --batch_size 8
+	$(RFF_CV) --run_dir model/rfcvf_lr1e-3_s1 --seed 1 --lr 1e-3
 	for s in $(SEEDS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True --run_dir model/rfcvf_lr3e-3_s$$s --seed $$s --lr 3e-3; \
+	  $(RFF_CV) --run_dir model/rfcvf_lr3e-3_s$$s --seed $$s --lr 3e-3; \
 	done
 	@for r in model/rfcvf_b8_* model/rfcvf_lr*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
