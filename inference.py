@@ -22,7 +22,7 @@ import torch
 import distributed
 from decision import decide, fit_decision, read_offsets
 from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
-from model import TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
+from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
                    str2bool, writable_dir, write_csv_atomic)
 
@@ -227,7 +227,7 @@ def build_parser():
     ap.add_argument("--weights", type=positive(float, 0, inclusive=True), nargs="*", default=None,
                     help="per-run weights for the ensemble")
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
-    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="flip",
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA,
                     help="views averaged per image (flip: the photo and its mirror image; what train.py validates with)")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "

@@ -223,6 +223,9 @@ TTA_VIEWS = {
     "zoom": ("id", "zoom"),
     "flip_zoom": ("id", "flip", "zoom", "flip_zoom"),
 }
+# the views train.py validates with and inference.py and predict.py average unless told otherwise: one
+# default, so the fitted decisions always see what a submission sees
+DEFAULT_TTA = "flip"
 
 
 def view(x, name):

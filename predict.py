@@ -20,7 +20,7 @@ from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepa
 from decision import decide, read_offsets
 from face_image import FaceDetector, crop_for_model
 from inference import find_groups, load_models, run_groups
-from model import TTA_VIEWS
+from model import DEFAULT_TTA, TTA_VIEWS
 from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
 
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
@@ -91,7 +91,7 @@ def main(argv):
     ap.add_argument("--model_dir", required=True, help="run folder written by train.py")
     ap.add_argument("--pth_name", default="best.pth")
     ap.add_argument("--out", default="predictions", help="output folder")
-    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default="flip", help="views averaged per photo")
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA, help="views averaged per photo")
     ap.add_argument("--min_score", type=float, default=0.9, help="minimum face detection score")
     ap.add_argument("--detect_size", type=int, default=1024, help="longest side seen by the detector (0: full)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -37,7 +37,7 @@ from evaluation import confusion_figure, macro_f1, score
 from face_image import mask_only_faces, mask_only_layout
 from labels import AGE_MIN, band_spread
 from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
-from model import (TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
+from model import (DEFAULT_TTA, TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
                    load_checkpoint, save_checkpoint, soft_age_marginal, split_heads, task_probs, view_average)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler, top_lr
 from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
@@ -115,9 +115,9 @@ def build_parser():
                    "training aid for the shared features; the label (or age) head still decides (0: off)")
     g.add_argument("--years_sigma", type=pos, default=3.0,
                    help="the years head's targets: the true age spread by a Gaussian of this many years")
-    g.add_argument("--tta", choices=sorted(TTA_VIEWS), default="flip",
+    g.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA,
                    help="views averaged when validating, so the epoch choice, out-of-fold predictions and fitted "
-                   "decisions see what inference.py's default (flip) sees")
+                   f"decisions see what inference.py's default ({DEFAULT_TTA}) sees")
     g.add_argument("--age_sigma", type=positive(float, 0, inclusive=True), default=0.0,
                    help="soft age bands: the 18-class and age targets spread each person's age (train.csv) by a "
                    "Gaussian of this many years before cutting it into bands (0: hard bands)")

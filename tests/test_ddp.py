@@ -11,7 +11,7 @@ from conftest import REPO, TINY, run
 from dataset import Log, build_table, decode_many
 from evaluation import score
 from inference import predict_probs
-from model import model_from_checkpoint
+from model import DEFAULT_TTA, model_from_checkpoint
 from test_mask_only import _voc_dir
 
 
@@ -61,9 +61,9 @@ def test_torchrun_two_processes(tiny_root, tmp_path):
     assert sorted(vp["path"]) == sorted(table.loc[table["people_path"].isin(valid_people), "path"])  # each once
     model, meta = model_from_checkpoint(runs[0] / "best.pth")
     arrays, _ = decode_many([tiny_root / "train" / p for p in vp["path"]], [((32, 32), "center")])
-    # validation averages the views inference.py's default averages (flip), so the fitted decisions fit them
-    assert meta["config"]["tta"] == "flip"
-    probs = predict_probs(model, meta, arrays[((32, 32), "center")], tta="flip")["label"].numpy()
+    # validation averages the views inference.py's default averages, so the fitted decisions fit them
+    assert meta["config"]["tta"] == DEFAULT_TTA
+    probs = predict_probs(model, meta, arrays[((32, 32), "center")], tta=DEFAULT_TTA)["label"].numpy()
     assert np.allclose(probs, vp[[f"p{i}" for i in range(18)]].to_numpy(), atol=1e-5)
     assert score(vp["label"].to_numpy(), probs.argmax(1))["f1"] == pytest.approx(metrics["best_f1"], abs=1e-12)
 
