@@ -282,11 +282,13 @@ def test_mixup_and_cutmix_targets_are_distributions_of_the_batch_labels():
 
 
 def test_early_stopping_clip_grad_and_ema_run_and_resume(tiny_root, tmp_path):
-    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *TINY, "--epochs", "4",
+    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *TINY, "--epochs", "10",
             "--patience", "1", "--clip_grad", "1.0", "--ema", "0.9", "--lr", "1e-6", "--run_dir", tmp_path / "r"]
     p = run(*base)
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert "early stop" in p.stdout and len(metrics["history"]) < 4  # lr 1e-6: no progress, patience 1
+    # lr 1e-6: the weights barely move, so validation F1 stops rising once BatchNorm's running statistics
+    # settle (it still rose for 3 epochs here), and patience 1 ends the run well before 10 epochs
+    assert "early stop" in p.stdout and len(metrics["history"]) < 10
     last = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
     assert {k.removeprefix("module.") for k in last["ema"]} == set(last["model"])  # EMA weights kept for --resume
 
