@@ -8,7 +8,7 @@ DEMO := demo_data
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-batch-screens
+  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens
 
 install: $(STAMP)
 
@@ -33,8 +33,8 @@ demo: demo-data
 	$(PY) train.py $(DEMO_ARGS) --run_dir model/demo_single --epochs 8
 	$(PY) train.py $(DEMO_ARGS) --run_dir model/demo_cv --cv True --k_folds 3 --epochs 7
 	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_single --output_dir output/demo --output_name single
-	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_cv --cv=True --tta flip --output_dir output/demo --output_name cv
-	$(PY) inference.py --data_dir $(DEMO)/eval --ensemble=True --ensemble_model_dir model/demo_single model/demo_cv --tta flip --output_dir output/demo --output_name ensemble
+	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_cv --cv=True --output_dir output/demo --output_name cv
+	$(PY) inference.py --data_dir $(DEMO)/eval --ensemble=True --ensemble_model_dir model/demo_single model/demo_cv --output_dir output/demo --output_name ensemble
 	@for n in single cv ensemble; do printf "%-9s " $$n; $(PY) evaluation.py --gt_dir $(DEMO)/eval --output_dir output/demo --output_name $$n --per_class False; done
 
 bench: install
@@ -53,6 +53,8 @@ RF_ARGS := --model_dir model --img_size 96 80 --epochs 5 --progress False --sour
 B32 := --batch_size 32
 ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
 OLD := --model efficientnet_lite0 --lr 1e-3 --tta none $(B32)
+# the views of every recipe before flip_zoom became the default
+FLIP := --tta flip
 realface-data: install
 	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF) --masks flat
 
@@ -72,7 +74,7 @@ realface-experiments: realface-data demo-data
 	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done
 
 # The headline quality figure: 5-fold CV out-of-fold macro F1 over all 497 train people of the real-face
-# dataset, 3 seeds, for the defaults (efficientnet_lite1, lr 2e-3, batch 16, flip TTA), the same at batch 32 and
+# dataset, 3 seeds, for the defaults of before (efficientnet_lite1, lr 2e-3, batch 16, flip TTA), the same at batch 32 and
 # on one view (the defaults before), lite0 at lr 2e-3, and lite0 at lr 1e-3 (the first defaults); one-seed
 # ablations. Each run prints its argmax CV figure and the cross-fitted figure with fitted offsets (both from its
 # cv.json). About 10 minutes a lite0 run on 2 cores, 15 a lite1 run (20 at batch 16).
@@ -82,8 +84,8 @@ CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['dec
   print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")"
 realface-cv: realface-data
 	for s in $(SEEDS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b32_s$$s --seed $$s $(B32); \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s $(FLIP); \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b32_s$$s --seed $$s $(B32) $(FLIP); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0 --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s $(OLD); \
@@ -95,7 +97,7 @@ realface-cv: realface-data
 
 # The same on face crops, the way a user runs the toolkit (face_image.py, then train.py): copies of the
 # real-face training photos cropped with the second pass (the default) and with one pass (face_image.py as it
-# was), the defaults (and the defaults before: batch 32, one view) on the first, the first defaults on the
+# was), the defaults (and the defaults before: flip TTA, batch 32, one view) on the first, the first defaults on the
 # second (README, Real faces, on face crops).
 RFF := realface_faces
 # 5-fold CV on the second-pass crops (face_image.py's default)
@@ -108,21 +110,31 @@ realface-faces: realface-data
 realface-cv-faces: realface-faces
 	for s in $(SEEDS); do \
 	  $(RFF_CV) --run_dir model/rfcvf_defaults_s$$s --seed $$s; \
-	  $(RFF_CV) --run_dir model/rfcvf_b32_s$$s --seed $$s $(B32); \
+	  $(RFF_CV) --run_dir model/rfcvf_b16flip_s$$s --seed $$s $(FLIP); \
+	  $(RFF_CV) --run_dir model/rfcvf_b32_s$$s --seed $$s $(B32) $(FLIP); \
 	  $(RFF_CV) --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
 	done
 	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# Batch size and learning rate around today's defaults (batch 16, lr 2e-3), on the same face crops
+# Batch size and learning rate around the defaults of the time (batch 16, lr 2e-3, flip TTA), on the same face crops
 # (README, Real faces, 5-fold CV: face crops). lr 3e-3 ran with 3 seeds, the others with seed 1.
 realface-batch-screens: realface-faces
-	$(RFF_CV) --run_dir model/rfcvf_b8_s1 --seed 1 --batch_size 8
-	$(RFF_CV) --run_dir model/rfcvf_lr1e-3_s1 --seed 1 --lr 1e-3
+	$(RFF_CV) --run_dir model/rfcvf_b8_s1 --seed 1 --batch_size 8 $(FLIP)
+	$(RFF_CV) --run_dir model/rfcvf_lr1e-3_s1 --seed 1 --lr 1e-3 $(FLIP)
 	for s in $(SEEDS); do \
-	  $(RFF_CV) --run_dir model/rfcvf_lr3e-3_s$$s --seed $$s --lr 3e-3; \
+	  $(RFF_CV) --run_dir model/rfcvf_lr3e-3_s$$s --seed $$s --lr 3e-3 $(FLIP); \
 	done
 	@for r in model/rfcvf_b8_* model/rfcvf_lr*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# Losses, the schedule, three heads and test-time views against the defaults of the time (flip TTA), same crops, seed 1 (README,
+# Real faces, 5-fold CV: face crops); label smoothing stays 0.1 where the loss takes it, so only the loss changes.
+RECIPE_SCREENS := focal:--loss=focal,--smoothing=0.1 weightedce:--loss=weighted_ce,--smoothing=0.1 f1:--loss=f1 \
+  cosine:--scheduler=cosine heads:--heads flipzoom:--tta=flip_zoom
+realface-recipe-screens: realface-faces
+	for a in $(RECIPE_SCREENS); do \
+	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $(FLIP) $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
+	@for a in $(RECIPE_SCREENS); do r=model/rfcvf_$${a%%:*}_s1; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # One-seed screens of recipe changes against the defaults of their time, which validated on one view with
 # batches of 32 (--tta none --batch_size 32; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
