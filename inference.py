@@ -228,8 +228,8 @@ def build_parser():
                     help="per-run weights for the ensemble")
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA,
-                    help="views averaged per image (flip_zoom: the photo, its mirror image and the central 90%% of both; "
-                    "what train.py validates with by default)")
+                    help="views averaged per image (flip: the photo and its mirror image; zoom: and its central 90%%; "
+                    "the default is what train.py validates with by default)")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "
                     "validation predictions; for an ensemble of CV runs, fitted on their combined OOF) before the "
