@@ -84,7 +84,7 @@ CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['dec
   print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")"
 realface-cv: realface-data
 	for s in $(SEEDS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_defaults_s$$s --seed $$s $(FLIP); \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b16flip_s$$s --seed $$s $(FLIP); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b32_s$$s --seed $$s $(B32) $(FLIP); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none $(B32); \
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0 --tta none $(B32); \
@@ -127,10 +127,11 @@ realface-batch-screens: realface-faces
 	done
 	@for r in model/rfcvf_b8_* model/rfcvf_lr*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# Losses, the schedule, three heads and test-time views against the defaults of the time (flip TTA), same crops, seed 1 (README,
+# Losses, the schedule and three heads against the defaults of the time (flip TTA), same crops, seed 1 (README,
 # Real faces, 5-fold CV: face crops); label smoothing stays 0.1 where the loss takes it, so only the loss changes.
+# The flip + zoom row is realface-cv-faces' rfcvf_defaults (the default views now), not run again here.
 RECIPE_SCREENS := focal:--loss=focal,--smoothing=0.1 weightedce:--loss=weighted_ce,--smoothing=0.1 f1:--loss=f1 \
-  cosine:--scheduler=cosine heads:--heads flipzoom:--tta=flip_zoom
+  cosine:--scheduler=cosine heads:--heads
 realface-recipe-screens: realface-faces
 	for a in $(RECIPE_SCREENS); do \
 	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $(FLIP) $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
