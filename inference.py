@@ -140,6 +140,13 @@ def load_models(groups, device):
     return {ck: model_from_checkpoint(ck, device) for g in groups for ck in g}
 
 
+def run_tta(groups, models):
+    """The views a run validated with (its config's tta), so that the decisions fitted on its validation
+    predictions see at prediction time what they were fitted on; DEFAULT_TTA for checkpoints older
+    than train.py's --tta."""
+    return models[groups[0][0]][1].get("config", {}).get("tta", DEFAULT_TTA)
+
+
 def run_groups(groups, arrays, models, **opts):
     """Mean over groups of the 18-class distribution of each group. opts: predict_probs's (tta,
     batch_size, device, amp)."""
@@ -227,9 +234,10 @@ def build_parser():
     ap.add_argument("--weights", type=positive(float, 0, inclusive=True), nargs="*", default=None,
                     help="per-run weights for the ensemble")
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
-    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA,
-                    help="views averaged per image (flip: the photo and its mirror image; zoom: and its central 90%%; "
-                    "the default is what train.py validates with by default)")
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
+                    help="views averaged per image (flip: the photo and its mirror image; zoom: and its central 90%%). "
+                    f"Default: each run's own, the views train.py validated it with and fitted its decisions on "
+                    f"(train.py's --tta, default {DEFAULT_TTA})")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "
                     "validation predictions; for an ensemble of CV runs, fitted on their combined OOF) before the "
@@ -271,8 +279,9 @@ def main(argv):
     metas = [meta for _, meta in models.values()]
     arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
                               device if args.gpu_decode else "cpu")
-    run_probs = [run_groups(gs, arrays, models, tta=args.tta, batch_size=batch_size, device=device, amp=args.amp)
-                 for gs in run_groups_]
+    ttas = [args.tta or run_tta(gs, models) for gs in run_groups_]
+    run_probs = [run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp)
+                 for gs, tta in zip(run_groups_, ttas)]
     run_offsets = [read_offsets(r) if args.decision == "fitted" else None for r in runs]
     offsets, how = ensemble_offsets(runs, weights, run_offsets) if args.decision == "fitted" else (None, "argmax")
     probs, ans = vote(run_probs, weights, args.vote, offsets, run_offsets)
@@ -281,7 +290,8 @@ def main(argv):
         np.save(tmp, probs.astype(np.float32))
     write_csv_atomic(sub, out / f"{args.output_name}.csv")
     n_models = sum(len(g) for gs in run_groups_ for g in gs)
-    print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={args.tta}, vote={args.vote}, "
+    views = ",".join(dict.fromkeys(ttas))
+    print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={views}, vote={args.vote}, "
           f"decision {how if args.vote == 'soft' else 'per run'} -> {out / (args.output_name + '.csv')}", file=sys.stderr)
 
 

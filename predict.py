@@ -19,8 +19,8 @@ import distributed
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
 from decision import decide, read_offsets
 from face_image import FaceDetector, crop_for_model
-from inference import find_groups, load_models, run_groups
-from model import DEFAULT_TTA, TTA_VIEWS
+from inference import find_groups, load_models, run_groups, run_tta
+from model import TTA_VIEWS
 from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
 
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
@@ -91,7 +91,8 @@ def main(argv):
     ap.add_argument("--model_dir", required=True, help="run folder written by train.py")
     ap.add_argument("--pth_name", default="best.pth")
     ap.add_argument("--out", default="predictions", help="output folder")
-    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA, help="views averaged per photo")
+    ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
+                    help="views averaged per photo (default: the run's own, as inference.py)")
     ap.add_argument("--min_score", type=float, default=0.9, help="minimum face detection score")
     ap.add_argument("--detect_size", type=int, default=1024, help="longest side seen by the detector (0: full)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -124,7 +125,7 @@ def main(argv):
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1]), k[0], "none") for im, box in crops])
               if crops else None for k in keys}
-    probs = run_groups(groups, arrays, models, tta=args.tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
+    probs = run_groups(groups, arrays, models, tta=args.tta or run_tta(groups, models), batch_size=32, device=device) if crops else np.zeros((0, 18))
     labels = decide(probs, read_offsets(args.model_dir) if args.decision == "fitted" else None)
     k = 0
     n_faces = 0

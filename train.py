@@ -117,7 +117,7 @@ def build_parser():
                    help="the years head's targets: the true age spread by a Gaussian of this many years")
     g.add_argument("--tta", choices=sorted(TTA_VIEWS), default=DEFAULT_TTA,
                    help="views averaged when validating, so the epoch choice, out-of-fold predictions and fitted "
-                   f"decisions see what inference.py's default ({DEFAULT_TTA}) sees")
+                   "decisions see what prediction sees (inference.py and predict.py use the run's views by default)")
     g.add_argument("--age_sigma", type=positive(float, 0, inclusive=True), default=0.0,
                    help="soft age bands: the 18-class and age targets spread each person's age (train.csv) by a "
                    "Gaussian of this many years before cutting it into bands (0: hard bands)")

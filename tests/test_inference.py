@@ -73,6 +73,21 @@ def test_flip_tta_on_a_symmetric_input_changes_nothing(tiny_runs):
     assert not torch.allclose(predict_probs(m, meta, asym, "none")["label"], predict_probs(m, meta, asym, "flip")["label"])
 
 
+def test_default_views_are_the_ones_the_run_fitted_its_decisions_on(tiny_root, tiny_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs["single"], run_dir)
+    ck = load_checkpoint(run_dir / "best.pth")
+    ck["meta"]["config"]["tta"] = "none"  # as if trained with train.py --tta none
+    torch.save(ck, run_dir / "best.pth")
+    probs, said = {}, {}
+    for name, args in {"default": [], "none": ["--tta", "none"], "flip_zoom": ["--tta", "flip_zoom"]}.items():
+        said[name] = _infer(tiny_root, tmp_path, "--model_dir", run_dir, "--output_name", name, *args).stderr
+        probs[name] = np.load(tmp_path / f"{name}_probs.npy")
+    assert "tta=none," in said["default"]
+    assert np.array_equal(probs["default"], probs["none"])
+    assert not np.allclose(probs["default"], probs["flip_zoom"], atol=1e-4)
+
+
 def test_corrupt_eval_image_exits_2_and_writes_nothing(tiny_root, tiny_runs, tmp_path):
     ev = tmp_path / "eval"
     shutil.copytree(tiny_root / "eval", ev)
