@@ -236,7 +236,7 @@ def build_parser():
     ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
                     help="views averaged per image (flip: the photo and its mirror image; zoom: and its central 90%%). "
-                    f"Default: each run's own, the views train.py validated it with and fitted its decisions on "
+                    "Default: each run's own, the views train.py validated it with and fitted its decisions on "
                     f"(train.py's --tta, default {DEFAULT_TTA})")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "

@@ -125,7 +125,8 @@ def main(argv):
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1]), k[0], "none") for im, box in crops])
               if crops else None for k in keys}
-    probs = run_groups(groups, arrays, models, tta=args.tta or run_tta(groups, models), batch_size=32, device=device) if crops else np.zeros((0, 18))
+    tta = args.tta or run_tta(groups, models)
+    probs = run_groups(groups, arrays, models, tta=tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
     labels = decide(probs, read_offsets(args.model_dir) if args.decision == "fitted" else None)
     k = 0
     n_faces = 0
