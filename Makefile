@@ -132,14 +132,16 @@ realface-batch-screens: realface-faces
 # The flip + zoom row is realface-cv-faces' rfcvf_defaults (the default views now), not run again here.
 RECIPE_SCREENS := focal:--loss=focal,--smoothing=0.1 weightedce:--loss=weighted_ce,--smoothing=0.1 f1:--loss=f1 \
   cosine:--scheduler=cosine heads:--heads
-# Dropout against today's defaults (flip + zoom; compare with rfcvf_defaults_s1).
-NOW_SCREENS := drop0:--drop_rate=0.0 drop03:--drop_rate=0.3
+# Dropout, warm-up and label smoothing against today's defaults (flip + zoom; compare with rfcvf_defaults_s1).
+NOW_SCREENS := drop0:--drop_rate=0.0 drop03:--drop_rate=0.3 warmup05:--warmup_epochs=0.5 smooth02:--smoothing=0.2
 realface-recipe-screens: realface-faces
 	for a in $(RECIPE_SCREENS); do \
 	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $(FLIP) $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
 	for a in $(NOW_SCREENS); do \
 	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
+	for s in 2 3; do $(RFF_CV) --run_dir model/rfcvf_smooth02_s$$s --seed $$s --smoothing 0.2; done  # level on seed 1
 	@for a in $(RECIPE_SCREENS) $(NOW_SCREENS); do r=model/rfcvf_$${a%%:*}_s1; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+	@for s in 2 3; do r=model/rfcvf_smooth02_s$$s; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # One-seed screens of recipe changes against the defaults of their time, which validated on one view with
 # batches of 32 (--tta none --batch_size 32; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
