@@ -61,7 +61,8 @@ def test_torchrun_two_processes(tiny_root, tmp_path):
     assert sorted(vp["path"]) == sorted(table.loc[table["people_path"].isin(valid_people), "path"])  # each once
     model, meta = model_from_checkpoint(runs[0] / "best.pth")
     arrays, _ = decode_many([tiny_root / "train" / p for p in vp["path"]], [((32, 32), "center")])
-    # validation averages the views inference.py's default averages, so the fitted decisions fit them
+    # validation averages the run's views (DEFAULT_TTA here), which inference.py averages by default, so the
+    # fitted decisions fit them
     assert meta["config"]["tta"] == DEFAULT_TTA
     probs = predict_probs(model, meta, arrays[((32, 32), "center")], tta=DEFAULT_TTA)["label"].numpy()
     assert np.allclose(probs, vp[[f"p{i}" for i in range(18)]].to_numpy(), atol=1e-5)
