@@ -132,10 +132,10 @@ realface-batch-screens: realface-faces
 # The flip + zoom row is realface-cv-faces' rfcvf_defaults (the default views now), not run again here.
 RECIPE_SCREENS := focal:--loss=focal,--smoothing=0.1 weightedce:--loss=weighted_ce,--smoothing=0.1 f1:--loss=f1 \
   cosine:--scheduler=cosine heads:--heads
-# Dropout, warm-up, label smoothing and two optimizers against today's defaults (flip + zoom; compare with
+# Dropout, warm-up, label smoothing, two optimizers, weight decay and batch 12 against today's defaults (flip + zoom; compare with
 # rfcvf_defaults_s1).
 NOW_SCREENS := drop0:--drop_rate=0.0 drop03:--drop_rate=0.3 warmup05:--warmup_epochs=0.5 smooth02:--smoothing=0.2 \
-  nadam:--optimizer=nadam radam:--optimizer=radam
+  nadam:--optimizer=nadam radam:--optimizer=radam wd0001:--weight_decay=0.001 b12:--batch_size=12
 realface-recipe-screens: realface-faces
 	for a in $(RECIPE_SCREENS); do \
 	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $(FLIP) $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
