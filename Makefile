@@ -141,9 +141,10 @@ realface-recipe-screens: realface-faces
 	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $(FLIP) $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
 	for a in $(NOW_SCREENS); do \
 	  $(RFF_CV) --run_dir model/rfcvf_$${a%%:*}_s1 --seed 1 $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
-	for s in 2 3; do $(RFF_CV) --run_dir model/rfcvf_smooth02_s$$s --seed $$s --smoothing 0.2; done  # level on seed 1
+	for s in 2 3; do $(RFF_CV) --run_dir model/rfcvf_smooth02_s$$s --seed $$s --smoothing 0.2; \
+	  $(RFF_CV) --run_dir model/rfcvf_b12_s$$s --seed $$s --batch_size 12; done  # level or higher on seed 1
 	@for a in $(RECIPE_SCREENS) $(NOW_SCREENS); do r=model/rfcvf_$${a%%:*}_s1; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
-	@for s in 2 3; do r=model/rfcvf_smooth02_s$$s; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+	@for r in model/rfcvf_smooth02_s[23] model/rfcvf_b12_s[23]; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # One-seed screens of recipe changes against the defaults of their time, which validated on one view with
 # batches of 32 (--tta none --batch_size 32; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
