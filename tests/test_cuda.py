@@ -136,3 +136,16 @@ def test_more_processes_than_gpus_fail_clearly(tiny_root, tmp_path):
     env = {k: v for k, v in {**__import__("os").environ, **GPU_ENV}.items() if v is not None}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "error: process" in p.stderr and "has no GPU of its own" in p.stderr, p.stderr[-2000:]
+
+
+def test_ssd_face_detector_on_the_gpu_agrees_with_the_cpu(tmp_path):
+    """face_ssd.py on CUDA (batched, channels_last) finds the faces the CPU finds, at the same boxes."""
+    out = py("import json, numpy as np, skimage.data\n"
+             "from face_ssd import SSDFaceDetector\n"
+             "imgs = [skimage.data.astronaut(), np.ascontiguousarray(skimage.data.astronaut()[:, ::-1])]\n"
+             "a, b = SSDFaceDetector('cpu').detect(imgs), SSDFaceDetector('cuda').detect(imgs)\n"
+             "print(json.dumps([[x[0].tolist(), y[0].tolist(), x[1].tolist(), y[1].tolist()] for x, y in zip(a, b)]))\n",
+             tmp_path)
+    for cpu_boxes, gpu_boxes, cpu_scores, gpu_scores in json.loads(out.strip().splitlines()[-1]):
+        assert len(cpu_boxes) == len(gpu_boxes) >= 1
+        assert np.allclose(cpu_boxes, gpu_boxes, atol=1.0) and np.allclose(cpu_scores, gpu_scores, atol=1e-3)

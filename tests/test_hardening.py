@@ -186,11 +186,11 @@ def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
 def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
     """A photo without a face: face_image.py writes the centre region; inference on raw photos must
     feed the same region (it used to feed the whole photo)."""
-    from face_image import best_boxes, FaceDetector, face_or_center
+    from face_image import best_boxes, create_detector, face_or_center
     from dataset import center_crop
     from inference import _face_fn
     img = np.full((512, 384, 3), 128, np.uint8)
-    (box, _, found), = best_boxes(FaceDetector("cpu"), [img])
+    (box, _, found), = best_boxes(create_detector(device="cpu"), [img])
     assert not found
     assert _face_fn()([img])[0].shape == center_crop(img).shape == face_or_center(img, box, found).shape
 
