@@ -17,6 +17,7 @@ Measures in one run, side by side (images per second, or seconds):
   cv5_tta_redecode    5 separate passes that each decode the images again (the original's way)
   face_batched        face_image.py: MTCNN on batches of downscaled copies, threaded decoding
   face_plain          one image at a time at full resolution; box IoU of the two reported
+  face_ssd_mtcnn      face_image.py --detector ssd_mtcnn (OpenCV's SSD, then MTCNN), batched as face_batched
   peak_rss_mib        peak resident memory of the process
 Ratios, not absolute times, are the targets: shared machines are noisy. Writes the figures as JSON.
 """
@@ -227,7 +228,7 @@ def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
 
 def bench_faces(args, dev, face_dir):
     from dataset import read_rgb
-    from face_image import FaceDetector, best_boxes, list_images
+    from face_image import FaceDetector, best_boxes, create_detector, list_images
     from voc import box_iou
     from PIL import Image
     rels = list_images(Path(face_dir))[:args.face_images]
@@ -235,27 +236,31 @@ def bench_faces(args, dev, face_dir):
         raise UserError(f"{face_dir}: no images for the face-cropping benchmark")
     paths = [Path(face_dir) / r for r in rels]
     batched, plain = FaceDetector(str(dev), detect_size=256), FaceDetector(str(dev), detect_size=None)
+    ssd = create_detector("ssd_mtcnn", str(dev))
     from concurrent.futures import ThreadPoolExecutor
     out_b, out_p = [], []
 
-    def run_batched():
+    def run_batched(detector=batched):
         out_b.clear()
         with ThreadPoolExecutor() as ex:
             imgs = list(ex.map(read_rgb, paths))
         for i in range(0, len(imgs), 32):
-            out_b.extend(best_boxes(batched, imgs[i:i + 32]))
+            out_b.extend(best_boxes(detector, imgs[i:i + 32]))
 
     def run_plain():
         out_p.clear()
         for p in paths:
             out_p.extend(best_boxes(plain, [np.asarray(Image.open(p).convert("RGB"))]))
     best_boxes(batched, [read_rgb(paths[0])])  # warm-up
+    best_boxes(ssd, [read_rgb(paths[0])])
     res = {}
+    res["face_ssd_mtcnn"], _ = _timeit(lambda: run_batched(ssd), len(paths), args.repeat)
+    found_ssd = int(sum(a[2] for a in out_b))
     res["face_batched"], _ = _timeit(run_batched, len(paths), args.repeat)
     res["face_plain"], _ = _timeit(run_plain, len(paths), args.repeat)
     both = [(a[0], b[0]) for a, b in zip(out_b, out_p) if a[2] and b[2]]
     ious = np.diag(box_iou([a for a, _ in both], [b for _, b in both])) if both else np.zeros(0)
-    res.update(face_images=len(paths), faces_found_batched=int(sum(a[2] for a in out_b)),
+    res.update(face_images=len(paths), faces_found_ssd_mtcnn=found_ssd, faces_found_batched=int(sum(a[2] for a in out_b)),
                faces_found_plain=int(sum(b[2] for b in out_p)),
                face_iou_median=float(np.median(ious)) if len(ious) else None,
                face_iou_ge_0_9=float((ious >= 0.9).mean()) if len(ious) else None)
@@ -278,6 +283,7 @@ def report(r):
             ("CV-5 + flip TTA: re-decode per model", r.get("cv5_tta_redecode_s"), "s"),
             ("faces: batched, downscaled", r.get("face_batched"), "img/s"),
             ("faces: one at a time, full res", r.get("face_plain"), "img/s"),
+            ("faces: --detector ssd_mtcnn, batched", r.get("face_ssd_mtcnn"), "img/s"),
             ("peak resident memory", r.get("peak_rss_mib"), "MiB")]
     lines = [f"| {'measure':<38} | {'value':>9} | unit  |", f"|{'-' * 40}|{'-' * 11}|-------|"]
     lines += [f"| {k:<38} | {v:>9.1f} | {u:<5} |" for k, v, u in rows if v is not None]

@@ -22,6 +22,7 @@ import torch
 import distributed
 from decision import decide, fit_decision, read_offsets
 from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
+from face_image import DEFAULT_DETECTOR, DETECTORS
 from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
                    str2bool, writable_dir, write_csv_atomic)
@@ -88,12 +89,13 @@ def _group(d, pth_name, multi):
     return [d / pth_name] if (d / pth_name).is_file() else []
 
 
-def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
+def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", detector=DEFAULT_DETECTOR):
     """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 images (an
     ImageCache or an array)}.
     File crops go through the shared decode-once cache (later runs on the same eval set skip decoding;
     decode_on 'cuda' decodes JPEGs with nvJPEG); models trained on faces/ without an eval faces/ get
-    MTCNN + the shared crop on the fly."""
+    the face detector (face_image.py's --detector: use the one the training crops were made with) and the
+    shared crop on the fly."""
     eval_dir = Path(eval_dir)
     faces_there = has_faces(eval_dir) and source != "images"
     if source == "faces" and not faces_there:
@@ -115,7 +117,7 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
         checks += [(paths, c.ok) for c in caches.values()]
         on_the_fly = {(s, "face") for s, c in raw_keys if c == "none"}
         if on_the_fly:
-            a, ok = decode_many(paths, on_the_fly, desc="detecting faces", face_fn=_face_fn())
+            a, ok = decode_many(paths, on_the_fly, desc="detecting faces", face_fn=_face_fn(detector))
             arrays.update({(s, "none"): v for (s, _), v in a.items()})
             checks.append((paths, ok))
     for paths, ok in checks:
@@ -125,9 +127,9 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu"):
     return arrays
 
 
-def _face_fn():
-    from face_image import FaceDetector, best_boxes, face_or_center
-    det = FaceDetector()
+def _face_fn(detector=DEFAULT_DETECTOR):
+    from face_image import best_boxes, create_detector, face_or_center
+    det = create_detector(detector)
 
     def fn(imgs):
         return [face_or_center(im, box, found) for im, (box, _, found) in zip(imgs, best_boxes(det, imgs))]
@@ -244,6 +246,9 @@ def build_parser():
                     "argmax; none: plain argmax")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
+    ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
+                    help="face detector for models trained on faces/ when the eval dir has no faces/ (the one "
+                    "face_image.py cropped the training photos with; both default to the same)")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
                     "(default <output_dir>/.cache)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=None,
@@ -278,7 +283,7 @@ def main(argv):
     models = load_models([g for gs in run_groups_ for g in gs], device)
     metas = [meta for _, meta in models.values()]
     arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
-                              device if args.gpu_decode else "cpu")
+                              device if args.gpu_decode else "cpu", args.detector)
     ttas = [args.tta or run_tta(gs, models) for gs in run_groups_]
     run_probs = [run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp)
                  for gs, tta in zip(run_groups_, ttas)]
