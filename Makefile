@@ -8,7 +8,7 @@ DEMO := demo_data
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens
+  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors
 
 install: $(STAMP)
 
@@ -103,9 +103,14 @@ RFF := realface_faces
 # 5-fold CV on the second-pass crops (face_image.py's default)
 RFF_CV = $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True
 realface-faces: realface-data
-	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RFF)/two/ && $(PY) face_image.py --data_dir $(RFF)/two)
+	test -d $(RFF)/ssd/train/faces || (mkdir -p $(RFF)/ssd && cp -r $(RF)/train $(RFF)/ssd/ && \
+	  $(PY) face_image.py --data_dir $(RFF)/ssd --detector ssd_mtcnn)
+	test -d $(RFF)/mtcnn_ssd/train/faces || (mkdir -p $(RFF)/mtcnn_ssd && cp -r $(RF)/train $(RFF)/mtcnn_ssd/ && \
+	  $(PY) face_image.py --data_dir $(RFF)/mtcnn_ssd --detector mtcnn_ssd)
+	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RFF)/two/ && \
+	  $(PY) face_image.py --data_dir $(RFF)/two --detector mtcnn)
 	test -d $(RFF)/one/train/faces || (mkdir -p $(RFF)/one && cp -r $(RF)/train $(RFF)/one/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/one --second_pass False)
+	  $(PY) face_image.py --data_dir $(RFF)/one --detector mtcnn --second_pass False)
 
 realface-cv-faces: realface-faces
 	for s in $(SEEDS); do \
@@ -116,6 +121,14 @@ realface-cv-faces: realface-faces
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
 	done
 	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# The default recipe on the crops of each detector (README, face crops: detectors side by side); the MTCNN
+# rows are realface-cv-faces' rfcvf_defaults (crops in $(RFF)/two).
+realface-cv-detectors: realface-faces
+	for s in $(SEEDS); do for d in ssd mtcnn_ssd; do \
+	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/$$d/train --source faces --cv True --run_dir model/rfcvf_det_$${d}_s$$s --seed $$s; \
+	done; done
+	@for r in model/rfcvf_det_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Batch size and learning rate around the defaults of the time (batch 16, lr 2e-3, flip TTA), on the same face crops
 # (README, Real faces, 5-fold CV: face crops). lr 3e-3 ran with 3 seeds, the others with seed 1.
@@ -169,6 +182,18 @@ realface-ablations: realface-data
 # MOW, default 1.0); each scored on the faces of its split's test photos; training seed RMSEED (default 1).
 # About an hour on 2 cores. Other rows of README's table: e.g. make realmask-bench RMSEED=2, MOW=0.5.
 KAGGLE := ../shared/realdata/kaggle_facemask
+# The face detectors side by side (README, face crops): every detection scored against the known boxes of the
+# composed real-face photos (fitted masks) and of the Kaggle street photos (MTCNN at full resolution), then
+# the Kaggle photos as predict.py keeps faces (MTCNN's stage at 1024 px; scores >= 0.2, MTCNN alone >= 0.9).
+detector-scores: realface-data
+	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
+	for d in ssd_mtcnn ssd mtcnn_ssd mtcnn; do \
+	  $(PY) face_image.py --score realface_fitted --min_score 0 --detector $$d; \
+	  $(PY) face_image.py --score $(KAGGLE) --min_score 0 --detect_size 0 --detector $$d; \
+	done
+	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector ssd_mtcnn
+	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.9 --detector mtcnn
+
 RMSEED ?= 1
 MOW ?= 1.0
 RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED) --tta none
@@ -181,6 +206,6 @@ realmask-bench: realface-data
 	  $(PY) train.py $(RM_ARGS) --data_dir $(RF)/train --extra_data realmask/split$$s/train --mask_only_weight $(MOW) \
 	    --run_dir model/rm_kaggle_s$$s; \
 	  for r in rm_flat rm_fitted rm_kaggle_s$$s; do \
-	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/$$r --tta none --out output/rm/$${r}_on$$s > /dev/null && \
+	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/$$r --tta none --detector mtcnn --out output/rm/$${r}_on$$s > /dev/null && \
 	    printf "%-14s split %s " $$r $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --pred_dir output/rm/$${r}_on$$s | head -1; \
 	  done; done
