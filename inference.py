@@ -22,7 +22,7 @@ import torch
 import distributed
 from decision import decide, fit_decision, read_offsets
 from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
-from face_image import DEFAULT_DETECTOR, DETECTORS
+from face_image import DEFAULT_DETECTOR, DETECTORS, best_boxes, create_detector, face_or_center
 from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
                    str2bool, writable_dir, write_csv_atomic)
@@ -128,7 +128,6 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", detect
 
 
 def _face_fn(detector=DEFAULT_DETECTOR):
-    from face_image import best_boxes, create_detector, face_or_center
     det = create_detector(detector)
 
     def fn(imgs):
