@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-import struct
 from pathlib import Path
 
 import cv2
@@ -335,7 +334,7 @@ class SSDFaceDetector:
         # channels_last: 1.25x faster on the 2-core CPU (and the layout cuDNN prefers)
         self.net = CaffeSSD(*model_files()).to(self.device, memory_format=torch.channels_last).eval()
 
-    def _blob(self, images):
+    def _input(self, images):
         batch = np.stack([cv2.resize(im, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
                           for im in images]).astype(np.float32) - np.float32(MEAN_BGR)
         # NHWC memory viewed as NCHW: already channels_last
@@ -346,12 +345,13 @@ class SSDFaceDetector:
         for i in range(0, len(images), self.batch_size):
             chunk = images[i:i + self.batch_size]
             with torch.inference_mode():
-                found = self.net(self._blob(chunk))
+                found = self.net(self._input(chunk))
             for im, (boxes, scores) in zip(chunk, found):
                 h, w = im.shape[:2]
                 # SSD boxes may reach past the image (or lie outside it): clipped, and dropped when
                 # less than 2 px remain
                 b = np.clip(boxes.double().cpu().numpy(), 0, 1) * [w, h, w, h]
-                keep = ((scores.cpu().numpy() >= self.min_score) & (b[:, 2] - b[:, 0] >= 2) & (b[:, 3] - b[:, 1] >= 2))
-                out.append((b[keep], scores.double().cpu().numpy()[keep], np.zeros((int(keep.sum()), 5, 2))))
+                s = scores.double().cpu().numpy()
+                keep = (s >= self.min_score) & (b[:, 2] - b[:, 0] >= 2) & (b[:, 3] - b[:, 1] >= 2)
+                out.append((b[keep], s[keep], np.zeros((int(keep.sum()), 5, 2))))
         return out
