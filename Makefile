@@ -200,10 +200,11 @@ KAGGLE := ../shared/realdata/kaggle_facemask
 # the Kaggle photos as predict.py keeps faces (MTCNN's stage at 1024 px; scores >= 0.2, MTCNN alone >= 0.9).
 detector-scores: realface-data
 	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
-	for d in ssd_mtcnn ssd mtcnn_ssd mtcnn; do \
+	for d in union ssd_mtcnn ssd mtcnn_ssd mtcnn; do \
 	  $(PY) face_image.py --score realface_fitted --min_score 0 --detector $$d; \
 	  $(PY) face_image.py --score $(KAGGLE) --min_score 0 --detect_size 0 --detector $$d; \
 	done
+	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector union
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector ssd_mtcnn
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.9 --detector mtcnn
 

@@ -47,6 +47,30 @@ def test_detection_recall_on_real_photos():
     assert res["faces"] == 573 and res["recall"] >= 0.75
 
 
+def test_precision_leaves_out_finds_of_known_faces_too_small_to_score(tmp_path):
+    """A found face that is annotated but smaller than min_face is neither right nor wrong: it is left
+    out of recall and of precision. A find that matches no annotated face still counts against it."""
+    import skimage.data
+    big = skimage.data.astronaut()
+    photo = np.full((512, 768, 3), 128, np.uint8)
+    photo[:, :512] = big
+    photo[300:300 + 205, 560:560 + 205] = np.asarray(Image.fromarray(big).resize((205, 205), Image.BILINEAR))
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    Image.fromarray(photo).save(tmp_path / "train" / "images" / "two.png")
+    det = FaceDetector(detect_size=None)
+    boxes, scores, _ = det.detect([photo])[0]
+    boxes = boxes[scores >= 0.9]
+    sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert len(boxes) == 2 and sizes.max() > 64 > sizes.min() >= 32  # the large face and its copy
+    rows = [dict(split="train", path="two.png", mask=2, x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for b in boxes]
+    pd.DataFrame(rows).to_csv(tmp_path / "faces_gt.csv", index=False)
+    res = score_detection(tmp_path, det, min_face=64)
+    assert res["faces"] == 1 and res["recall"] == 1.0 and res["precision"] == 1.0
+    pd.DataFrame([rows[int(sizes.argmax())]]).to_csv(tmp_path / "faces_gt.csv", index=False)
+    res = score_detection(tmp_path, det, min_face=64)  # the small face no longer annotated: a false find
+    assert res["faces"] == 1 and res["recall"] == 1.0 and res["precision"] == 0.5
+
+
 def _tree(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -98,15 +122,17 @@ def test_unknown_detector_names_the_valid_ones():
 
 
 @pytest.mark.skipif(not KAGGLE.is_dir(), reason="../shared/realdata/kaggle_facemask is absent")
-def test_ssd_cascade_recall_on_real_masked_photos():
-    """--detector ssd_mtcnn as predict.py runs it on street photos (MTCNN's stage at 1024 px, faces of
-    its default score kept). Measured recall 0.853 at IoU >= 0.5 on the 573 faces >= 32 px, precision
-    0.675 (MTCNN at predict.py's score >= 0.9: 0.761 and 0.650)."""
+@pytest.mark.parametrize("detector, recall, precision", [("ssd_mtcnn", 0.82, 0.75), ("union", 0.88, 0.7)])
+def test_ssd_detectors_recall_on_real_masked_photos(detector, recall, precision):
+    """The SSD detectors as predict.py runs them on street photos (MTCNN at 1024 px, faces of the
+    default score kept), on the 573 faces >= 32 px, IoU >= 0.5. Measured: ssd_mtcnn recall 0.853,
+    precision 0.822; union (the SSD and MTCNN on every photo) 0.890, 0.747; MTCNN at its score >= 0.9:
+    0.761, 0.879. union's floor is the issue's: 0.88."""
     from face_image import create_detector
     from predict import MIN_SCORE
-    res = score_detection(KAGGLE, create_detector("ssd_mtcnn", "cpu", 1024), min_face=32, min_score=MIN_SCORE["ssd_mtcnn"])
+    res = score_detection(KAGGLE, create_detector(detector, "cpu", 1024), min_face=32, min_score=MIN_SCORE[detector])
     print(res)
-    assert res["faces"] == 573 and res["recall"] >= 0.82 and res["precision"] >= 0.6
+    assert res["faces"] == 573 and res["recall"] >= recall and res["precision"] >= precision
 
 
 @pytest.mark.parametrize("detector", ["mtcnn", "ssd_mtcnn"])
