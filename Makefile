@@ -8,7 +8,7 @@ DEMO := demo_data
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens
+  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble
 
 install: $(STAMP)
 
@@ -121,6 +121,15 @@ realface-cv-faces: realface-faces
 	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
 	done
 	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# The defaults' CV runs of seeds 1-2 and 1-3 as soft-vote ensembles (README, ensembles of CV runs): inference.py
+# prints their combined out-of-fold macro F1 (argmax -> cross-fitted), evaluation.py scores the eval split.
+realface-ensemble:
+	for m in 12 123; do \
+	  $(PY) inference.py --ensemble=True --ensemble_model_dir $$(echo $$m | sed 's|.|model/rfcvf_defaults_s& |g') \
+	    --data_dir $(RF)/eval --output_dir output/realface_ensemble --output_name ens$$m && \
+	  $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/realface_ensemble --output_name ens$$m | head -1; \
+	done
 
 # The default recipe on the crops of each detector (README, face crops: detectors side by side); the MTCNN
 # rows are realface-cv-faces' rfcvf_defaults (crops in $(RFF)/two).
