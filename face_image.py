@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,8 @@ import pandas as pd
 import torch
 
 from dataset import IMG_EXTS, MASK_NAMES, center_crop, center_region, read_rgb
-from utils import UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, write_csv_atomic
+from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser,
+                   write_csv_atomic, write_json_atomic)
 from voc import box_iou, match_boxes, read_voc
 
 # margins around the detected box, as fractions of the box width: close to the original's 30 px at the
@@ -169,6 +171,58 @@ def create_detector(name=DEFAULT_DETECTOR, device="auto", detect_size=DETECT_SIZ
     return DETECTORS[name](device, detect_size, tuple(thresholds), second_pass)
 
 
+CROP_FILE = "crop.json"  # in each faces/ folder: the CropRecipe that cut it
+
+
+@dataclass(frozen=True)
+class CropRecipe:
+    """How face_image.py finds and cuts faces. Recorded in faces/crop.json and in the checkpoints trained
+    on those crops, so that inference on raw photos and predict.py find and cut faces as the training
+    crops were cut, without being told."""
+    detector: str = DEFAULT_DETECTOR
+    detect_size: int | None = DETECT_SIZE
+    thresholds: tuple = MTCNN_THRESHOLDS
+    second_pass: bool = True
+    margin: tuple = DEFAULT_MARGIN
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["detector"], d["detect_size"], tuple(d["thresholds"]), bool(d["second_pass"]), tuple(d["margin"]))
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def create_detector(self, device="auto"):
+        return create_detector(self.detector, device, self.detect_size, self.thresholds, self.second_pass)
+
+    def describe(self):
+        return (f"--detector {self.detector} --detect_size {self.detect_size or 0} --thresholds "
+                f"{' '.join(map(str, self.thresholds))} --second_pass {self.second_pass} --margin "
+                f"{' '.join(map(str, self.margin))}")
+
+
+def read_crop_recipe(faces_dir):
+    """-> the CropRecipe recorded in faces_dir, or None (none recorded: cut before recipes were kept)."""
+    path = Path(faces_dir) / CROP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return CropRecipe.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a crop recipe ({e}); delete {Path(faces_dir)} and run face_image.py again")
+
+
+def record_crop_recipe(faces_dir, recipe):
+    """Writes faces_dir's recipe, or checks it against the one already there: a resumed or repeated run
+    with other settings would mix two kinds of crops in one folder."""
+    old = read_crop_recipe(faces_dir)
+    if old is not None and old != recipe:
+        raise UserError(f"{faces_dir} was cut with {old.describe()}; run face_image.py with those settings to finish "
+                        f"or repeat it, or delete {faces_dir} to cut it anew with {recipe.describe()}")
+    if old is None:
+        write_json_atomic(Path(faces_dir) / CROP_FILE, recipe.to_dict())
+
+
 def select_face(boxes, scores, w, h):
     """Index of the most plausible face: confident, large and near the centre (not simply the first)."""
     if len(boxes) == 0:
@@ -211,13 +265,13 @@ def center_like_box(box, w, h):
             min(w, math.ceil(bx + (rx2 - fx) * s)), min(h, math.ceil(by + (ry2 - fy) * s)))
 
 
-def crop_for_model(img, box, crop):
-    """What a model sees of a face found in any photo: its face crop ('none', trained on faces/) or the
-    centre-like window ('center', trained on whole competition photos)."""
+def crop_for_model(img, box, crop, margin=DEFAULT_MARGIN):
+    """What a model sees of a face found in any photo: its face crop ('none', trained on faces/; margin:
+    its recipe's) or the centre-like window ('center', trained on whole competition photos)."""
     if crop == "center":
         x1, y1, x2, y2 = center_like_box(box, img.shape[1], img.shape[0])
         return img[y1:y2, x1:x2]
-    return crop_face(img, box)
+    return crop_face(img, box, margin)
 
 
 def face_or_center(img, box, found, margin=DEFAULT_MARGIN):
@@ -313,14 +367,17 @@ def list_images(root):
                   if p.is_file() and p.suffix.lower() in IMG_EXTS and not p.name.startswith("."))
 
 
-def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, workers=None, progress=True):
-    """images/ -> faces/ and faces/boxes.csv for one split dir. -> (n images, faces found, fallbacks, bad)."""
+def crop_split(split_dir, recipe=CropRecipe(), detector=None, batch_size=32, workers=None, progress=True):
+    """images/ -> faces/, faces/boxes.csv and faces/crop.json for one split dir, cut by recipe (detector:
+    the recipe's, made once by the caller for several splits). -> (n images, faces found, fallbacks, bad)."""
     from tqdm import tqdm
     src, dst = Path(split_dir) / "images", Path(split_dir) / "faces"
     if not src.is_dir():
         raise UserError(f"{src} not found: each split dir must hold images/")
     rels = list_images(src)
     dst.mkdir(parents=True, exist_ok=True)
+    record_crop_recipe(dst, recipe)
+    detector = detector or recipe.create_detector()
     for stale in dst.rglob(".tmp-*"):  # left by an interrupted run
         stale.unlink()
     partial = dst / ".boxes.partial.csv"
@@ -342,7 +399,7 @@ def crop_split(split_dir, detector, batch_size=32, margin=DEFAULT_MARGIN, worker
             bad += [r for r, im in zip(chunk, imgs) if im is None]
             results = best_boxes(detector, [im for _, im in good]) if good else []
             for (rel, im), (box, score, found) in zip(good, results):
-                write_image(dst / rel, face_or_center(im, box, found, margin))
+                write_image(dst / rel, face_or_center(im, box, found, recipe.margin))
                 line = f"{rel},{box[0]:.2f},{box[1]:.2f},{box[2]:.2f},{box[3]:.2f},{score:.5f},{int(found)}"
                 done[rel] = line
                 log.write(line + "\n")
@@ -437,7 +494,9 @@ def main(argv):
     ap.add_argument("--min_score", type=float, default=0.9, help="with --score: smallest detection score kept "
                     "(predict.py's default)")
     args = ap.parse_args(argv)
-    det = create_detector(args.detector, args.device, args.detect_size or None, args.thresholds, args.second_pass)
+    recipe = CropRecipe(args.detector, args.detect_size or None, tuple(args.thresholds), args.second_pass,
+                        tuple(args.margin))
+    det = recipe.create_detector(args.device)
     if args.score:
         for root in args.score:
             print(json.dumps({"data": str(root), "detector": args.detector, "detect_size": args.detect_size,
@@ -457,7 +516,7 @@ def main(argv):
                         "holding train/images and eval/images (python synthetic.py makes a demo one)")
     tot = [0, 0, 0, 0]
     for s in splits:
-        r = crop_split(s, det, args.batch_size, tuple(args.margin), args.workers)
+        r = crop_split(s, recipe, det, args.batch_size, args.workers)
         tot = [a + b for a, b in zip(tot, r)]
         print(f"{s}: {r[0]} images, {r[1]} faces found, {r[2]} fallbacks -> {s / 'faces'}")
     print(f"{tot[0]} images, {tot[1]} faces found, {tot[2]} fallbacks" + (f", {tot[3]} unreadable" if tot[3] else ""))

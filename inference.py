@@ -13,6 +13,7 @@ Each eval image is decoded once, whatever the number of models and TTA views.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 import distributed
 from decision import decide, fit_decision, read_offsets
 from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
-from face_image import DEFAULT_DETECTOR, DETECTORS, best_boxes, create_detector, face_or_center
+from face_image import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
 from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
                    str2bool, writable_dir, write_csv_atomic)
@@ -89,17 +90,37 @@ def _group(d, pth_name, multi):
     return [d / pth_name] if (d / pth_name).is_file() else []
 
 
-def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", detector=DEFAULT_DETECTOR):
+def trained_crop_recipe(metas):
+    """-> the CropRecipe the models' training crops were cut with (their checkpoints record it), or None
+    (models trained on whole photos, or on crops cut before recipes were recorded)."""
+    found = {CropRecipe.from_dict(m["face_crop"]) for m in metas if m["crop"] == "none" and m.get("face_crop")}
+    if len(found) > 1:
+        raise UserError("the models were trained on face crops cut in different ways (" + "; ".join(
+            sorted(r.describe() for r in found)) + "): ensemble runs trained on the same crops")
+    return found.pop() if found else None
+
+
+def check_eval_crops(eval_dir, trained):
+    """Eval crops cut otherwise than the training crops would be scored silently worse: refuse them."""
+    cut = read_crop_recipe(Path(eval_dir) / "faces")
+    if cut is not None and trained is not None and cut != trained:
+        raise UserError(f"{Path(eval_dir) / 'faces'} was cut with {cut.describe()}, the models' training crops with "
+                        f"{trained.describe()}: delete it and run face_image.py on the eval dir with the training "
+                        "crops' settings, or pass --source images to cut the eval photos on the fly as they were")
+
+
+def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", recipe=CropRecipe()):
     """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 images (an
     ImageCache or an array)}.
     File crops go through the shared decode-once cache (later runs on the same eval set skip decoding;
     decode_on 'cuda' decodes JPEGs with nvJPEG); models trained on faces/ without an eval faces/ get
-    the face detector (face_image.py's --detector: use the one the training crops were made with) and the
-    shared crop on the fly."""
+    their faces found and cut on the fly by recipe (the training crops': trained_crop_recipe)."""
     eval_dir = Path(eval_dir)
     faces_there = has_faces(eval_dir) and source != "images"
     if source == "faces" and not faces_there:
         raise UserError(f"{eval_dir / 'faces'} not found: run python face_image.py on the eval dir, or use --source auto")
+    if faces_there:
+        check_eval_crops(eval_dir, trained_crop_recipe(metas))
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
     face_keys = {k for k in keys if k[1] == "none"}
     arrays, checks = {}, []
@@ -117,7 +138,7 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", detect
         checks += [(paths, c.ok) for c in caches.values()]
         on_the_fly = {(s, "face") for s, c in raw_keys if c == "none"}
         if on_the_fly:
-            a, ok = decode_many(paths, on_the_fly, desc="detecting faces", face_fn=_face_fn(detector))
+            a, ok = decode_many(paths, on_the_fly, desc="detecting faces", face_fn=_face_fn(recipe))
             arrays.update({(s, "none"): v for (s, _), v in a.items()})
             checks.append((paths, ok))
     for paths, ok in checks:
@@ -127,12 +148,20 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", detect
     return arrays
 
 
-def _face_fn(detector=DEFAULT_DETECTOR):
-    det = create_detector(detector)
+def _face_fn(recipe=CropRecipe()):
+    det = recipe.create_detector()
 
     def fn(imgs):
-        return [face_or_center(im, box, found) for im, (box, _, found) in zip(imgs, best_boxes(det, imgs))]
+        found = best_boxes(det, imgs)
+        return [face_or_center(im, box, ok, recipe.margin) for im, (box, _, ok) in zip(imgs, found)]
     return fn
+
+
+def eval_crop_recipe(metas, detector=None):
+    """How eval photos are cut on the fly: as the models' training crops were (trained_crop_recipe; today's
+    defaults when not recorded), with --detector's detector when given."""
+    recipe = trained_crop_recipe(metas) or CropRecipe()
+    return replace(recipe, detector=detector) if detector else recipe
 
 
 def load_models(groups, device):
@@ -245,9 +274,10 @@ def build_parser():
                     "argmax; none: plain argmax")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
-    ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
-                    help="face detector for models trained on faces/ when the eval dir has no faces/ (the one "
-                    "face_image.py cropped the training photos with; both default to the same)")
+    ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
+                    help="face detector for models trained on faces/ when the eval dir has no faces/ (default: the "
+                    "one face_image.py cut the training crops with, recorded in the checkpoints with its margins; "
+                    "mtcnn for checkpoints without the record)")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
                     "(default <output_dir>/.cache)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=None,
@@ -282,7 +312,7 @@ def main(argv):
     models = load_models([g for gs in run_groups_ for g in gs], device)
     metas = [meta for _, meta in models.values()]
     arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
-                              device if args.gpu_decode else "cpu", args.detector)
+                              device if args.gpu_decode else "cpu", eval_crop_recipe(metas, args.detector))
     ttas = [args.tta or run_tta(gs, models) for gs in run_groups_]
     run_probs = [run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp)
                  for gs, tta in zip(run_groups_, ttas)]

@@ -10,6 +10,7 @@ probabilities. The run may be single, CV (folds averaged) or multi-task: it is d
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from PIL import Image, ImageDraw
 import distributed
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
 from decision import decide, read_offsets
-from face_image import DEFAULT_DETECTOR, DETECTORS, create_detector, crop_for_model
-from inference import find_groups, load_models, run_groups, run_tta
+from face_image import DETECTORS, crop_for_model
+from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta
 from model import TTA_VIEWS
 from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
 
@@ -98,9 +99,10 @@ def main(argv):
     ap.add_argument("--out", default="predictions", help="output folder")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
                     help="views averaged per photo (default: the run's own, as inference.py)")
-    ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
-                    help="face detector, as face_image.py's (the default crops like the training crops it makes); "
-                    "union and ssd_mtcnn find more faces in street photos, masked ones above all (README)")
+    ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
+                    help="face detector, as face_image.py's (default: the one the run's training crops were cut "
+                    "with, recorded in its checkpoints, else mtcnn); union and ssd_mtcnn find more faces in street "
+                    "photos, masked ones above all (README)")
     ap.add_argument("--min_score", type=float, default=None, help="minimum face detection score (default: "
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
     ap.add_argument("--detect_size", type=int, default=1024, help="longest side MTCNN sees (0: full)")
@@ -115,8 +117,10 @@ def main(argv):
     metas = [meta for _, meta in models.values()]
     files = collect(args.photos)
     names = output_names(files)
-    det = create_detector(args.detector, device, args.detect_size or None)
-    min_score = MIN_SCORE[args.detector] if args.min_score is None else args.min_score
+    # found as the training crops were found and cut with their margins, at predict.py's own detection size
+    recipe = replace(eval_crop_recipe(metas, args.detector), detect_size=args.detect_size or None)
+    det = recipe.create_detector(device)
+    min_score = MIN_SCORE[recipe.detector] if args.min_score is None else args.min_score
     found, crops, unreadable = [], [], []
     for f in files:
         img = read_rgb(f)
@@ -133,7 +137,7 @@ def main(argv):
     # every face of every photo in one pass per model; each face cut as its model was trained (face crop
     # or centre-like window) and prepared once per input size
     keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
-    arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1]), k[0], "none") for im, box in crops])
+    arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], recipe.margin), k[0], "none") for im, box in crops])
               if crops else None for k in keys}
     tta = args.tta or run_tta(groups, models)
     probs = run_groups(groups, arrays, models, tta=tta, batch_size=32, device=device) if crops else np.zeros((0, 18))

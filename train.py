@@ -34,7 +34,7 @@ from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDatase
                      kfold_split, make_loader, people_of, read_eval, task_targets, to_device)
 from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
-from face_image import mask_only_faces, mask_only_layout
+from face_image import mask_only_faces, mask_only_layout, read_crop_recipe
 from labels import AGE_MIN, band_spread
 from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
 from model import (DEFAULT_TTA, TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
@@ -184,6 +184,14 @@ def resolve_source(data_dir, source):
     if source == "auto":
         return "faces" if has_faces(data_dir) else "images"
     return source
+
+
+def training_crop_recipe(cfg):
+    """The recipe face_image.py cut the training faces/ with, as a dict for the checkpoints (inference and
+    predict.py cut eval photos by it); None for whole photos and for crops cut before recipes were kept."""
+    d = Path(cfg["data_dir"])
+    recipe = read_crop_recipe(d / "faces") if resolve_source(d, cfg["source"]) == "faces" else None
+    return recipe.to_dict() if recipe else None
 
 
 def load_data(cfg, log):
@@ -664,7 +672,7 @@ def run_fold(train_people, valid_people, cfg, unit, table, images, out, dist):
     model, raw_model, loop = build_training(cfg, tasks, train_labels, len(loader_tr), dist)
     meta = dict(arch=cfg["model"], tasks=list(tasks), img_size=list(cfg["img_size"]), mean=loop.mean,
                 std=loop.std, crop=table["crop"].iloc[va_rows[0]], age_bounds=list(cfg["age_bounds"]), config=cfg,
-                valid_people=len(valid_people), train_people=len(train_people))
+                valid_people=len(valid_people), train_people=len(train_people), face_crop=training_crop_recipe(cfg))
     loop.out, loop.valid_labels = out, table["label_official"].to_numpy()[va_rows]
     writer = NullWriter()
     if dist.is_main:

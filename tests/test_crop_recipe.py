@@ -1,0 +1,82 @@
+"""The crop recipe travels: faces/crop.json records how face_image.py cut a folder, checkpoints trained on
+it carry it, and inference on raw photos and predict.py cut eval photos the same way without being told."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from conftest import TINY, assert_clean_error, run
+
+RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1"]  # not the defaults (mtcnn, 0.3 0.15 0.15)
+
+
+def test_faces_folder_records_its_recipe_and_refuses_another(tmp_path):
+    Image.fromarray(skimage.data.astronaut()).save((tmp_path / "eval" / "images").mkdir(parents=True) or
+                                                   tmp_path / "eval" / "images" / "a.png")
+    run("face_image.py", "--data_dir", tmp_path, *RECIPE)
+    faces = tmp_path / "eval" / "faces"
+    recipe = json.loads((faces / "crop.json").read_text())
+    assert recipe == {"detector": "ssd_mtcnn", "detect_size": 256, "thresholds": [0.6, 0.7, 0.7], "second_pass": True,
+                      "margin": [0.2, 0.1, 0.1]}
+    before = {p.name: p.read_bytes() for p in faces.iterdir()}
+    p = run("face_image.py", "--data_dir", tmp_path, check=False)  # the defaults would mix two kinds of crops
+    assert_clean_error(p, str(faces), "--detector ssd_mtcnn", "--margin 0.2 0.1 0.1")
+    assert {p.name: p.read_bytes() for p in faces.iterdir()} == before
+    run("face_image.py", "--data_dir", tmp_path, *RECIPE)  # the same settings again: fine, nothing changes
+    assert {p.name: p.read_bytes() for p in faces.iterdir()} == before
+
+
+def _eval_dir(root, tiny_root):
+    """Six drawn eval photos and the astronaut (a real face, which the SSD and MTCNN box differently), as
+    PNG so that faces/ holds exactly the pixels a crop on the fly has."""
+    images = root / "eval" / "images"
+    images.mkdir(parents=True)
+    names = []
+    for src in sorted((tiny_root / "eval" / "images").iterdir())[:6]:
+        Image.open(src).convert("RGB").save(images / (src.stem + ".png"))
+        names.append(src.stem + ".png")
+    Image.fromarray(skimage.data.astronaut()).save(images / "astronaut.png")
+    names.append("astronaut.png")
+    pd.DataFrame({"ImageID": names, "ans": 0}).to_csv(root / "eval" / "info.csv", index=False)
+    return root / "eval"
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tiny_root, tmp_path_factory):
+    """A tiny run trained on faces/ cut with RECIPE."""
+    root = tmp_path_factory.mktemp("recipe")
+    shutil.copytree(tiny_root / "train", root / "data" / "train")
+    run("face_image.py", "--data_dir", root / "data", *RECIPE)
+    run("train.py", "--data_dir", root / "data" / "train", "--source", "faces", "--model_dir", root / "m",
+        "--run_dir", root / "m" / "r", *TINY)
+    return root / "m" / "r"
+
+
+def test_inference_and_predict_cut_eval_photos_as_the_training_crops_were_cut(recipe_run, tiny_root, tmp_path):
+    meta = torch.load(recipe_run / "best.pth", map_location="cpu", weights_only=False)["meta"]
+    assert meta["face_crop"]["detector"] == "ssd_mtcnn" and meta["face_crop"]["margin"] == [0.2, 0.1, 0.1]
+    ev = _eval_dir(tmp_path, tiny_root)
+    infer = ["inference.py", "--model_dir", recipe_run, "--data_dir", ev, "--output_dir", tmp_path / "o"]
+    run(*infer, "--output_name", "on_the_fly")  # no eval faces/: found and cut on the fly, by the recorded recipe
+    run("face_image.py", "--data_dir", tmp_path, *RECIPE)  # now eval faces/ as face_image.py cuts them
+    run(*infer, "--output_name", "faces")
+    fly, cut = (np.load(tmp_path / "o" / f"{n}_probs.npy") for n in ("on_the_fly", "faces"))
+    assert np.allclose(fly, cut, atol=1e-6), np.abs(fly - cut).max()
+    run("predict.py", ev / "images" / "astronaut.png", "--model_dir", recipe_run, "--out", tmp_path / "p",
+        "--detect_size", "256")
+    face, = json.loads((tmp_path / "p" / "astronaut.json").read_text())["faces"]
+    box = pd.read_csv(ev / "faces" / "boxes.csv").set_index("path").loc["astronaut.png"]
+    assert np.allclose(face["box"], box[["x1", "y1", "x2", "y2"]].to_numpy(float), atol=0.06)
+
+
+def test_eval_crops_cut_otherwise_than_the_training_crops_are_refused(recipe_run, tiny_root, tmp_path):
+    ev = _eval_dir(tmp_path, tiny_root)
+    run("face_image.py", "--data_dir", tmp_path)  # eval cut with the defaults
+    p = run("inference.py", "--model_dir", recipe_run, "--data_dir", ev, "--output_dir", tmp_path / "o", check=False)
+    assert_clean_error(p, str(ev / "faces"), "--detector mtcnn", "--detector ssd_mtcnn", "--source images")
+    assert not (tmp_path / "o" / "output.csv").exists()
