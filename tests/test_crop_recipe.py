@@ -29,6 +29,9 @@ def test_faces_folder_records_its_recipe_and_refuses_another(tmp_path):
     assert {p.name: p.read_bytes() for p in faces.iterdir()} == before
     run("face_image.py", "--data_dir", tmp_path, *RECIPE)  # the same settings again: fine, nothing changes
     assert {p.name: p.read_bytes() for p in faces.iterdir()} == before
+    (faces / "crop.json").write_text("{")  # damaged: named, with what to do
+    assert_clean_error(run("face_image.py", "--data_dir", tmp_path, *RECIPE, check=False), str(faces / "crop.json"),
+                       "delete")
 
 
 def _eval_dir(root, tiny_root):
