@@ -8,7 +8,7 @@ DEMO := demo_data
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test gpu-wheels demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble
+  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors
 
 install: $(STAMP)
 
@@ -225,6 +225,19 @@ detector-scores: realface-data
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector union
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector ssd_mtcnn
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.9 --detector mtcnn
+
+# The real-mask models (flat + each split's Kaggle train photos) reading the test photos' faces as MTCNN and
+# as --detector union find them (README, Real masks: finding more faces).
+realmask-detectors: realface-data
+	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	for s in 0 1 2; do \
+	  test -f model/rm_kaggle_s$$s/best.pth || $(PY) train.py $(RM_ARGS) --data_dir $(RF)/train \
+	    --extra_data realmask/split$$s/train --mask_only_weight 1.0 --run_dir model/rm_kaggle_s$$s; \
+	  for d in mtcnn union; do \
+	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/rm_kaggle_s$$s --tta none --detector $$d \
+	      --out output/rm/kaggle_s$${s}_$$d > /dev/null && \
+	    printf "%-6s split %s " $$d $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --pred_dir output/rm/kaggle_s$${s}_$$d | head -1; \
+	  done; done
 
 RMSEED ?= 1
 MOW ?= 1.0
