@@ -72,7 +72,9 @@ def test_inference_and_predict_cut_eval_photos_as_the_training_crops_were_cut(re
     assert np.allclose(fly, cut, atol=1e-6), np.abs(fly - cut).max()
     run("predict.py", ev / "images" / "astronaut.png", "--model_dir", recipe_run, "--out", tmp_path / "p",
         "--detect_size", "256")
-    face, = json.loads((tmp_path / "p" / "astronaut.json").read_text())["faces"]
+    found = json.loads((tmp_path / "p" / "astronaut.json").read_text())
+    face, = found["faces"]
+    assert found["detector"] == "ssd_mtcnn"
     box = pd.read_csv(ev / "faces" / "boxes.csv").set_index("path").loc["astronaut.png"]
     assert np.allclose(face["box"], box[["x1", "y1", "x2", "y2"]].to_numpy(float), atol=0.06)
 

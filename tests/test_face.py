@@ -125,9 +125,10 @@ def test_union_detector_recall_on_real_masked_photos():
 
 
 def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp_path):
-    """face_image.py, inference on raw photos and predict.py, at their defaults and the same detection
+    """face_image.py, inference on raw photos and predict.py, with the same detector (MTCNN) and detection
     size, find the same face in the same photo and cut it with the same function (another detector and
-    margins: tests/test_crop_recipe.py)."""
+    margins, taken from the run: tests/test_crop_recipe.py). A run trained on whole photos gets union
+    in predict.py unless told."""
     import skimage.data
     from face_image import write_image
     from inference import _face_fn
@@ -138,7 +139,9 @@ def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp
     assert np.array_equal(written, _face_fn(CropRecipe())([img])[0])
     box = pd.read_csv(tmp_path / "eval" / "faces" / "boxes.csv").iloc[0]
     # predict.py shows MTCNN up to 1024 px of a street photo by default; at face_image.py's 256 px it finds this box
-    run("predict.py", tmp_path / "eval" / "images" / "a.png", "--model_dir", tiny_runs["single"], "--out", tmp_path / "p",
-        "--detect_size", "256")
+    predict = ["predict.py", tmp_path / "eval" / "images" / "a.png", "--model_dir", tiny_runs["single"], "--detect_size", "256"]
+    run(*predict, "--out", tmp_path / "default")
+    assert json.loads((tmp_path / "default" / "a.json").read_text())["detector"] == "union"
+    run(*predict, "--out", tmp_path / "p", "--detector", "mtcnn")
     face, = json.loads((tmp_path / "p" / "a.json").read_text())["faces"]
     assert np.allclose(face["box"], box[["x1", "y1", "x2", "y2"]].to_numpy(float), atol=0.06)  # rounded to 0.1 and 0.01
