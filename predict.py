@@ -123,9 +123,8 @@ def main(argv):
     files = collect(args.photos)
     names = output_names(files)
     # found as the training crops were found and cut with their margins, at predict.py's own detection size
-    recipe = replace(eval_crop_recipe(metas, args.detector), detect_size=args.detect_size or None)
-    if args.detector is None and all(m["crop"] == "center" for m in metas):
-        recipe = replace(recipe, detector=WHOLE_PHOTO_DETECTOR)
+    default = None if any(m["crop"] == "none" for m in metas) else WHOLE_PHOTO_DETECTOR
+    recipe = replace(eval_crop_recipe(metas, args.detector or default), detect_size=args.detect_size or None)
     det = recipe.create_detector(device)
     min_score = MIN_SCORE[recipe.detector] if args.min_score is None else args.min_score
     found, crops, unreadable = [], [], []
