@@ -151,3 +151,28 @@ def test_device_loader_gives_the_dataloaders_batches():
         assert len(a) == len(b) == len(dev) == 3  # 30 // 8 full batches (drop_last when training)
         for (xa, ya, ia), (xb, yb, ib) in zip(a, b):
             assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+
+def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
+    """decode_many hands chunks of files to threads, which write into new arrays or the cache's files:
+    every row must hold what decoding that file alone gives, and unreadable files must be marked."""
+    from PIL import Image
+    from dataset import cached_images, decode_many, prepare, read_rgb
+    photos = sorted((tiny_root / "train" / "images").glob("*/*.jpg"))[:70]
+    assert len(photos) == 70  # several chunks of 16
+    paths = [shutil.copy(p, tmp_path / f"{i}.jpg") for i, p in enumerate(photos)]
+    Image.open(photos[0]).convert("RGBA").save(tmp_path / "rgba.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not a photo")
+    paths[40:40] = [tmp_path / "empty.jpg", tmp_path / "rgba.png", tmp_path / "text.jpg"]
+    keys = [((40, 32), "center"), ((24, 24), "none")]
+    out, ok = decode_many(paths, keys, workers=2)
+    cache = cached_images(paths, keys[:1], tmp_path / "cache")[keys[0]]
+    assert np.flatnonzero(~ok).tolist() == np.flatnonzero(~cache.ok).tolist() == [40, 42]
+    for size, crop in keys:
+        want = np.zeros_like(out[(size, crop)])
+        for i in np.flatnonzero(ok):
+            want[i] = prepare(read_rgb(paths[i]), size, crop)
+        assert np.array_equal(out[(size, crop)], want)
+    assert np.array_equal(cache.array, out[keys[0]])
