@@ -427,14 +427,19 @@ def _bar(n, desc):
     return tqdm(total=n, desc=desc, leave=False, disable=True if n < 200 else None, file=sys.stderr)
 
 
+def _write_row(out, r, img, face=None):
+    """Row r of every array in `out`, prepared from the decoded image (crop 'face': from its face crop)."""
+    for (size, crop), arr in out.items():
+        arr[r] = prepare(face if crop == "face" else img, size, "none" if crop == "face" else crop)
+
+
 def _decode_rows(paths, rows, out):
     """Decode the files of `rows`, prepare them and write them into `out`; -> the rows that decoded."""
     done = []
     for r in rows:
         img = read_rgb(paths[r])
         if img is not None:
-            for (size, crop), arr in out.items():
-                arr[r] = prepare(img, size, crop)
+            _write_row(out, r, img)
             done.append(r)
     return done
 
@@ -473,8 +478,7 @@ def _decode_chunk_cpu(ex, datas, paths, rows, out, ok, face_fn):
     faces = dict(zip(good, face_fn([imgs[j] for j in good]))) if face_fn and good else {}
 
     def work(j):
-        for (size, crop), arr in out.items():
-            arr[rows[j]] = prepare(faces[j] if crop == "face" else imgs[j], size, "none" if crop == "face" else crop)
+        _write_row(out, rows[j], imgs[j], faces.get(j))
         ok[rows[j]] = True
 
     list(ex.map(work, good))
