@@ -447,8 +447,8 @@ def _decode_rows(paths, rows, out):
 def _decode_in_threads(paths, out, workers, desc, chunk=16):
     """Each thread takes 16 files at a time, start to finish. One task per image, with the files read
     ahead by another thread (the way before), cost more hand-overs of the GIL than it gained (2-core CPU:
-    2,550 against 2,200 img/s on 4,000 photos at 112x96; 2,470 against 1,700 on 203). Forked worker
-    processes were slower than these threads there too (2,400 img/s on 4,000 photos; about 50 ms to start)."""
+    1.2x faster on 4,000 photos; README, Performance). Forked worker processes were slower than these
+    threads there (and about 50 ms to start)."""
     ok = np.zeros(len(paths), bool)
     chunks = [range(s, min(s + chunk, len(paths))) for s in range(0, len(paths), chunk)]
     with one_cv2_thread(), ThreadPoolExecutor(workers) as ex, _bar(len(paths), desc) as bar:
