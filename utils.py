@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -21,8 +22,19 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
 
 
+OS_FIXES = {
+    errno.EACCES: "give this user access to it (read for inputs, write for outputs and their folder)",
+    errno.EPERM: "give this user access to it (read for inputs, write for outputs and their folder)",
+    errno.ENOENT: "check the path: a file listed or found at the start is gone",
+    errno.ENOSPC: "free disk space (or write elsewhere) and run again",
+    errno.EDQUOT: "free disk space (or write elsewhere) and run again",
+    errno.EROFS: "write to a writable place",
+}
+
+
 def cli(main):
-    """Run `main(argv)`; turn UserError (and CUDA OOM) into one line on stderr and exit 2.
+    """Run `main(argv)`; turn UserError, CUDA OOM and the file errors a user can fix (OS_FIXES) into one
+    line on stderr and exit 2.
 
     `--debug` anywhere on the command line shows the traceback instead.
     """
@@ -45,6 +57,12 @@ def cli(main):
         except BrokenPipeError:  # the reader left early (`| head`): what it took is all it wanted
             _stdout_to_devnull()
             sys.exit(0)
+        except OSError as e:  # a file the user can fix: unreadable, gone, or no room to write it
+            if debug or e.errno not in OS_FIXES:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror}; {OS_FIXES[e.errno]}", file=sys.stderr)
+            sys.exit(2)
         except Exception as e:  # OOM is a user-fixable condition, everything else is a bug
             if debug or not _is_oom(e):
                 raise

@@ -375,3 +375,26 @@ def test_an_interrupted_faces_folder_is_not_used_by_inference(tiny_root, tiny_ru
     shutil.copy(next((data / "images").iterdir()), data / "faces")  # one crop written, then the run stopped
     run("inference.py", "--data_dir", data, "--model_dir", tmp_path / "r", "--output_dir", tmp_path / "o")
     assert (tmp_path / "o" / "output.csv").is_file()
+
+
+@pytest.mark.parametrize("err", [PermissionError(13, "Permission denied", "/data/eval/images/a.jpg"),
+                                 FileNotFoundError(2, "No such file or directory", "/data/train/images/x/mask1.jpg"),
+                                 OSError(28, "No space left on device")])
+def test_file_errors_a_user_can_fix_are_one_line_and_exit_2(err, capsys):
+    """Permissions (a root-owned eval folder on a shared machine), a file gone mid-run, a full disk: one
+    line naming the file and what to do, exit 2, no traceback; other OS errors stay tracebacks (bugs)."""
+    from utils import cli
+
+    def raising(e):
+        def main(argv):
+            raise e
+        return cli(main)
+
+    with pytest.raises(SystemExit) as e:
+        raising(err)([])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {err.filename or err.strerror}")
+    with pytest.raises(type(err)):
+        raising(err)(["--debug"])
+    with pytest.raises(ConnectionRefusedError):
+        raising(ConnectionRefusedError(111, "Connection refused"))([])
