@@ -142,6 +142,11 @@ def _ssd(device, detect_size, thresholds, second_pass):
     return SSDFaceDetector(device)
 
 
+def _retry(device, detect_size, second_pass):
+    """MTCNN's relaxed second pass as a cascade's last stage (none when it is off)."""
+    return [_mtcnn(device, detect_size, RETRY_THRESHOLDS, False)] if second_pass else []
+
+
 # --detector: name -> factory(device, detect_size, MTCNN thresholds, MTCNN second pass); the SSD always
 # sees 300x300 copies, so detect_size and the thresholds only concern MTCNN. mtcnn_ssd keeps MTCNN's boxes
 # wherever its first pass finds a face and asks the SSD before MTCNN's relaxed second pass. union runs the
@@ -152,11 +157,9 @@ DETECTORS = {
     "ssd": _ssd,
     "ssd_mtcnn": lambda *a: CascadeDetector(_ssd(*a), _mtcnn(*a)),
     "mtcnn_ssd": lambda dev, size, thr, second: CascadeDetector(
-        _mtcnn(dev, size, thr, False), _ssd(dev, size, thr, second),
-        *([_mtcnn(dev, size, RETRY_THRESHOLDS, False)] if second else [])),
+        _mtcnn(dev, size, thr, False), _ssd(dev, size, thr, second), *_retry(dev, size, second)),
     "union": lambda dev, size, thr, second: CascadeDetector(
-        UnionDetector(_ssd(dev, size, thr, second), _mtcnn(dev, size, thr, False)),
-        *([_mtcnn(dev, size, RETRY_THRESHOLDS, False)] if second else [])),
+        UnionDetector(_ssd(dev, size, thr, second), _mtcnn(dev, size, thr, False)), *_retry(dev, size, second)),
 }
 # MTCNN (with its second pass) stays the default: the SSD finds more masked faces at the true box (and
 # MTCNN where the SSD finds none finds most of the rest), yet models trained on its crops scored lower CV
