@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UserError, add_bool, cli, make_parser, write_json_atomic
+from utils import UserError, add_bool, cli, make_parser, positive, write_json_atomic
 
 
 def _timeit(fn, n_items, repeat=1):
@@ -306,25 +306,26 @@ def ratios(r):
 @cli
 def main(argv):
     ap = make_parser(__doc__)
+    count, count0 = positive(int, 1, inclusive=True), positive(int, 0, inclusive=True)
     ap.add_argument("--data_dir", default="demo_data", help="root with train/ and eval/ (python synthetic.py)")
     ap.add_argument("--face_dir", default=None, help="photos for the face benchmark (default <data_dir>/eval/images)")
     ap.add_argument("--model", default="efficientnet_lite0")
-    ap.add_argument("--img_size", type=int, nargs=2, default=[112, 96], metavar=("H", "W"))
-    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--img_size", type=positive(int, 16, inclusive=True), nargs=2, default=[112, 96], metavar=("H", "W"))
+    ap.add_argument("--batch_size", type=count, default=32)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", False, "mixed precision (CUDA only)")
     add_bool(ap, "--channels_last", True, "channels_last memory format (the toolkit's default)")
     add_bool(ap, "--gpu_decode", False, "on CUDA, the toolkit decodes JPEGs with nvJPEG (both are timed for first runs)")
     add_bool(ap, "--gpu_data", True, "on CUDA, training holds the images on the GPU (train.py's default)")
     add_bool(ap, "--cudnn_benchmark", True, "let cuDNN time its kernels for each new shape (train.py's default)")
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain pipeline (and of the "
+    ap.add_argument("--workers", type=count0, default=2, help="DataLoader workers of the plain pipeline (and of the "
                     "toolkit's loader on CUDA; on CPU it reads in the main process, as train.py does)")
-    ap.add_argument("--train_images", type=int, default=320)
-    ap.add_argument("--eval_images", type=int, default=200)
-    ap.add_argument("--face_images", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=1, help="repeat each timing, keep the best")
+    ap.add_argument("--train_images", type=count, default=320)
+    ap.add_argument("--eval_images", type=count, default=200)
+    ap.add_argument("--face_images", type=count, default=64)
+    ap.add_argument("--repeat", type=count, default=1, help="repeat each timing, keep the best")
     add_bool(ap, "--profile", False, "print where the toolkit's training epoch and inference spend their time")
-    ap.add_argument("--cv5_images", type=int, default=200, help="eval images for the CV-5 + TTA comparison")
+    ap.add_argument("--cv5_images", type=count, default=200, help="eval images for the CV-5 + TTA comparison")
     ap.add_argument("--skip", nargs="*", default=[], choices=("train", "plain", "infer", "cv5", "faces"))
     ap.add_argument("--cache_dir", default="bench/.cache", help="where the run's temporary image caches go")
     ap.add_argument("--out", default="bench/benchmark.json")

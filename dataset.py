@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 
 from labels import (AGE_NAMES, GENDER_NAMES, MASK_NAMES, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, age_class,  # noqa: F401
                     decode, encode, joint_targets, loss_targets, task_targets)
-from utils import UserError, atomic_path, cli, demo_note, env_default, inside, load_dotenv_once, make_parser, write_csv_atomic
+from utils import (Rising, UserError, atomic_path, check_ids, cli, demo_note, env_default, fraction, inside,
+                   load_dotenv_once, make_parser, nearest_existing, positive, write_csv_atomic)
 
 # --- layout -------------------------------------------------------------------------------------
 MASK_STEMS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
@@ -257,6 +259,7 @@ def read_eval(eval_dir, source="images"):
         raise UserError(f"{info_path}: no ImageID column")
     if info.empty:
         raise UserError(f"{info_path}: no rows")
+    check_ids(info["ImageID"], info_path)
     root = eval_dir / source
     paths = []
     for iid in info["ImageID"]:
@@ -576,6 +579,18 @@ class ImageCache:
         return {**self.__dict__, "_arr": None}
 
 
+def check_room(cache_dir, caches):
+    """Refuse, before decoding anything, a cache the disk cannot hold: its file is sparse, so a full disk
+    would only show once the decoder had filled most of it."""
+    need = sum(c.nbytes for c in caches)
+    free = shutil.disk_usage(nearest_existing(cache_dir)).free
+    if need > free:
+        sizes = " and ".join(f"{c.size[0]}x{c.size[1]}" for c in caches)
+        raise UserError(f"{cache_dir}: the decoded-image cache of {len(caches[0])} images at {sizes} needs "
+                        f"{need / 2**20:,.0f} MiB and the disk has {free / 2**20:,.0f} MiB free: free space, pass "
+                        "--cache_dir on a larger disk, or use a smaller --img_size")
+
+
 def cached_images(paths, keys, cache_dir, log=None, desc="caching images", device="cpu"):
     """{(size, crop): ImageCache} over the same files; every key not cached yet is built from one
     decoding pass (on `device`: see decode_many). Undecodable files are named in `log` and marked in
@@ -583,6 +598,7 @@ def cached_images(paths, keys, cache_dir, log=None, desc="caching images", devic
     caches = {k: ImageCache(paths, k[0], k[1], cache_dir) for k in keys}
     missing = [k for k, c in caches.items() if not c.exists()]
     if missing:
+        check_room(cache_dir, [caches[k] for k in missing])
         with contextlib.ExitStack() as stack:
             files = {k: stack.enter_context(caches[k].building()) for k in missing}
             _, ok = decode_many(paths, missing, desc=desc, device=device, out=files)
@@ -811,9 +827,10 @@ def main(argv):
     ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_TRAIN", "demo_data/train"),
                     help="training dir holding train.csv and images/ (env SM_CHANNEL_TRAIN)")
     ap.add_argument("--out", default=None, help="output CSV (default <data_dir>/perfect_train.csv)")
-    ap.add_argument("--age_bounds", type=int, nargs=2, default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"))
+    ap.add_argument("--age_bounds", type=positive(int, 1, inclusive=True), nargs=2, action=Rising,
+                    default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"))
     ap.add_argument("--fixes", default=str(DEFAULT_FIXES), help="label fixes CSV (id,field,value)")
-    ap.add_argument("--max_bad", type=float, default=0.01, help="max fraction of unreadable images")
+    ap.add_argument("--max_bad", type=fraction, default=0.01, help="max fraction of unreadable images")
     args = ap.parse_args(argv)
     demo_note(args.data_dir, "demo_data/train", "SM_CHANNEL_TRAIN", "--data_dir", argv)
     data_dir = Path(args.data_dir)

@@ -24,8 +24,8 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from labels import MASK_NAMES, class_names, decode
-from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
-                   write_json_atomic)
+from utils import (UserError, add_bool, atomic_path, check_ids, cli, demo_note, env_default, load_dotenv_once, make_parser,
+                   positive, write_json_atomic)
 from voc import match_boxes, read_voc
 
 CLASSES = list(range(18))
@@ -80,9 +80,8 @@ def read_answers(path, what):
     bad = ans.isna() | (ans != ans.round()) | (ans < 0) | (ans > 17)
     if bad.any():
         raise UserError(f"{path}: ans must be an integer in 0-17; row {int(bad.idxmax()) + 2} has "
-                        f"{df['ans'][bad].iloc[0]!r}")
-    if df["ImageID"].duplicated().any():
-        raise UserError(f"{path}: ImageID {df['ImageID'][df['ImageID'].duplicated()].iloc[0]!r} appears twice")
+                        f"'{df['ans'][bad].iloc[0]}'")
+    check_ids(df["ImageID"], path)
     return df.assign(ans=ans.astype(int))
 
 

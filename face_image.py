@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from dataset import IMG_EXTS, MASK_NAMES, center_crop, center_region, read_rgb
-from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser,
-                   write_csv_atomic, write_json_atomic)
+from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, fraction, load_dotenv_once,
+                   make_parser, positive, write_csv_atomic, write_json_atomic)
 from voc import box_iou, match_boxes, read_voc
 
 # margins around the detected box, as fractions of the box width: close to the original's 30 px at the
@@ -476,25 +476,25 @@ def main(argv):
     ap = make_parser(__doc__)
     ap.add_argument("--data_dir", default=None, help="root holding train/ and eval/ (default demo_data, or the "
                     "SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set)")
-    ap.add_argument("--batch_size", type=int, default=32, help="images per MTCNN call")
-    ap.add_argument("--detect_size", type=int, default=DETECT_SIZE, help="longest side seen by MTCNN (0: full)")
-    ap.add_argument("--margin", type=float, nargs=3, default=list(DEFAULT_MARGIN), metavar=("TOP", "SIDES", "BOTTOM"),
+    ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=32, help="images per MTCNN call")
+    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE, help="longest side seen by MTCNN (0: full)")
+    ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=list(DEFAULT_MARGIN), metavar=("TOP", "SIDES", "BOTTOM"),
                     help="crop margins as fractions of the face box width")
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
                     help="mtcnn: MTCNN (the best CV macro F1 of models trained on its crops); ssd_mtcnn: OpenCV's SSD, "
                     "then MTCNN where it finds no face (finds the most masked faces); mtcnn_ssd: MTCNN's first pass, "
                     "then the SSD, then MTCNN's second pass; ssd: the SSD alone; union: the SSD and MTCNN's first pass on "
                     "every photo, their faces merged, then MTCNN's second pass (finds the most faces in street photos) (README)")
-    ap.add_argument("--thresholds", type=float, nargs=3, default=list(MTCNN_THRESHOLDS), metavar=("P", "R", "O"),
+    ap.add_argument("--thresholds", type=fraction, nargs=3, default=list(MTCNN_THRESHOLDS), metavar=("P", "R", "O"),
                     help="MTCNN stage thresholds; lower finds more masked faces and more false ones")
     add_bool(ap, "--second_pass", True, f"look again with thresholds {' '.join(map(str, RETRY_THRESHOLDS))} in "
              "the photos where no face was found (most are masked faces)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--workers", type=int, default=None, help="decoding threads")
+    ap.add_argument("--workers", type=positive(int, 1, inclusive=True), default=None, help="decoding threads")
     ap.add_argument("--score", nargs="+", default=None, metavar="ROOT", help="score detection against known face "
                     "boxes (faces_gt.csv of synthetic.py --faces, or PASCAL-VOC annotations/) instead of cropping")
-    ap.add_argument("--min_face", type=int, default=32, help="with --score: smallest face counted (px)")
-    ap.add_argument("--min_score", type=float, default=0.9, help="with --score: smallest detection score kept "
+    ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32, help="with --score: smallest face counted (px)")
+    ap.add_argument("--min_score", type=fraction, default=0.9, help="with --score: smallest detection score kept "
                     "(predict.py's default)")
     args = ap.parse_args(argv)
     recipe = CropRecipe(args.detector, args.detect_size or None, tuple(args.thresholds), args.second_pass,

@@ -302,6 +302,10 @@ def main(argv):
         if len(args.ensemble_model_dir) < 1:
             raise UserError("--ensemble True needs --ensemble_model_dir RUN [RUN ...]")
         runs = [resolve_model_dir(r) for r in args.ensemble_model_dir]
+        seen = [r.resolve() for r in runs]
+        twice = next((r for i, r in enumerate(runs) if seen[i] in seen[:i]), None)
+        if twice is not None:  # it would silently count double in the vote
+            raise UserError(f"{twice}: named twice in --ensemble_model_dir; give each run once (--weights weighs runs)")
     else:
         runs = [resolve_model_dir(args.model_dir)]
     weights = args.weights or [1.0] * len(runs)

@@ -134,7 +134,10 @@ def _load(path):
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
             raise UserError(f"{path}: refused, the file carries pickled code or objects, not only weights "
                             "(loaded with weights_only=True for safety)")
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {msg.splitlines()[0][:100]})")
+        # an empty file (a copy that failed) raises EOFError with no message at all
+        detail = msg.splitlines()[0][:100] if msg.strip() else "the file is empty or cut short"
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); train it again or "
+                        "copy it again")
 
 
 def save_checkpoint(path, model, meta, **state):

@@ -22,7 +22,7 @@ from decision import decide, read_offsets
 from face_image import DETECTORS, crop_for_model
 from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta
 from model import TTA_VIEWS
-from utils import UserError, atomic_path, cli, make_parser, writable_dir, write_json_atomic
+from utils import UserError, atomic_path, cli, fraction, make_parser, positive, writable_dir, write_json_atomic
 
 # detection scores kept by default, per detector (street photos hold many faces, some false): on MTCNN's
 # scale 0.9 (mtcnn_ssd's faces are mostly MTCNN's); the SSD answers from 0.2 (face_ssd.SSDFaceDetector), and
@@ -108,9 +108,9 @@ def main(argv):
                     help="face detector, as face_image.py's (default: the one the run's training crops were cut "
                     f"with, recorded in its checkpoints, else mtcnn; {WHOLE_PHOTO_DETECTOR} for models trained on whole "
                     "photos); union and ssd_mtcnn find more faces in street photos, masked ones above all (README)")
-    ap.add_argument("--min_score", type=float, default=None, help="minimum face detection score (default: "
+    ap.add_argument("--min_score", type=fraction, default=None, help="minimum face detection score (default: "
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
-    ap.add_argument("--detect_size", type=int, default=1024, help="longest side MTCNN sees (0: full)")
+    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024, help="longest side MTCNN sees (0: full)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")

@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from dataset import MASK_STEMS, age_class, encode
-from utils import UserError, cli, make_parser
+from utils import UserError, cli, fraction, make_parser, positive
 
 W, H = 384, 512
 SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 135], [198, 134, 96], [141, 85, 54], [95, 60, 40]])
@@ -219,13 +219,13 @@ def write_dataset(people, out, eval_ratio, seed):
 def main(argv):
     ap = make_parser(__doc__)
     ap.add_argument("--out", default="demo_data", help="output root (replaced if it exists)")
-    ap.add_argument("--people", type=int, default=150, help="number of drawn people")
-    ap.add_argument("--eval_ratio", type=float, default=0.2, help="share of people in eval/")
+    ap.add_argument("--people", type=positive(int, 1, inclusive=True), default=150, help="number of drawn people")
+    ap.add_argument("--eval_ratio", type=fraction, default=0.2, help="share of people in eval/")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--faces", default=None, help="folder of real face photos (UTKFace names or a "
                     "labels CSV): build the dataset from them instead of drawing people")
     ap.add_argument("--faces_csv", default=None, help="CSV with path, age, gender (0 male, 1 female)")
-    ap.add_argument("--limit", type=int, default=None, help="with --faces: use at most N photos")
+    ap.add_argument("--limit", type=positive(int, 1, inclusive=True), default=None, help="with --faces: use at most N photos")
     ap.add_argument("--masks", default="fitted", help="with --faces: how masks are drawn: fitted (follows the face, "
                     "lit like the photo; reads real masks better than flat over five training seeds: README, Real "
                     "masks) or flat (the first builder, which the real-face CV tables were measured on)")

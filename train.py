@@ -40,7 +40,7 @@ from loss import LOSSES, create_loss, mask_marginal_loss, years_loss
 from model import (DEFAULT_TTA, TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
                    load_checkpoint, save_checkpoint, soft_age_marginal, split_heads, task_probs, view_average)
 from optimizer import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler, top_lr
-from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
+from utils import (Rising, UserError, add_bool, cli, demo_note, env_default, fraction, increment_dir, load_dotenv_once,
                    make_parser, positive, refuse, seed_everything, str2bool, writable_dir, write_csv_atomic,
                    write_json_atomic)
 
@@ -80,7 +80,7 @@ def build_parser():
                    help="faces/ (face_image.py crops) or images/ (centre crop); auto: faces/ when present")
     g.add_argument("--img_size", "--resize", type=positive(int, 16, inclusive=True), nargs=2, default=[224, 224],
                    metavar=("H", "W"))
-    g.add_argument("--age_bounds", type=int, nargs=2, default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"),
+    g.add_argument("--age_bounds", type=positive(int, 1, inclusive=True), nargs=2, action=Rising, default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"),
                    help="age classes for training labels; validation always uses 30 60")
     g.add_argument("--extra_data", nargs="*", default=[], help="other training dirs in the same layout: added to "
                    "the training side of every split, never validated on")

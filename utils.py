@@ -153,6 +153,15 @@ def fraction(v):
     return x
 
 
+class Rising(argparse.Action):
+    """nargs=2 action for a LOW HIGH pair (age bounds): LOW must be below HIGH."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not values[0] < values[1]:
+            parser.error(f"argument {option_string}: LOW must be below HIGH, got {values[0]} {values[1]}")
+        setattr(namespace, self.dest, values)
+
+
 def demo_note(value, default, env, flag, argv):
     """One line on stderr when a script falls back to the demo data (neither env nor flag given), saying
     how to point at real data."""
@@ -161,14 +170,20 @@ def demo_note(value, default, env, flag, argv):
         print(f"note: using the demo data ({default}); set {env} or {flag} for real data", file=sys.stderr)
 
 
+def nearest_existing(path) -> Path:
+    """`path` itself, or the nearest of its parents that exists (what a folder to be made would sit on)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def writable_dir(path, flag):
     """Check, before any work, that `path` can become a folder we write in: the nearest part of it that
     exists must be a folder this process may write to (a read-only filesystem says no here too). Nothing
     is created: a run that then fails leaves no empty folder behind."""
     path = Path(path)
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(path)
     if not probe.is_dir():
         raise UserError(f"{probe} is a file, not a folder: choose another {flag}")
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -250,6 +265,18 @@ def inside(root, rel) -> Path:
     if p != root and root not in p.parents:
         raise UserError(f"path {rel!r} points outside the data directory {root}")
     return p
+
+
+def check_ids(ids, path, column="ImageID"):
+    """A CSV's ID column (pandas, read as str): every row names something, and nothing twice (a
+    submission has one answer per photo). Rows are numbered as in the file (the header is row 1)."""
+    blank = ids.isna().to_numpy() | (ids.fillna("").str.strip() == "").to_numpy()
+    if blank.any():
+        raise UserError(f"{path}: row {int(blank.argmax()) + 2} has no {column}")
+    dup = ids.duplicated().to_numpy()
+    if dup.any():
+        raise UserError(f"{path}: {column} {ids[dup].iloc[0]!r} appears twice (rows "
+                        f"{', '.join(str(i + 2) for i in np.flatnonzero(ids == ids[dup].iloc[0]))})")
 
 
 def increment_dir(base: Path, name: str) -> Path:

@@ -53,6 +53,16 @@ def test_original_multi_2_is_three_models_with_cv_and_inference_reads_it_the_ori
     ("train.py", ["--max_bad", "-1"], "--max_bad"),
     ("train.py", ["--epochs", "0"], "--epochs"),
     ("inference.py", ["--batch_size", "0"], "--batch_size"),
+    # every script's numbers are checked the same way (these went on to tracebacks or silent nonsense)
+    ("benchmark.py", ["--repeat", "0"], "--repeat"),
+    ("benchmark.py", ["--img_size", "0", "0"], "--img_size"),
+    ("face_image.py", ["--batch_size", "0"], "--batch_size"),
+    ("face_image.py", ["--thresholds", "2", "0.7", "0.7"], "--thresholds"),
+    ("predict.py", ["x.jpg", "--model_dir", "m", "--detect_size", "-3"], "--detect_size"),
+    ("predict.py", ["x.jpg", "--model_dir", "m", "--min_score", "7"], "--min_score"),
+    ("synthetic.py", ["--eval_ratio", "1.5"], "--eval_ratio"),
+    ("train.py", ["--age_bounds", "60", "30"], "--age_bounds"),
+    ("dataset.py", ["--age_bounds", "30", "30"], "--age_bounds"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(script, args, needle):
     assert_clean_error(run(script, *args, check=False), needle)
@@ -196,7 +206,7 @@ def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
 
 
 # --- 3. bad input ------------------------------------------------------------------------------------
-def test_output_folders_that_are_files_and_empty_info_csv_exit_2(tiny_root, tiny_runs, tmp_path):
+def test_output_folders_that_are_files_empty_info_csv_and_a_run_named_twice_exit_2(tiny_root, tiny_runs, tmp_path):
     (tmp_path / "file").write_text("x")
     assert_clean_error(run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path / "file", *BASE,
                            check=False), "--model_dir")
@@ -204,6 +214,9 @@ def test_output_folders_that_are_files_and_empty_info_csv_exit_2(tiny_root, tiny
                            "--output_dir", tmp_path / "file", check=False), "--output_dir")
     assert_clean_error(run("predict.py", tiny_root / "eval" / "images", "--model_dir", tiny_runs["single"], "--out",
                            tmp_path / "file", check=False), "--out")
+    assert_clean_error(run("inference.py", "--data_dir", tiny_root / "eval", "--ensemble", "True", "--ensemble_model_dir",
+                           tiny_runs["single"], tiny_runs["cv"], f"{tiny_runs['single']}/", "--output_dir",
+                           tmp_path / "o", check=False), "named twice")
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "info.csv").write_bytes(b"")
     assert_clean_error(run("inference.py", "--data_dir", tmp_path / "eval", "--model_dir", tiny_runs["single"],
@@ -398,3 +411,47 @@ def test_file_errors_a_user_can_fix_are_one_line_and_exit_2(err, capsys):
         raising(err)(["--debug"])
     with pytest.raises(ConnectionRefusedError):
         raising(ConnectionRefusedError(111, "Connection refused"))([])
+
+
+def test_image_ids_must_be_present_and_unique_in_info_csv_and_in_answers(tmp_path):
+    """A blank ImageID used to end in a TypeError, and a repeated one in a submission that evaluation.py
+    then refused: both are one line naming the file and the rows, in info.csv and in scored files alike."""
+    from dataset import read_eval
+    from evaluation import read_answers
+    from utils import UserError
+    (tmp_path / "images").mkdir()
+    for n in ("a.jpg", "b.jpg"):
+        (tmp_path / "images" / n).write_bytes(b"x")
+    cases = {"ImageID,ans\na.jpg,0\nb.jpg,1\na.jpg,2\n": "'a.jpg' appears twice (rows 2, 4)",
+             "ImageID,ans\na.jpg,0\n,1\n": "row 3 has no ImageID",
+             "ImageID,ans\na.jpg,0\n  ,1\n": "row 3 has no ImageID"}
+    for text, needle in cases.items():
+        (tmp_path / "info.csv").write_text(text)
+        for read in (lambda: read_eval(tmp_path), lambda: read_answers(tmp_path / "info.csv", "submission")):
+            with pytest.raises(UserError, match=__import__("re").escape(needle)):
+                read()
+    (tmp_path / "info.csv").write_text("ImageID,ans\na.jpg,0\nb.jpg,1\n")
+    assert len(read_eval(tmp_path)[1]) == 2 and len(read_answers(tmp_path / "info.csv", "x")) == 2
+
+
+def test_an_empty_checkpoint_is_named_not_a_traceback(tmp_path):
+    from model import _load
+    from utils import UserError
+    (tmp_path / "best.pth").write_bytes(b"")
+    with pytest.raises(UserError, match="best.pth: not a readable checkpoint .*empty"):
+        _load(tmp_path / "best.pth")
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(tiny_root, tmp_path, monkeypatch):
+    """Its file is sparse, so a full disk showed only after most of the decoding, as a bare ENOSPC. The disk
+    is made to report 1 MiB free (filling a real one would take the machine with it if the check broke)."""
+    import dataset
+    from utils import UserError
+    paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:2]
+    real = shutil.disk_usage
+    monkeypatch.setattr(dataset.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
+    with pytest.raises(UserError, match=r"cache of 2 images at 512x512 needs 2 MiB and the disk has 1 MiB free"):
+        dataset.cached_images(paths, [((512, 512), "center")], tmp_path / "cache")  # 1.5 MiB
+    assert not (tmp_path / "cache").exists()
+    small = dataset.cached_images(paths, [((256, 256), "center")], tmp_path / "cache")  # 0.4 MiB fits
+    assert small[((256, 256), "center")].ok.all()
