@@ -10,7 +10,7 @@ probabilities. The run may be single, CV (folds averaged) or multi-task: it is d
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 import distributed
 from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
 from decision import decide, read_offsets
-from face_image import DETECTORS, crop_for_model
+from face_image import DETECTORS, CropRecipe, crop_for_model
 from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta
 from model import TTA_VIEWS
 from utils import UserError, atomic_path, cli, fraction, make_parser, positive, writable_dir, write_json_atomic
@@ -95,8 +95,71 @@ def annotate(img, faces):
     return canvas
 
 
-@cli
-def main(argv):
+# photos held in memory at once: a folder of 12 MP phone photos is 36 MB a photo decoded, so a whole
+# folder would not fit; a chunk still gives the models batches of faces
+CHUNK = 16
+
+
+@dataclass
+class Predictor:
+    """What every chunk of photos goes through: the detector, the models and how they decide."""
+    det: object
+    min_score: float
+    recipe: CropRecipe
+    groups: list
+    models: dict
+    tta: str
+    offsets: object
+    device: object
+
+    def find(self, files):
+        """-> [(file, image, [(box, score)])] for the readable photos, and the unreadable files."""
+        found, unreadable = [], []
+        for f in files:
+            img = read_rgb(f)
+            if img is None:
+                print(f"error: {f}: cannot be read as an image, skipped", file=sys.stderr)
+                unreadable.append(f)
+                continue
+            boxes, scores, _ = self.det.detect([img])[0]
+            keep = [(boxes[i], scores[i]) for i in range(len(boxes)) if scores[i] >= self.min_score]
+            if not keep:
+                print(f"{f}: no face found", file=sys.stderr)
+            found.append((f, img, keep))
+        return found, unreadable
+
+    def classify(self, found):
+        """Every face of the photos in one pass per model; each face cut as its model was trained (face
+        crop or centre-like window) and prepared once per input size -> (probabilities, labels)."""
+        crops = [(img, box) for _, img, faces in found for box, _ in faces]
+        if not crops:
+            return np.zeros((0, 18)), np.zeros(0, int)
+        keys = {(tuple(m["img_size"]), m["crop"]) for _, m in self.models.values()}
+        arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], self.recipe.margin), k[0], "none")
+                               for im, box in crops]) for k in keys}
+        probs = run_groups(self.groups, arrays, self.models, tta=self.tta, batch_size=32, device=self.device)
+        return probs, decide(probs, self.offsets)
+
+
+def face_rows(faces, probs, labels):
+    rows = []
+    for (box, score), p, label in zip(faces, probs, labels):
+        m, g, a = (int(v) for v in decode(int(label)))
+        rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=int(label),
+                         mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
+                         age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
+    return rows
+
+
+def write_photo(out, name, f, img, rows, detector):
+    write_json_atomic(out / f"{name}.json", {"photo": str(f), "detector": detector, "faces": rows})
+    with atomic_path(out / f"{name}_pred.jpg") as tmp:
+        annotate(img, rows).save(tmp, "JPEG", quality=92)
+    print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {r['mask_name']}, {r['gender_name']}, "
+                                                f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))
+
+
+def build_parser():
     ap = make_parser(__doc__)
     ap.add_argument("photos", nargs="+", help="photos or folders of photos")
     ap.add_argument("--model_dir", required=True, help="run folder written by train.py")
@@ -110,62 +173,46 @@ def main(argv):
                     "photos); union and ssd_mtcnn find more faces in street photos, masked ones above all (README)")
     ap.add_argument("--min_score", type=fraction, default=None, help="minimum face detection score (default: "
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
-    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024, help="longest side MTCNN sees (0: full)")
+    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024,
+                    help="longest side MTCNN sees (0: full)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")
-    args = ap.parse_args(argv)
-    device = distributed.setup(args.device).device
-    out = writable_dir(args.out, "--out")
+    return ap
+
+
+def make_predictor(args, device):
     groups = find_groups(args.model_dir, args.pth_name)
     models = load_models(groups, device)
     metas = [meta for _, meta in models.values()]
-    files = collect(args.photos)
-    names = output_names(files)
     # found as the training crops were found and cut with their margins, at predict.py's own detection size
     default = None if any(m["crop"] == "none" for m in metas) else WHOLE_PHOTO_DETECTOR
     recipe = replace(eval_crop_recipe(metas, args.detector or default), detect_size=args.detect_size or None)
-    det = recipe.create_detector(device)
-    min_score = MIN_SCORE[recipe.detector] if args.min_score is None else args.min_score
-    found, crops, unreadable = [], [], []
-    for f in files:
-        img = read_rgb(f)
-        if img is None:
-            print(f"error: {f}: cannot be read as an image, skipped", file=sys.stderr)
-            unreadable.append(f)
-            continue
-        boxes, scores, _ = det.detect([img])[0]
-        keep = [i for i in range(len(boxes)) if scores[i] >= min_score]
-        if not keep:
-            print(f"{f}: no face found", file=sys.stderr)
-        found.append((f, img, [(boxes[i], scores[i]) for i in keep]))
-        crops += [(img, boxes[i]) for i in keep]
-    # every face of every photo in one pass per model; each face cut as its model was trained (face crop
-    # or centre-like window) and prepared once per input size
-    keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
-    arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], recipe.margin), k[0], "none") for im, box in crops])
-              if crops else None for k in keys}
-    tta = args.tta or run_tta(groups, models)
-    probs = run_groups(groups, arrays, models, tta=tta, batch_size=32, device=device) if crops else np.zeros((0, 18))
-    labels = decide(probs, read_offsets(args.model_dir) if args.decision == "fitted" else None)
-    k = 0
-    n_faces = 0
-    for f, img, faces in found:
-        rows = []
-        for box, score in faces:
-            p, label = probs[k], int(labels[k])
-            k += 1
-            m, g, a = (int(v) for v in decode(label))
-            rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=label,
-                             mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
-                             age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
-        n_faces += len(rows)
-        write_json_atomic(out / f"{names[f]}.json", {"photo": str(f), "detector": recipe.detector, "faces": rows})
-        with atomic_path(out / f"{names[f]}_pred.jpg") as tmp:
-            annotate(img, rows).save(tmp, "JPEG", quality=92)
-        print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {r['mask_name']}, {r['gender_name']}, "
-                                                    f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))
-    print(f"{len(found)} photo(s), {n_faces} face(s) -> {out}", file=sys.stderr)
+    return Predictor(det=recipe.create_detector(device),
+                     min_score=MIN_SCORE[recipe.detector] if args.min_score is None else args.min_score,
+                     recipe=recipe, groups=groups, models=models, tta=args.tta or run_tta(groups, models),
+                     offsets=read_offsets(args.model_dir) if args.decision == "fitted" else None, device=device)
+
+
+@cli
+def main(argv):
+    args = build_parser().parse_args(argv)
+    device = distributed.setup(args.device).device
+    out = writable_dir(args.out, "--out")
+    pred = make_predictor(args, device)
+    files = collect(args.photos)
+    names = output_names(files)
+    n_photos, n_faces, unreadable = 0, 0, []
+    for s in range(0, len(files), CHUNK):
+        found, bad = pred.find(files[s:s + CHUNK])
+        probs, labels = pred.classify(found)
+        k = 0
+        for f, img, faces in found:
+            rows = face_rows(faces, probs[k:k + len(faces)], labels[k:k + len(faces)])
+            k += len(faces)
+            write_photo(out, names[f], f, img, rows, pred.recipe.detector)
+        n_photos, n_faces, unreadable = n_photos + len(found), n_faces + k, unreadable + bad
+    print(f"{n_photos} photo(s), {n_faces} face(s) -> {out}", file=sys.stderr)
     if unreadable:
         sys.exit(2)
 
