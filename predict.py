@@ -35,6 +35,8 @@ MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "unio
 # keep the detector (and margins) their crops were cut with.
 WHOLE_PHOTO_DETECTOR = "union"
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
+# any photo: the competition's formats and the others OpenCV decodes (HEIC it does not)
+PHOTO_EXTS = IMG_EXTS + (".webp", ".bmp", ".tif", ".tiff", ".avif")
 
 
 def collect(inputs):
@@ -42,13 +44,13 @@ def collect(inputs):
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTS and not f.name.startswith("."))
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in PHOTO_EXTS and not f.name.startswith("."))
         elif p.is_file():
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or folder")
     if not files:
-        raise UserError(f"no photos (.jpg/.jpeg/.png) in {' '.join(inputs)}")
+        raise UserError(f"no photos ({'/'.join(PHOTO_EXTS)}) in {' '.join(inputs)}")
     return files
 
 

@@ -163,3 +163,10 @@ def test_predict_finds_the_astronaut_face_and_writes_both_outputs(tiny_runs, tmp
     assert f["label"] == f["mask"] * 6 + f["gender"] * 3 + f["age"] and len(f["probs"]) == 18
     assert (tmp_path / "pred" / "astronaut_pred.jpg").stat().st_size > 10000
     assert json.loads((tmp_path / "pred" / "wall.json").read_text())["faces"] == []
+    # a folder of photos in formats other than the competition's (WebP, BMP, TIFF) is read too
+    (tmp_path / "more").mkdir()
+    for ext in ("webp", "bmp", "tif"):
+        cv2.imwrite(str(tmp_path / "more" / f"astronaut_{ext}.{ext}"), cv2.imread(str(photo)))
+    run("predict.py", tmp_path / "more", "--model_dir", tiny_runs["cv"], "--out", tmp_path / "pred2")
+    for ext in ("webp", "bmp", "tif"):
+        assert len(json.loads((tmp_path / "pred2" / f"astronaut_{ext}.json").read_text())["faces"]) == 1
