@@ -194,8 +194,9 @@ def training_crop_recipe(cfg):
     return recipe.to_dict() if recipe else None
 
 
-def load_data(cfg, log):
-    """Label table of the main dataset (+ extra datasets) and the decoded-image cache over all of it."""
+def load_data(cfg, log, decode_on="cpu"):
+    """Label table of the main dataset (+ extra datasets) and the decoded-image cache over all of it,
+    decoded on `decode_on` (the run's CUDA device with --gpu_decode)."""
     tables = []
     fixes = cfg["fixes"] or str(Path(__file__).resolve().parent / "label_fixes.csv")
     cache_dir = Path(cfg["cache_dir"] or Path(cfg["model_dir"]) / ".cache")
@@ -230,7 +231,6 @@ def load_data(cfg, log):
     if not table["full"].all() and cfg["cutmix"] + cfg["mixup"] > 0:
         raise UserError("--extra_data with mask-only labels cannot be mixed by --cutmix/--mixup (a mixed photo would "
                         "have half a label); turn those off or leave the mask-only data out")
-    decode_on = cfg["device_name"] if cfg["gpu_decode"] else "cpu"
 
     def build():  # rank 0 decodes every image once; the other ranks then map the files it wrote
         return {crop: cached_images(part["file"].tolist(), [(tuple(cfg["img_size"]), crop)], cache_dir, log,
@@ -934,7 +934,7 @@ def main(argv):
         log = Log(quiet=not dist.is_main)
         log_main(f"device {dist.device} x {dist.world} process(es), {choose_precision(dist.device, cfg['amp']).name}"
                  f"{', channels_last' if cfg['channels_last'] else ''}")
-        table, images = load_data({**cfg, "device_name": str(dist.device)}, log)
+        table, images = load_data(cfg, log, str(dist.device) if cfg["gpu_decode"] else "cpu")
         units = plan_units(cfg, table)
         create_run_dir(run_dir, cfg, dist)
         t0 = time.time()
