@@ -891,13 +891,26 @@ def choose_run_dir(cfg, dist):
     return Path(distributed.broadcast_object(str(name) if name else None))
 
 
-def create_run_dir(run_dir, cfg, dist):
+def create_run_dir(run_dir, auto, cfg, dist):
+    """Create the run folder and write its config.json -> the folder. An auto-named one (exp, exp2, ...) is
+    claimed with an exclusive mkdir: a run started at the same moment (seeds launched together) may have
+    taken the name while this one loaded its data, and then this run takes the next free name."""
     if dist.is_main:
-        writable_dir(run_dir, "--run_dir").mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.json").is_file():
-            write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
+        writable_dir(run_dir, "--run_dir")
+        while auto:
+            try:
+                run_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                run_dir = increment_dir(run_dir.parent, cfg["name"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if dist.is_main else None))
+    cfg["run_dir"] = str(run_dir)
+    if dist.is_main and not (run_dir / "config.json").is_file():
+        write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
     distributed.barrier()
     distributed.check_shared_dir(run_dir)
+    return run_dir
 
 
 def run_units(units, cfg, table, images, run_dir, dist):
@@ -929,6 +942,7 @@ def main(argv):
     dist = distributed.setup(cfg["device"], cfg["cudnn_benchmark"])
     try:
         cfg = resolve_data_dir(cfg)
+        auto = not (cfg["resume"] or cfg["run_dir"])
         run_dir = choose_run_dir(cfg, dist)
         cfg.update(run_dir=str(run_dir), world_size=dist.world, data_dir=str(cfg["data_dir"]))
         log = Log(quiet=not dist.is_main)
@@ -936,7 +950,7 @@ def main(argv):
                  f"{', channels_last' if cfg['channels_last'] else ''}")
         table, images = load_data(cfg, log, str(dist.device) if cfg["gpu_decode"] else "cpu")
         units = plan_units(cfg, table)
-        create_run_dir(run_dir, cfg, dist)
+        run_dir = create_run_dir(run_dir, auto, cfg, dist)
         t0 = time.time()
         results = run_units(units, cfg, table, images, run_dir, dist)
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}

@@ -104,6 +104,23 @@ def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path):
     assert not [d for d in (tmp_path / "m").glob("exp*")]
 
 
+def test_runs_started_together_get_a_folder_each(tiny_root, tmp_path):
+    """Seeds launched together (`for s in 1 2; do python train.py --seed $s & done`) both chose the free
+    name exp, loaded their data, then trained into that one folder, each overwriting the other's
+    checkpoints. The auto-named folder is now claimed with an exclusive mkdir."""
+    from concurrent.futures import ThreadPoolExecutor
+    md = tmp_path / "model"
+    with ThreadPoolExecutor(2) as ex:
+        procs = list(ex.map(lambda s: run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *BASE,
+                                          "--img_size", "32", "32", "--seed", str(s)), (1, 2)))
+    runs = sorted(md.glob("exp*"))
+    assert [r.name for r in runs] == ["exp", "exp2"], runs
+    assert sorted(json.loads((r / "config.json").read_text())["seed"] for r in runs) == [1, 2]
+    assert all((r / "best.pth").is_file() and json.loads((r / "config.json").read_text())["run_dir"] == str(r)
+               for r in runs)
+    assert sorted(p.stdout.strip().splitlines()[-1].split("-> ")[-1] for p in procs) == [str(r) for r in runs]
+
+
 def test_a_mistyped_fixes_file_and_a_bad_fix_value_are_errors(tiny_root, tmp_path):
     base = ["dataset.py", "--data_dir", tiny_root / "train", "--out", tmp_path / "t.csv"]
     assert_clean_error(run(*base, "--fixes", tmp_path / "nope.csv", check=False), "nope.csv", "not found")
