@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -194,6 +195,17 @@ def training_crop_recipe(cfg):
     return recipe.to_dict() if recipe else None
 
 
+def refuse_shared_photos(table):
+    """Extra data holding photos of --data_dir (the same folder, a link to it, folders linked from it)
+    would put their people on both sides of every split: trained on and validated on at once, so the
+    validation F1 and the epoch it picks would flatter the run."""
+    main = {os.path.realpath(f) for f in table.loc[~table["extra"], "file"]}
+    shared = [f for f in table.loc[table["extra"], "file"] if os.path.realpath(f) in main]
+    if shared:
+        raise UserError(f"{shared[0]} (and {len(shared) - 1} more) given as --extra_data is a photo of --data_dir "
+                        "too: its people would be trained on and validated on at once; leave it out of --extra_data")
+
+
 def load_data(cfg, log, decode_on="cpu"):
     """Label table of the main dataset (+ extra datasets) and the decoded-image cache over all of it,
     decoded on `decode_on` (the run's CUDA device with --gpu_decode)."""
@@ -226,6 +238,7 @@ def load_data(cfg, log, decode_on="cpu"):
     if cfg["pseudo"]:
         tables.append(pseudo_table(cfg, main_crop, log))
     table = pd.concat(tables, ignore_index=True)
+    refuse_shared_photos(table)
     # labels for training use the training bounds; validation is always scored with the official ones
     table["label_official"] = encode(table["mask"], table["gender"], age_class(table["age_years"]))
     if not table["full"].all() and cfg["cutmix"] + cfg["mixup"] > 0:

@@ -104,6 +104,16 @@ def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path):
     assert not [d for d in (tmp_path / "m").glob("exp*")]
 
 
+def test_extra_data_holding_the_training_photos_is_refused(tiny_root, tmp_path):
+    """The same folder (here through a link) as --data_dir and --extra_data put every person on both
+    sides of the split: trained on and validated on, a flattering validation F1, silently."""
+    (tmp_path / "link").symlink_to(tiny_root / "train")
+    p = run("train.py", "--data_dir", tiny_root / "train", "--extra_data", tmp_path / "link", "--model_dir",
+            tmp_path / "m", *BASE, "--img_size", "32", "32", check=False)
+    assert_clean_error(p, str(tmp_path / "link"), "--extra_data", "validated on")
+    assert not (tmp_path / "m").exists()
+
+
 def test_runs_started_together_get_a_folder_each(tiny_root, tmp_path):
     """Seeds launched together (`for s in 1 2; do python train.py --seed $s & done`) both chose the free
     name exp, loaded their data, then trained into that one folder, each overwriting the other's
