@@ -130,7 +130,7 @@ def test_predict_holds_a_chunk_of_photos_in_memory_not_the_whole_folder(tiny_run
     import skimage.data
     from predict import CHUNK
     cv2.imwrite(str(tmp_path / "p.jpg"), cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR),
-                                                    (4000, 3000)))
+                                                    (3000, 2250)))
     peak = {}
     for n in (4, 3 * CHUNK):
         (tmp_path / f"in{n}").mkdir()
@@ -142,7 +142,7 @@ def test_predict_holds_a_chunk_of_photos_in_memory_not_the_whole_folder(tiny_run
                 tiny_runs["single"], "--out", tmp_path / f"out{n}", "--detect_size", "256")
         peak[n] = int(p.stdout) / 1024  # MiB
     assert len(list((tmp_path / f"out{3 * CHUNK}").glob("*.json"))) == 3 * CHUNK
-    photo_mib = 4000 * 3000 * 3 / 2**20
+    photo_mib = 3000 * 2250 * 3 / 2**20
     assert peak[3 * CHUNK] - peak[4] < (CHUNK + 3 * CHUNK - 4) / 2 * photo_mib, peak
 
 
