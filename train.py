@@ -326,8 +326,34 @@ def _join_caches(table, caches):
 
 
 # --- plan: which (fold, task) units this invocation trains ---------------------------------------
+def split_people(table):
+    """The people a run's splits are drawn from (with the seed): the main dataset's, with the labels that
+    stratify them."""
+    return people_of(table[~table["extra"]].assign(sub_label=lambda t: t["label_official"] % 6))
+
+
+def check_same_people(run_dir, table, dist):
+    """Record the run's people when it starts; refuse to go on (--resume, a fold job sharing the folder)
+    with other people or labels: the folds would be drawn anew, so a fold's validation people could have
+    been trained on, and the out-of-fold predictions would mix splits."""
+    people = split_people(table)
+    now = {"people": len(people), "digest": hashlib.sha1(people.to_csv(index=False).encode()).hexdigest()[:16]}
+    problem, path = None, run_dir / "people.json"
+    if dist.is_main:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is None:
+            write_json_atomic(path, now)
+        elif saved["digest"] != now["digest"]:
+            problem = (f"{run_dir} started on other data ({saved['people']} people then, {now['people']} now, or "
+                       "other labels), so its folds would be drawn anew: start a new run on this data (another "
+                       "--run_dir), or go on with the data it started with")
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise UserError(problem)
+
+
 def plan_units(cfg, table):
-    main_people = people_of(table[~table["extra"]].assign(sub_label=lambda t: t["label_official"] % 6))
+    main_people = split_people(table)
     extra_people = sorted(table.loc[table["extra"], "people_path"].unique())
     if cfg["cv"]:
         splits = kfold_split(main_people, cfg["k_folds"], cfg["seed"])
@@ -964,6 +990,7 @@ def main(argv):
         table, images = load_data(cfg, log, str(dist.device) if cfg["gpu_decode"] else "cpu")
         units = plan_units(cfg, table)
         run_dir = create_run_dir(run_dir, auto, cfg, dist)
+        check_same_people(run_dir, table, dist)
         t0 = time.time()
         results = run_units(units, cfg, table, images, run_dir, dist)
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}

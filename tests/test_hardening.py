@@ -114,6 +114,25 @@ def test_extra_data_holding_the_training_photos_is_refused(tiny_root, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_run_goes_on_only_with_the_people_it_started_with(tiny_root, tmp_path):
+    """Fold jobs (or --resume) on data that changed since the run started drew other folds: a fold's
+    validation people could have been trained on by another fold, silently."""
+    data = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", data)
+    cv = ["--data_dir", data, "--run_dir", tmp_path / "run", *BASE, "--img_size", "32", "32", "--cv", "True",
+          "--k_folds", "2"]
+    run("train.py", *cv, "--fold", "0")
+    assert json.loads((tmp_path / "run" / "people.json").read_text())["people"] > 0
+    shutil.rmtree(sorted((data / "images").iterdir())[0])  # one person gone
+    p = run("train.py", *cv, "--fold", "1", check=False)
+    assert_clean_error(p, str(tmp_path / "run"), "started on other data")
+    assert not (tmp_path / "run" / "fold1").exists()
+    shutil.rmtree(data)
+    shutil.copytree(tiny_root / "train", data)  # the data it started with: the fold job goes on
+    run("train.py", *cv, "--fold", "1")
+    assert (tmp_path / "run" / "oof.csv").is_file()
+
+
 def test_runs_started_together_get_a_folder_each(tiny_root, tmp_path):
     """Seeds launched together (`for s in 1 2; do python train.py --seed $s & done`) both chose the free
     name exp, loaded their data, then trained into that one folder, each overwriting the other's
