@@ -12,6 +12,7 @@ Each eval image is decoded once, whatever the number of models and TTA views.
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -69,14 +70,26 @@ def find_groups(run_dir, pth_name="best.pth", cv=None, multi=None):
         raise UserError(f"{run_dir}: --cv True but no fold*/ folders; train with python train.py --cv True")
     groups = [_group(d, pth_name, multi) for d in (folds if cv else [run_dir])]
     if cv:
-        missing = [d.name for d, g in zip(folds, groups) if not g]
-        if missing:
-            raise UserError(f"{run_dir}: {', '.join(missing)} have no {pth_name}; finish them "
-                            f"(python train.py --cv True --fold i --run_dir {run_dir})")
+        unfinished = [f"fold{i}" for i in range(_planned_folds(run_dir)) if not (run_dir / f"fold{i}").is_dir()]
+        # a fold still training already has a best.pth (its best epoch so far); metrics.json marks it done
+        unfinished += [d.name for d, g in zip(folds, groups)
+                       if not g or not all((Path(p).parent / "metrics.json").is_file() for p in g)]
+        if unfinished:
+            raise UserError(f"{run_dir}: {', '.join(sorted(set(unfinished)))} not finished (no {pth_name} or no "
+                            f"metrics.json); finish them (python train.py --cv True --fold i --run_dir {run_dir}) "
+                            "rather than average fewer folds than the run has")
     if not groups or not groups[0]:
         hint = " (it holds fold*/ folders: pass --cv True)" if folds else ""
         raise UserError(f"{run_dir}: no {pth_name} found{hint}")
     return groups
+
+
+def _planned_folds(run_dir):
+    """How many folds the CV run was planned with (its config.json), 0 where that is not known."""
+    try:
+        return int(json.loads((run_dir / "config.json").read_text()).get("k_folds", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _group(d, pth_name, multi):

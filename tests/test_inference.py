@@ -115,6 +115,23 @@ def test_mismatched_checkpoint_exits_2_and_writes_nothing(tiny_root, tiny_runs, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cv_run_with_a_fold_unfinished_or_not_started_is_refused(tiny_runs, tmp_path):
+    """Inference while fold jobs still ran averaged whatever folds had a best.pth (a fold in training has
+    one from its best epoch so far), silently fewer or weaker models than the run has."""
+    from inference import find_groups
+    from utils import UserError
+    run = tmp_path / "cv"
+    shutil.copytree(tiny_runs["cv"], run)
+    assert len(find_groups(run)) == 3
+    (run / "fold1" / "metrics.json").unlink()  # still training
+    with pytest.raises(UserError, match="fold1 not finished"):
+        find_groups(run)
+    shutil.copytree(tiny_runs["cv"] / "fold1", run / "fold1", dirs_exist_ok=True)
+    shutil.rmtree(run / "fold2")  # its job has not started
+    with pytest.raises(UserError, match="fold2 not finished"):
+        find_groups(run, cv=True)
+
+
 def test_cv_flag_means_what_it_says(tiny_root, tiny_runs, tmp_path):
     p = _infer(tiny_root, tmp_path, "--model_dir", tiny_runs["single"], "--cv", "True", check=False)
     assert_clean_error(p, "fold")
