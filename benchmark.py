@@ -310,7 +310,8 @@ def main(argv):
     ap.add_argument("--data_dir", default="demo_data", help="root with train/ and eval/ (python synthetic.py)")
     ap.add_argument("--face_dir", default=None, help="photos for the face benchmark (default <data_dir>/eval/images)")
     ap.add_argument("--model", default="efficientnet_lite0")
-    ap.add_argument("--img_size", type=positive(int, 16, inclusive=True), nargs=2, default=[112, 96], metavar=("H", "W"))
+    ap.add_argument("--img_size", type=positive(int, 16, inclusive=True), nargs=2, default=[112, 96],
+                    metavar=("H", "W"))
     ap.add_argument("--batch_size", type=count, default=32)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", False, "mixed precision (CUDA only)")

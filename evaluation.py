@@ -24,8 +24,8 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from labels import MASK_NAMES, class_names, decode
-from utils import (UserError, add_bool, atomic_path, check_ids, cli, demo_note, env_default, load_dotenv_once, make_parser,
-                   positive, write_json_atomic)
+from utils import (UserError, add_bool, atomic_path, check_ids, cli, demo_note, env_default, load_dotenv_once,
+                   make_parser, positive, write_json_atomic)
 from voc import match_boxes, read_voc
 
 CLASSES = list(range(18))

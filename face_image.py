@@ -477,8 +477,10 @@ def main(argv):
     ap.add_argument("--data_dir", default=None, help="root holding train/ and eval/ (default demo_data, or the "
                     "SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=32, help="images per MTCNN call")
-    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE, help="longest side seen by MTCNN (0: full)")
-    ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=list(DEFAULT_MARGIN), metavar=("TOP", "SIDES", "BOTTOM"),
+    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE,
+                    help="longest side seen by MTCNN (0: full)")
+    ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=list(DEFAULT_MARGIN),
+                    metavar=("TOP", "SIDES", "BOTTOM"),
                     help="crop margins as fractions of the face box width")
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
                     help="mtcnn: MTCNN (the best CV macro F1 of models trained on its crops); ssd_mtcnn: OpenCV's SSD, "
@@ -493,7 +495,8 @@ def main(argv):
     ap.add_argument("--workers", type=positive(int, 1, inclusive=True), default=None, help="decoding threads")
     ap.add_argument("--score", nargs="+", default=None, metavar="ROOT", help="score detection against known face "
                     "boxes (faces_gt.csv of synthetic.py --faces, or PASCAL-VOC annotations/) instead of cropping")
-    ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32, help="with --score: smallest face counted (px)")
+    ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32,
+                    help="with --score: smallest face counted (px)")
     ap.add_argument("--min_score", type=fraction, default=0.9, help="with --score: smallest detection score kept "
                     "(predict.py's default)")
     args = ap.parse_args(argv)

@@ -225,7 +225,8 @@ def main(argv):
     ap.add_argument("--faces", default=None, help="folder of real face photos (UTKFace names or a "
                     "labels CSV): build the dataset from them instead of drawing people")
     ap.add_argument("--faces_csv", default=None, help="CSV with path, age, gender (0 male, 1 female)")
-    ap.add_argument("--limit", type=positive(int, 1, inclusive=True), default=None, help="with --faces: use at most N photos")
+    ap.add_argument("--limit", type=positive(int, 1, inclusive=True), default=None,
+                    help="with --faces: use at most N photos")
     ap.add_argument("--masks", default="fitted", help="with --faces: how masks are drawn: fitted (follows the face, "
                     "lit like the photo; reads real masks better than flat over five training seeds: README, Real "
                     "masks) or flat (the first builder, which the real-face CV tables were measured on)")

@@ -81,7 +81,8 @@ def build_parser():
                    help="faces/ (face_image.py crops) or images/ (centre crop); auto: faces/ when present")
     g.add_argument("--img_size", "--resize", type=positive(int, 16, inclusive=True), nargs=2, default=[224, 224],
                    metavar=("H", "W"))
-    g.add_argument("--age_bounds", type=positive(int, 1, inclusive=True), nargs=2, action=Rising, default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"),
+    g.add_argument("--age_bounds", type=positive(int, 1, inclusive=True), nargs=2, action=Rising,
+                   default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"),
                    help="age classes for training labels; validation always uses 30 60")
     g.add_argument("--extra_data", nargs="*", default=[], help="other training dirs in the same layout: added to "
                    "the training side of every split, never validated on")

@@ -260,9 +260,9 @@ def test_output_folders_that_are_files_empty_info_csv_and_a_run_named_twice_exit
                            "--output_dir", tmp_path / "file", check=False), "--output_dir")
     assert_clean_error(run("predict.py", tiny_root / "eval" / "images", "--model_dir", tiny_runs["single"], "--out",
                            tmp_path / "file", check=False), "--out")
-    assert_clean_error(run("inference.py", "--data_dir", tiny_root / "eval", "--ensemble", "True", "--ensemble_model_dir",
-                           tiny_runs["single"], tiny_runs["cv"], f"{tiny_runs['single']}/", "--output_dir",
-                           tmp_path / "o", check=False), "named twice")
+    twice = [tiny_runs["single"], tiny_runs["cv"], f"{tiny_runs['single']}/"]
+    assert_clean_error(run("inference.py", "--data_dir", tiny_root / "eval", "--ensemble", "True",
+                           "--ensemble_model_dir", *twice, "--output_dir", tmp_path / "o", check=False), "named twice")
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "info.csv").write_bytes(b"")
     assert_clean_error(run("inference.py", "--data_dir", tmp_path / "eval", "--model_dir", tiny_runs["single"],
