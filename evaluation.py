@@ -17,6 +17,7 @@ with the faces missed by the detector counted apart, and writes <pred_dir>/boxes
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +104,16 @@ def read_predictions(pred_dir):
     """predict.py's per-photo JSON files -> {photo stem: [(box, mask id)]}."""
     pred_dir = Path(pred_dir)
     files = sorted(pred_dir.glob("*.json")) if pred_dir.is_dir() else []
-    out = {}
+    out, odd = {}, []
     for f in files:
         try:
             d = json.loads(f.read_text())
             out[Path(d["photo"]).stem] = [(face["box"], int(face["mask"])) for face in d["faces"]]
         except (ValueError, KeyError, TypeError):
-            continue  # not one of predict.py's files (e.g. boxes_scores.json)
+            odd += [] if f.name == "boxes_scores.json" else [f.name]  # our own scores file is expected there
+    if odd:  # a damaged file would otherwise count its photo's faces as missed, silently
+        print(f"warning: {pred_dir}: {len(odd)} .json file(s) are not predict.py output, their photos count as not "
+              f"predicted: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}", file=sys.stderr)
     if not out:
         raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS --out {pred_dir}")
     return out

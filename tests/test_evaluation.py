@@ -119,6 +119,9 @@ def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
     os.close(w)
     assert p.returncode == 0 and p.stderr == "", p.stderr[-2000:]
     assert full["by_size"]["32-63"]["n"] == 2 and full["by_size"]["64-127"]["n"] == 1
+    (pred / "b.json").write_text("{damaged")  # its photo's face now counts as missed: said, not silent
+    p = run("evaluation.py", "--boxes", d, "--pred_dir", pred)
+    assert json.loads(p.stdout.splitlines()[0])["missed"] == 2 and "b.json" in p.stderr and "warning" in p.stderr
     (d / "images" / "c.png").write_bytes(b"")
     (d / "annotations" / "c.xml").write_text("<annotation><object><name>mask</name></object></annotation>")
     assert_clean_error(run("evaluation.py", "--boxes", d, "--pred_dir", pred, check=False), "c.xml", "'mask'")
