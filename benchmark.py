@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UserError, add_bool, cli, make_parser, positive, write_json_atomic
+from utils import UserError, add_bool, cli, make_parser, positive, writable_dir, write_json_atomic
 
 
 def _timeit(fn, n_items, repeat=1):
@@ -336,7 +336,7 @@ def main(argv):
     root = Path(args.data_dir)
     import shutil
     import tempfile
-    Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    writable_dir(args.cache_dir, "--cache_dir").mkdir(parents=True, exist_ok=True)
     own = tempfile.mkdtemp(prefix="bench-", dir=args.cache_dir)  # cold caches live here; removed at the end
     args.cache_dir = own
     if not (root / "train" / "train.csv").is_file():

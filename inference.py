@@ -311,6 +311,8 @@ def main(argv):
     device = distributed.setup(args.device).device
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     out = writable_dir(args.output_dir, "--output_dir (SM_OUTPUT_DATA_DIR)")
+    if args.cache_dir:
+        writable_dir(args.cache_dir, "--cache_dir")
     if args.ensemble:
         if len(args.ensemble_model_dir) < 1:
             raise UserError("--ensemble True needs --ensemble_model_dir RUN [RUN ...]")

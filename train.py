@@ -982,6 +982,8 @@ def main(argv):
     dist = distributed.setup(cfg["device"], cfg["cudnn_benchmark"])
     try:
         cfg = resolve_data_dir(cfg)
+        if cfg["cache_dir"]:  # the default, <model_dir>/.cache, is checked with --model_dir
+            writable_dir(cfg["cache_dir"], "--cache_dir")
         auto = not (cfg["resume"] or cfg["run_dir"])
         run_dir = choose_run_dir(cfg, dist)
         cfg.update(run_dir=str(run_dir), world_size=dist.world, data_dir=str(cfg["data_dir"]))

@@ -260,6 +260,10 @@ def test_output_folders_that_are_files_empty_info_csv_and_a_run_named_twice_exit
                            "--output_dir", tmp_path / "file", check=False), "--output_dir")
     assert_clean_error(run("predict.py", tiny_root / "eval" / "images", "--model_dir", tiny_runs["single"], "--out",
                            tmp_path / "file", check=False), "--out")
+    assert_clean_error(run("train.py", "--data_dir", tiny_root / "train", "--run_dir", tmp_path / "r", "--cache_dir",
+                           tmp_path / "file", *BASE, check=False), "--cache_dir")
+    assert_clean_error(run("inference.py", "--data_dir", tiny_root / "eval", "--model_dir", tiny_runs["single"],
+                           "--output_dir", tmp_path / "o", "--cache_dir", tmp_path / "file", check=False), "--cache_dir")
     twice = [tiny_runs["single"], tiny_runs["cv"], f"{tiny_runs['single']}/"]
     assert_clean_error(run("inference.py", "--data_dir", tiny_root / "eval", "--ensemble", "True",
                            "--ensemble_model_dir", *twice, "--output_dir", tmp_path / "o", check=False), "named twice")
