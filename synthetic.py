@@ -174,6 +174,19 @@ def drawn_people(n, seed):
         yield from pool.imap(draw_person, [(seed, i) for i in range(n)], chunksize=4)
 
 
+# written into every dataset this script makes: only such a folder is replaced by a later run
+MADE_HERE = ".made-by-synthetic"
+
+
+def check_replaceable(out):
+    """--out is replaced whole, so it must be new, empty, or made by this script: a mistyped --out naming
+    real data (or a home folder) would otherwise be deleted."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and ((out / MADE_HERE).is_file() or not any(out.iterdir()))):
+        raise UserError(f"{out} exists and was not made by synthetic.py (no {MADE_HERE} in it), so it is not "
+                        "replaced: choose another --out, or delete it yourself")
+
+
 def write_dataset(people, out, eval_ratio, seed):
     """Writes train/ and eval/ splits by person from (person, photos) pairs. Returns counts."""
     out = Path(out)
@@ -210,6 +223,12 @@ def write_dataset(people, out, eval_ratio, seed):
     ev.to_csv(tmp / "eval" / "gt.csv", index=False)
     if boxes:
         pd.DataFrame(boxes).to_csv(tmp / "faces_gt.csv", index=False)
+    (tmp / MADE_HERE).write_text("python synthetic.py made this folder; a later run may replace it\n")
+    try:
+        check_replaceable(out)  # again: it may have appeared while the people were drawn
+    except UserError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)  # replaced whole: never a mix of two generations
     tmp.rename(out)
     return len(train_rows), len(ev) // 7
@@ -218,7 +237,8 @@ def write_dataset(people, out, eval_ratio, seed):
 @cli
 def main(argv):
     ap = make_parser(__doc__)
-    ap.add_argument("--out", default="demo_data", help="output root (replaced if it exists)")
+    ap.add_argument("--out", default="demo_data", help="output root (replaced if synthetic.py made it; any other "
+                    "existing non-empty folder is refused)")
     ap.add_argument("--people", type=positive(int, 1, inclusive=True), default=150, help="number of drawn people")
     ap.add_argument("--eval_ratio", type=fraction, default=0.2, help="share of people in eval/")
     ap.add_argument("--seed", type=int, default=0)
@@ -231,6 +251,7 @@ def main(argv):
                     "lit like the photo; reads real masks better than flat over five training seeds: README, Real "
                     "masks) or flat (the first builder, which the real-face CV tables were measured on)")
     args = ap.parse_args(argv)
+    check_replaceable(args.out)  # before any drawing
     if args.faces:
         from realfaces import real_people
         people = real_people(args.faces, args.faces_csv, args.seed, args.limit, args.masks)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from conftest import REPO, run
+from conftest import REPO, assert_clean_error, run
 from dataset import (BatchDataset, BatchTransform, Log, age_class, build_table, decode, encode, holdout_split,
                      kfold_split, people_of, task_targets)
 
@@ -60,6 +60,19 @@ def test_committed_perfect_train_is_the_demo_table(tmp_path):
     run("synthetic.py", "--out", tmp_path / "demo")
     run("dataset.py", "--data_dir", tmp_path / "demo" / "train")
     assert (tmp_path / "demo" / "train" / "perfect_train.csv").read_bytes() == (REPO / "perfect_train.csv").read_bytes()
+
+
+def test_synthetic_replaces_only_folders_it_made(tmp_path):
+    """--out is replaced whole: a mistyped --out naming real data used to be deleted without a word."""
+    (tmp_path / "real" / "train").mkdir(parents=True)
+    (tmp_path / "real" / "train" / "train.csv").write_text("id,gender,race,age,path\n")
+    p = run("synthetic.py", "--out", tmp_path / "real", "--people", "10", "--eval_ratio", "0.5", check=False)
+    assert_clean_error(p, str(tmp_path / "real"), "not made by synthetic.py")
+    assert (tmp_path / "real" / "train" / "train.csv").is_file() and len(list(tmp_path.iterdir())) == 1
+    for people in ("10", "12"):  # its own output is replaced whole
+        run("synthetic.py", "--out", tmp_path / "gen", "--people", people, "--eval_ratio", "0.5")
+    assert len(pd.read_csv(tmp_path / "gen" / "eval" / "gt.csv")) + 7 * len(
+        pd.read_csv(tmp_path / "gen" / "train" / "train.csv")) == 12 * 7
 
 
 def _people(n_per=6):
