@@ -88,6 +88,9 @@ def split_by_photo(data_dir, out, n_test, seed):
         raise UserError(f"{data_dir}: {len(photos)} photos; the test split must take between 1 and {len(photos) - 1}")
     test = set(np.random.default_rng(seed).permutation(len(photos))[:n_test])
     for part in ("train", "test"):  # an earlier split into the same folder must not leave photos on both sides
+        own = all(f.is_symlink() or f.is_dir() for f in (out / part).rglob("*"))
+        if not own:  # a split holds only links: anything else is somebody's data, never deleted
+            raise UserError(f"{out / part} holds files that are not links of an earlier split: choose another folder")
         shutil.rmtree(out / part, ignore_errors=True)
     for i, (stem, photo) in enumerate(photos):
         part = out / ("test" if i in test else "train")

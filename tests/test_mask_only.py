@@ -148,3 +148,13 @@ def test_split_by_photo_keeps_every_photo_once_and_each_side_readable(tiny_root,
     assert len(train) + len(test) == len(read_voc(src))  # every face of a photo stays with it
     assert split_by_photo(src, tmp_path / "again", 1, seed=0) and read_voc(tmp_path / "again" / "test")["stem"].tolist() \
         == test["stem"].tolist()  # the same seed, the same split
+    split_by_photo(src, out, 2, seed=1)  # an earlier split into the folder is replaced
+    assert read_voc(out / "test")["stem"].nunique() == 2 and read_voc(out / "train")["stem"].nunique() == 1
+    # a folder of real files (somebody's data, not an earlier split) is never deleted
+    from utils import UserError
+    mine = tmp_path / "mine" / "train" / "images"
+    mine.mkdir(parents=True)
+    shutil.copy(src / "images" / "p0.jpg", mine / "mine.jpg")
+    with pytest.raises(UserError, match="not links"):
+        split_by_photo(src, tmp_path / "mine", 1, seed=0)
+    assert (mine / "mine.jpg").is_file()
