@@ -161,6 +161,19 @@ def write_photo(out, name, f, img, rows, detector):
                                                 f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))
 
 
+def predict_chunk(pred, files, out, names):
+    """Find, classify and write a chunk of photos -> (photos read, faces, unreadable files). Its photos
+    are let go on return, before the next chunk is read (a loop variable would keep two chunks)."""
+    found, bad = pred.find(files)
+    probs, labels = pred.classify(found)
+    k = 0
+    for f, img, faces in found:
+        rows = face_rows(faces, probs[k:k + len(faces)], labels[k:k + len(faces)])
+        k += len(faces)
+        write_photo(out, names[f], f, img, rows, pred.recipe.detector)
+    return len(found), k, bad
+
+
 def build_parser():
     ap = make_parser(__doc__)
     ap.add_argument("photos", nargs="+", help="photos or folders of photos")
@@ -206,14 +219,8 @@ def main(argv):
     names = output_names(files)
     n_photos, n_faces, unreadable = 0, 0, []
     for s in range(0, len(files), CHUNK):
-        found, bad = pred.find(files[s:s + CHUNK])
-        probs, labels = pred.classify(found)
-        k = 0
-        for f, img, faces in found:
-            rows = face_rows(faces, probs[k:k + len(faces)], labels[k:k + len(faces)])
-            k += len(faces)
-            write_photo(out, names[f], f, img, rows, pred.recipe.detector)
-        n_photos, n_faces, unreadable = n_photos + len(found), n_faces + k, unreadable + bad
+        photos, faces, bad = predict_chunk(pred, files[s:s + CHUNK], out, names)
+        n_photos, n_faces, unreadable = n_photos + photos, n_faces + faces, unreadable + bad
     print(f"{n_photos} photo(s), {n_faces} face(s) -> {out}", file=sys.stderr)
     if unreadable:
         sys.exit(2)
