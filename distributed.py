@@ -107,19 +107,27 @@ def check_shared_dir(path):
                         "needs --model_dir (or --run_dir) on a filesystem shared by every machine")
 
 
-def rank0_first(fn):
-    """fn() on rank 0 (which builds shared files, such as the image cache), then on the other ranks
-    (which find them built). A UserError on rank 0 stops every rank with the same message."""
+def on_rank0(fn):
+    """fn() on rank 0 only -> its result on every rank. A UserError on rank 0 stops every rank with the
+    same message (the others would otherwise wait for rank 0 at the next collective)."""
     result, err = None, None
     if is_main_process():
         try:
             result = fn()
         except UserError as e:
             err = str(e)
-    err = broadcast_object(err)
+    err, result = broadcast_object((err, result))
     if err:
         raise UserError(err)
-    return result if is_main_process() else fn()
+    return result
+
+
+def rank0_first(fn):
+    """fn() on rank 0 (which builds shared files, such as the image cache), then on the other ranks
+    (which find them built). A UserError on rank 0 stops every rank with the same message."""
+    mine = []  # rank 0's result stays here: the others compute their own
+    on_rank0(lambda: mine.append(fn()))
+    return mine[0] if mine else fn()
 
 
 def barrier():

@@ -333,24 +333,24 @@ def split_people(table):
     return people_of(table[~table["extra"]].assign(sub_label=lambda t: t["label_official"] % 6))
 
 
-def check_same_people(run_dir, table, dist):
+def check_same_people(run_dir, table):
     """Record the run's people when it starts; refuse to go on (--resume, a fold job sharing the folder)
     with other people or labels: the folds would be drawn anew, so a fold's validation people could have
     been trained on, and the out-of-fold predictions would mix splits."""
     people = split_people(table)
     now = {"people": len(people), "digest": hashlib.sha1(people.to_csv(index=False).encode()).hexdigest()[:16]}
-    problem, path = None, run_dir / "people.json"
-    if dist.is_main:
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved is None:
+    path = run_dir / "people.json"
+
+    def check():
+        if not path.is_file():
             write_json_atomic(path, now)
-        elif saved["digest"] != now["digest"]:
-            problem = (f"{run_dir} started on other data ({saved['people']} people then, {now['people']} now, or "
-                       "other labels), so its folds would be drawn anew: start a new run on this data (another "
-                       "--run_dir), or go on with the data it started with")
-    problem = distributed.broadcast_object(problem)
-    if problem:
-        raise UserError(problem)
+            return
+        saved = json.loads(path.read_text())
+        if saved["digest"] != now["digest"]:
+            raise UserError(f"{run_dir} started on other data ({saved['people']} people then, {now['people']} now, "
+                            "or other labels), so its folds would be drawn anew: start a new run on this data "
+                            "(another --run_dir), or go on with the data it started with")
+    distributed.on_rank0(check)
 
 
 def plan_units(cfg, table):
@@ -921,30 +921,31 @@ def resolve_data_dir(cfg):
     return cfg
 
 
-def choose_run_dir(cfg, dist):
-    """The run folder (rank 0 names a new one; every rank gets the same). Created later, once the data
-    has loaded, so a run that fails on its data leaves no folder behind."""
+def given_run_dir(cfg):
+    """The run folder given (--resume, --run_dir), or None: a new one under --model_dir, checked here
+    and named when it is created, once the data has loaded (a run that fails on its data leaves no folder)."""
     if cfg["resume"] or cfg["run_dir"]:
         return Path(cfg["resume"] or cfg["run_dir"])
     writable_dir(cfg["model_dir"], "--model_dir (SM_MODEL_DIR)")
-    name = increment_dir(Path(cfg["model_dir"]), cfg["name"]) if dist.is_main else None
-    return Path(distributed.broadcast_object(str(name) if name else None))
+    return None
 
 
-def create_run_dir(run_dir, auto, cfg, dist):
-    """Create the run folder and write its config.json -> the folder. An auto-named one (exp, exp2, ...) is
-    claimed with an exclusive mkdir: a run started at the same moment (seeds launched together) may have
-    taken the name while this one loaded its data, and then this run takes the next free name."""
-    if dist.is_main:
-        writable_dir(run_dir, "--run_dir")
-        while auto:
+def create_run_dir(run_dir, cfg, dist):
+    """Create the run folder (rank 0; a new one is named exp, exp2, ...) and write its config.json -> the
+    folder, on every rank. A new name is claimed with an exclusive mkdir: a run started at the same moment
+    (seeds launched together) may have taken it while this one loaded its data; then the next free one."""
+    def claim():
+        if run_dir is not None:
+            writable_dir(run_dir, "--run_dir").mkdir(parents=True, exist_ok=True)
+            return str(run_dir)
+        while True:
+            new = increment_dir(Path(cfg["model_dir"]), cfg["name"])
             try:
-                run_dir.mkdir(parents=True)
-                break
+                new.mkdir(parents=True)
+                return str(new)
             except FileExistsError:
-                run_dir = increment_dir(run_dir.parent, cfg["name"])
-        run_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if dist.is_main else None))
+                continue
+    run_dir = Path(distributed.on_rank0(claim))
     cfg["run_dir"] = str(run_dir)
     if dist.is_main and not (run_dir / "config.json").is_file():
         write_json_atomic(run_dir / "config.json", {k: v for k, v in cfg.items() if k != "resume"})
@@ -984,16 +985,15 @@ def main(argv):
         cfg = resolve_data_dir(cfg)
         if cfg["cache_dir"]:  # the default, <model_dir>/.cache, is checked with --model_dir
             writable_dir(cfg["cache_dir"], "--cache_dir")
-        auto = not (cfg["resume"] or cfg["run_dir"])
-        run_dir = choose_run_dir(cfg, dist)
-        cfg.update(run_dir=str(run_dir), world_size=dist.world, data_dir=str(cfg["data_dir"]))
+        run_dir = given_run_dir(cfg)
+        cfg.update(world_size=dist.world, data_dir=str(cfg["data_dir"]))
         log = Log(quiet=not dist.is_main)
         log_main(f"device {dist.device} x {dist.world} process(es), {choose_precision(dist.device, cfg['amp']).name}"
                  f"{', channels_last' if cfg['channels_last'] else ''}")
         table, images = load_data(cfg, log, str(dist.device) if cfg["gpu_decode"] else "cpu")
         units = plan_units(cfg, table)
-        run_dir = create_run_dir(run_dir, auto, cfg, dist)
-        check_same_people(run_dir, table, dist)
+        run_dir = create_run_dir(run_dir, cfg, dist)
+        check_same_people(run_dir, table)
         t0 = time.time()
         results = run_units(units, cfg, table, images, run_dir, dist)
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}

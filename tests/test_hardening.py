@@ -136,7 +136,8 @@ def test_a_run_goes_on_only_with_the_people_it_started_with(tiny_root, tmp_path)
 def test_runs_started_together_get_a_folder_each(tiny_root, tmp_path):
     """Seeds launched together (`for s in 1 2; do python train.py --seed $s & done`) both chose the free
     name exp, loaded their data, then trained into that one folder, each overwriting the other's
-    checkpoints. The auto-named folder is now claimed with an exclusive mkdir."""
+    checkpoints. The new folder is now named when it is created, after the data has loaded, and claimed
+    with an exclusive mkdir (which closes what remains of the race)."""
     from concurrent.futures import ThreadPoolExecutor
     md = tmp_path / "model"
     with ThreadPoolExecutor(2) as ex:
