@@ -905,10 +905,22 @@ def settings(args, argv):
     if changed:
         raise UserError(f"--resume continues {args.resume} with its own settings, and {', '.join('--' + k for k in changed)} "
                         f"differ from its config.json: start a new run for other settings")
-    if not any(Path(args.resume).rglob("last.pth")) and not any(Path(args.resume).rglob("metrics.json")):
+    if not has_progress(args.resume):
         raise UserError(f"{args.resume}: nothing to resume (no last.pth: the run stopped before its first epoch "
                         "ended); start it again without --resume")
     return {**cfg, **saved, **{k: cfg[k] for k in MACHINE_SETTINGS}}
+
+
+def has_progress(run_dir):
+    """True once some unit of the run finished an epoch (last.pth) or all of them (metrics.json)."""
+    return any(Path(run_dir).rglob("last.pth")) or any(Path(run_dir).rglob("metrics.json"))
+
+
+def interrupted_hint(run_dir):
+    """What to run after Ctrl-C or a scheduler's SIGTERM stopped the training."""
+    if has_progress(run_dir):
+        return f"{run_dir}: interrupted; continue it with: python train.py --resume {run_dir}"
+    return f"{run_dir}: interrupted before its first epoch ended; start it again (without --resume)"
 
 
 def resolve_data_dir(cfg):
@@ -995,7 +1007,12 @@ def main(argv):
         run_dir = create_run_dir(run_dir, cfg, dist)
         check_same_people(run_dir, table)
         t0 = time.time()
-        results = run_units(units, cfg, table, images, run_dir, dist)
+        try:
+            results = run_units(units, cfg, table, images, run_dir, dist)
+        except KeyboardInterrupt:
+            if dist.is_main:
+                print(interrupted_hint(run_dir), file=sys.stderr)
+            raise
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}
         if cfg["cv"] and dist.is_main:
             cv = merge_cv(run_dir, cfg["k_folds"], quiet_missing=True)

@@ -11,8 +11,10 @@ import functools
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +34,32 @@ OS_FIXES = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `timeout`, `kill`), unwound like Ctrl-C: temp files are removed
+    and train.py says how to resume, where the default action would end the process on the spot."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """SIGTERM raises Terminated while the script runs. Not under torchrun: a rank waiting in a collective
+    would only see it when the collective returns, and the agent's SIGTERM must end it at once."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cli(main):
     """Run `main(argv)`; turn UserError, CUDA OOM and the file errors a user can fix (OS_FIXES) into one
-    line on stderr and exit 2.
+    line on stderr and exit 2; Ctrl-C and SIGTERM into one line and exit 130 / 143 (128 + the signal).
 
     `--debug` anywhere on the command line shows the traceback instead.
     """
@@ -45,15 +70,17 @@ def cli(main):
         debug = "--debug" in argv
         argv = [a for a in argv if a != "--debug"]
         try:
-            return main(argv)
+            with sigterm_unwinds():
+                return main(argv)
         except UserError as e:
             if debug:
                 raise
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+            sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except BrokenPipeError:  # the reader left early (`| head`): what it took is all it wanted
             _stdout_to_devnull()
             sys.exit(0)

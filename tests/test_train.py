@@ -104,11 +104,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path):
     # the same run, killed (SIGKILL) once epoch 2's checkpoint is on disk, then resumed
     cmd = [sys.executable, *map(str, args), "--run_dir", tmp_path / "cut"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last, deadline = tmp_path / "cut" / "last.pth", time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if last.is_file() and load_checkpoint(last)["epoch"] >= 1:
-            break
-        time.sleep(0.05)
+    _wait_for_epoch(p, tmp_path / "cut" / "last.pth", 1)
     assert p.poll() is None, "the run ended before it could be killed"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
@@ -122,6 +118,34 @@ def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path):
     ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert ma["best_f1"] == mb["best_f1"] and ma["best_epoch"] == mb["best_epoch"]
+
+
+def _wait_for_epoch(p, last, epoch):
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if last.is_file() and load_checkpoint(last)["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_says_how_to_resume_and_leaves_no_temp_file(tiny_root, tmp_path, sig, status):
+    # Ctrl-C, or a scheduler's SIGTERM at its time limit: one line with the command that continues the run
+    run_dir = tmp_path / "r"
+    cmd = [sys.executable, *map(str, _base(tiny_root, tmp_path)), "--epochs", "8", "--run_dir", str(run_dir)]
+    # SIGINT as a terminal sends it (a parent that ignores it would pass that on, and Python would keep it)
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_epoch(p, run_dir / "last.pth", 0)
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == status and "Traceback" not in err, (p.returncode, err[-2000:])
+    hints = [line for line in err.splitlines() if "--resume" in line]
+    assert hints and hints[0].endswith(f"continue it with: python train.py --resume {run_dir}"), err[-2000:]
+    assert not (run_dir / "metrics.json").exists() and not list(run_dir.rglob(".tmp-*"))
+    run("train.py", *hints[0].split("python train.py ")[1].split(), "--progress", "False")
+    assert json.loads((run_dir / "metrics.json").read_text())["history"][-1]["epoch"] == 8
 
 
 @pytest.mark.parametrize("flag,value,needle", [("--model", "efficientnet_b99", "efficientnet_b0"),
