@@ -8,7 +8,8 @@ DEMO := demo_data
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test gpu-wheels demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors
+  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
+  realface-epochs
 
 install: $(STAMP)
 
@@ -190,6 +191,12 @@ realface-recipe-screens: realface-faces
 	  $(RFF_CV) --run_dir model/rfcvf_b12_s$$s --seed $$s --batch_size 12; done  # level or higher on seed 1
 	@for a in $(RECIPE_SCREENS) $(NOW_SCREENS); do r=model/rfcvf_$${a%%:*}_s1; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 	@for r in model/rfcvf_smooth02_s[23] model/rfcvf_b12_s[23]; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# Training length: train.py's default --epochs 10 (3 seeds) against the 5 epochs of every run
+# above (README, Real faces, 5-fold CV: training length); compare with realface-cv-faces' rfcvf_defaults.
+realface-epochs: realface-faces
+	for s in $(SEEDS); do $(RFF_CV) --run_dir model/rfcvf_ep10_s$$s --seed $$s --epochs 10; done
+	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # One-seed screens of recipe changes against the defaults of their time, which validated on one view with
 # batches of 32 (--tta none --batch_size 32; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
