@@ -43,6 +43,16 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+def _default_sigterm_in_child():
+    # A forked worker (a multiprocessing pool, DataLoader workers) must die on SIGTERM as it always did:
+    # Pool.terminate() sends it, and a worker unwinding instead of dying left the pool waiting forever.
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 @contextlib.contextmanager
 def sigterm_unwinds():
     """SIGTERM raises Terminated while the script runs. Not under torchrun: a rank waiting in a collective

@@ -506,3 +506,28 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(tiny_root, tmp_
     assert not (tmp_path / "cache").exists()
     small = dataset.cached_images(paths, [((256, 256), "center")], tmp_path / "cache")  # 0.4 MiB fits
     assert small[((256, 256), "center")].ok.all()
+
+
+FORKED_SIGTERM = """
+import multiprocessing as mp, signal, sys
+from utils import sigterm_unwinds
+
+def disposition(_):
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+with sigterm_unwinds():
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL  # the script itself unwinds on SIGTERM
+    with mp.get_context("fork").Pool(2) as pool:
+        sys.exit(0 if all(pool.map(disposition, range(4))) else 1)
+"""
+
+
+def test_forked_workers_die_on_sigterm_as_before(tmp_path):
+    """Scripts unwind on SIGTERM (utils.sigterm_unwinds), but their forked workers must not: Pool.terminate()
+    sends them SIGTERM, and workers unwinding instead of dying left synthetic.py hanging in 2 runs of 3."""
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_SIGTERM)
+    p = run(script, check=False, timeout=120, env={"PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    for i in range(2):  # the pool that hung: synthetic.py's, ended by its with-block
+        run("synthetic.py", "--out", tmp_path / f"d{i}", "--people", "30", "--seed", "3", timeout=120)
