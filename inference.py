@@ -72,8 +72,7 @@ def find_groups(run_dir, pth_name="best.pth", cv=None, multi=None):
     if cv:
         unfinished = [f"fold{i}" for i in range(_planned_folds(run_dir)) if not (run_dir / f"fold{i}").is_dir()]
         # a fold still training already has a best.pth (its best epoch so far); metrics.json marks it done
-        unfinished += [d.name for d, g in zip(folds, groups)
-                       if not g or not all((Path(p).parent / "metrics.json").is_file() for p in g)]
+        unfinished += [d.name for d, g in zip(folds, groups) if not g or not _finished(g)]
         if unfinished:
             raise UserError(f"{run_dir}: {', '.join(sorted(set(unfinished)))} not finished (no {pth_name} or no "
                             f"metrics.json); finish them (python train.py --cv True --fold i --run_dir {run_dir}) "
@@ -81,7 +80,15 @@ def find_groups(run_dir, pth_name="best.pth", cv=None, multi=None):
     if not groups or not groups[0]:
         hint = " (it holds fold*/ folders: pass --cv True)" if folds else ""
         raise UserError(f"{run_dir}: no {pth_name} found{hint}")
+    if not cv and (run_dir / "config.json").is_file() and not _finished(groups[0]):
+        # still training, or stopped (killed, out of memory, a reboot): its best epoch so far, no fitted decision
+        print(f"warning: {run_dir} has not finished training (no metrics.json): predicting with its best epoch "
+              f"so far; finish it with python train.py --resume {run_dir}", file=sys.stderr)
     return groups
+
+
+def _finished(group):
+    return all((Path(p).parent / "metrics.json").is_file() for p in group)
 
 
 def _planned_folds(run_dir):

@@ -132,6 +132,20 @@ def test_a_cv_run_with_a_fold_unfinished_or_not_started_is_refused(tiny_runs, tm
         find_groups(run, cv=True)
 
 
+def test_a_single_run_not_finished_is_predicted_with_a_warning(tiny_root, tiny_runs, tmp_path):
+    """A run killed mid-training (out of memory, a reboot) or still training has a best.pth from its best
+    epoch so far and no fitted decision: inference used it without a word."""
+    done = _infer(tiny_root, tmp_path / "a", "--model_dir", tiny_runs["single"])
+    assert "warning" not in done.stderr
+    run_dir = tmp_path / "single"
+    shutil.copytree(tiny_runs["single"], run_dir)
+    (run_dir / "metrics.json").unlink()
+    p = _infer(tiny_root, tmp_path / "b", "--model_dir", run_dir)
+    warning = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and str(run_dir) in warning[0] and f"--resume {run_dir}" in warning[0], p.stderr
+    assert (tmp_path / "b" / "output.csv").is_file()
+
+
 def test_cv_flag_means_what_it_says(tiny_root, tiny_runs, tmp_path):
     p = _infer(tiny_root, tmp_path, "--model_dir", tiny_runs["single"], "--cv", "True", check=False)
     assert_clean_error(p, "fold")
