@@ -192,10 +192,11 @@ realface-recipe-screens: realface-faces
 	@for a in $(RECIPE_SCREENS) $(NOW_SCREENS); do r=model/rfcvf_$${a%%:*}_s1; printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 	@for r in model/rfcvf_smooth02_s[23] model/rfcvf_b12_s[23]; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# Training length: train.py's default --epochs 10 (3 seeds) against the 5 epochs of every run
+# Training length: train.py's default --epochs 10 (3 seeds) and 15 (2 seeds) against the 5 epochs of every run
 # above (README, Real faces, 5-fold CV: training length); compare with realface-cv-faces' rfcvf_defaults.
 realface-epochs: realface-faces
 	for s in $(SEEDS); do $(RFF_CV) --run_dir model/rfcvf_ep10_s$$s --seed $$s --epochs 10; done
+	for s in 1 2; do $(RFF_CV) --run_dir model/rfcvf_ep15_s$$s --seed $$s --epochs 15; done
 	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # One-seed screens of recipe changes against the defaults of their time, which validated on one view with
