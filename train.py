@@ -175,8 +175,9 @@ def build_parser():
              "an H200: first epoch 30-35 s, later ones about 1 s for 4,200 photos at 224x224)")
     add_bool(g, "--gpu_data", True, "on CUDA, hold the decoded images on the GPU when they take under a quarter "
              "of its free memory (no loader workers, no transfers)")
-    add_bool(g, "--gpu_decode", False, "on CUDA, decode JPEGs for the image cache with nvJPEG (measured slower "
-             "than 16 CPU threads on an H200 machine); no-op on CPU")
+    add_bool(g, "--gpu_decode", False, "on CUDA, decode JPEGs for the image cache on the GPU (nvImageCodec where "
+             "installed, else nvJPEG; end to end no faster than 16 CPU threads on an H200 machine, where "
+             "reading the files bounds both); no-op on CPU")
     add_bool(g, "--progress", True, "tqdm bars")
     return ap
 

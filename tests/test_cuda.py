@@ -121,7 +121,7 @@ for k in keys:
 
 
 def test_gpu_jpeg_decoding_matches_the_cpu(tiny_root, tmp_path):
-    """nvJPEG + GPU resizing against libjpeg + cv2 on the same files: a few levels apart at most; PNG and
+    """GPU decoding (nvImageCodec or nvJPEG) + GPU resizing against libjpeg + cv2 on the same files: a few levels apart at most; PNG and
     EXIF-rotated JPEGs take the CPU path and match it exactly."""
     out = py(DECODE, tmp_path, tiny_root / "eval" / "images", tmp_path)
     for line in out.splitlines():

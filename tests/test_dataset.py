@@ -1,6 +1,7 @@
 """Data layer: labels, the label table, label fixes, person-level splits, the demo table."""
 import shutil
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -189,3 +190,34 @@ def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
             want[i] = prepare(read_rgb(paths[i]), size, crop)
         assert np.array_equal(out[(size, crop)], want)
     assert np.array_equal(cache.array, out[keys[0]])
+
+
+def test_file_rows_write_runs_and_single_rows(tmp_path):
+    """FileRows writes consecutive rows with one call: scattered, consecutive and single rows all land."""
+    from dataset import FileRows
+    shape = (10, 4, 3, 3)
+    want = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    f = tmp_path / "rows.bin"
+    with open(f, "wb+") as fh:
+        fh.truncate(want.nbytes)
+        rows = FileRows(fh.fileno(), shape)
+        rows[[0, 1, 2, 5, 7, 8]] = want[[0, 1, 2, 5, 7, 8]]
+        rows[np.array([9, 3])] = want[[9, 3]]
+        rows[4] = want[4]
+        rows[6] = want[6]
+    assert np.array_equal(np.fromfile(f, np.uint8).reshape(shape), want)
+
+
+def test_batched_gpu_resize_matches_cv2_in_order(tiny_root):
+    """prepare_gpu (the GPU decoding path's resize, run here on CPU tensors): photos of two shapes in one
+    batch come back in their order, within a few levels of cv2's prepare."""
+    from dataset import decode_bytes, prepare, prepare_gpu
+    paths = sorted((tiny_root / "eval" / "images").glob("*"))[:4]
+    imgs = [decode_bytes(np.fromfile(p, np.uint8), p) for p in paths]
+    imgs[1] = cv2.resize(imgs[1], (300, 400))  # a second shape between the others
+    imgs[3] = cv2.resize(imgs[3], (300, 400))
+    for size, crop in (((224, 224), "center"), ((48, 40), "none")):
+        got = prepare_gpu([torch.from_numpy(im).permute(2, 0, 1) for im in imgs], size, crop).numpy()
+        want = np.stack([prepare(im, size, crop) for im in imgs])
+        d = np.abs(got.astype(int) - want)
+        assert got.shape == want.shape and d.mean() < 2.0 and np.percentile(d, 99) <= 16, (size, d.mean())

@@ -1,0 +1,146 @@
+"""Where first-run decoding can go on a GPU machine: img/s of each decoder on the eval photos, bytes already
+in memory, and of the steps around it (reading, resizing, writing the cache). Run by .ci/gpu-check's codec step:
+    python .ci/codec_probe.py DATA_DIR [SIZE]
+nvImageCodec (nvidia-nvimgcodec-cu13 + nvidia-nvjpeg wheels) is optional: its lines are skipped when missing."""
+import glob
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset import decode_bytes, decode_many  # noqa: E402
+
+paths = sorted(glob.glob(sys.argv[1] + "/eval/images/*"))[:4200]
+SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 224
+KEY = ((SIZE, SIZE), "center")
+CHUNK = 256
+N = len(paths)
+cuda = torch.cuda.is_available()
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def rate(name, fn, repeat=2):
+    """Best of `repeat` timings after one warm-up: prints img/s, returns the last result."""
+    out = fn()
+    best = float("inf")
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    print(f"{name}: {N / best:,.0f} img/s ({best * 1000:.0f} ms for {N})", flush=True)
+    return out
+
+
+def read_all(workers=16):
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(lambda p: np.fromfile(p, np.uint8), paths))
+
+
+def chunks(seq):
+    return [seq[i:i + CHUNK] for i in range(0, len(seq), CHUNK)]
+
+
+def resize_batch(imgs):
+    """Same-shape (3, H, W) uint8 device images -> (n, SIZE, SIZE, 3) uint8: one interpolate per shape."""
+    from dataset import center_region
+    x = torch.stack(imgs)
+    x1, y1, x2, y2 = center_region(x.shape[3], x.shape[2])
+    x = F.interpolate(x[:, :, y1:y2, x1:x2].float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False,
+                      antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def main():
+    print(f"{N} photos, {SIZE}x{SIZE}, torch {torch.__version__}, cuda {torch.version.cuda}, "
+          f"{torch.cuda.get_device_name() if cuda else 'no GPU'}, {os.cpu_count()} cores", flush=True)
+    datas = rate("read bytes, 16 threads", read_all)
+    print(f"mean file {np.mean([d.size for d in datas]) / 1024:.1f} KiB", flush=True)
+    rate("cv2 decode + prepare, 16 threads (decode_many)", lambda: decode_many(paths, [KEY], workers=16))
+    ref = [decode_bytes(d, p) for d, p in zip(datas[:64], paths[:64])]
+    if not cuda:
+        return
+    from torchvision.io import ImageReadMode, decode_jpeg
+    tens = [torch.from_numpy(d) for d in datas]
+
+    def tv_decode():
+        return [im for c in chunks(tens) for im in decode_jpeg(c, mode=ImageReadMode.RGB, device="cuda")]
+    imgs = rate("torchvision nvJPEG decode only, chunks of 256", tv_decode)
+    diff = max(int((imgs[i].permute(1, 2, 0).cpu().int() - torch.from_numpy(ref[i]).int()).abs().max()) for i in range(64))
+    print(f"  torchvision nvJPEG vs cv2: max abs diff {diff}", flush=True)
+    rate("batched resize on the GPU (one interpolate per chunk)",
+         lambda: [resize_batch(c) for c in chunks(imgs)])
+    out = torch.cat([resize_batch(c) for c in chunks(imgs)])
+    pinned = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
+    rate("device -> pinned host copy", lambda: pinned.copy_(out, non_blocking=True))
+    with tempfile.NamedTemporaryFile(dir="/tmp") as f:
+        mm = np.memmap(f.name, np.uint8, "w+", shape=tuple(out.shape))
+        host = pinned.numpy()
+        rate("pinned host -> memmap file in /tmp (one copy)", lambda: mm.__setitem__(slice(None), host))
+        rate("pinned host -> memmap file, 16 threads", lambda: list(ThreadPoolExecutor(16).map(
+            lambda s: mm.__setitem__(s, host[s]), [slice(i, i + CHUNK) for i in range(0, N, CHUNK)])))
+    probe_nvimgcodec(datas, ref)
+    from dataset import gpu_jpeg_decoder
+    name = gpu_jpeg_decoder("cuda")[0]
+    rate(f"decode_many on the GPU ({name}), into arrays", lambda: decode_many(paths, [KEY], workers=16, device="cuda"))
+    from dataset import cached_images
+    for dev in ("cuda", "cpu"):
+        rate(f"cached_images on {dev}, a fresh cache file each time",
+             lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device=dev))
+    probe_writes(out.cpu().numpy())
+
+
+def probe_writes(arr):
+    """Writing a fresh cache file (FileRows, pwrite) from 1 and 16 threads: is one writer the limit?"""
+    from dataset import FileRows
+    for threads in (1, 16):
+        def write():
+            with tempfile.NamedTemporaryFile(dir="/tmp") as f:
+                rows = FileRows(f.fileno(), arr.shape)
+                with ThreadPoolExecutor(threads) as ex:
+                    list(ex.map(lambda i: rows.__setitem__(range(i, min(i + 16, N)), arr[i:i + 16]), range(0, N, 16)))
+        rate(f"FileRows into a fresh file, {threads} threads", write)
+
+
+def probe_nvimgcodec(datas, ref):
+    try:
+        from dataset import _import_nvimgcodec
+        nv = _import_nvimgcodec()
+    except Exception as e:  # noqa: BLE001 - a probe: say why and go on
+        print("nvImageCodec: import failed:", e)
+        return
+    if nv is None:
+        print("nvImageCodec: not installed")
+        return
+    print("nvImageCodec", getattr(nv, "__version__", "?"), flush=True)
+    params = nv.DecodeParams(color_spec=nv.ColorSpec.SRGB, apply_exif_orientation=True)
+    streams = [nv.CodeStream(d.tobytes()) for d in datas]
+    kinds = {"hardware": [nv.Backend(nv.BackendKind.HW_GPU_ONLY)], "all backends": None}
+    for name, backends in kinds.items():
+        try:
+            dec = nv.Decoder(backends=backends) if backends else nv.Decoder()
+            for batch in (CHUNK, N):
+                got = rate(f"nvImageCodec {name}, batches of {batch}", lambda: [
+                    im for i in range(0, N, batch) for im in dec.decode(streams[i:i + batch], params=params)])
+            bad = sum(im is None for im in got)
+            t = [torch.as_tensor(got[i], device="cuda") for i in range(64) if got[i] is not None]
+            diff = max((int((x.cpu().int() - torch.from_numpy(r).int()).abs().max()) for x, r in zip(t, ref)), default=-1)
+            print(f"  {bad} not decoded; buffer {got[0].buffer_kind if got[0] is not None else '-'}; "
+                  f"shape {tuple(t[0].shape) if t else '-'}; vs cv2 max abs diff {diff}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"nvImageCodec {name}: failed: {type(e).__name__}: {e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
