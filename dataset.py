@@ -578,16 +578,17 @@ class FileRows:
     def __setitem__(self, rows, values):
         values = np.ascontiguousarray(values, dtype=np.uint8)
         if np.ndim(rows) == 0:
-            values = values[None]
+            return self._write(values, int(rows))
         rows = np.asarray(rows, np.int64).reshape(-1)
-        if not len(rows):
-            return
         # one write per run of consecutive rows (a GPU chunk is one run): each system call is dear in a VM
-        for run in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1):
-            data, at = memoryview(values[run[0]:run[-1] + 1]).cast("B"), int(rows[run[0]]) * self.row
-            while data:  # a write may stop short (signals, huge runs): go on where it stopped
-                n = os.pwrite(self.fd, data, at)
-                data, at = data[n:], at + n
+        for run in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []:
+            self._write(values[run[0]:run[-1] + 1], int(rows[run[0]]))
+
+    def _write(self, block, row):
+        data, at = memoryview(block).cast("B"), row * self.row
+        while data:  # a write may stop short (signals, huge runs): go on where it stopped
+            n = os.pwrite(self.fd, data, at)
+            data, at = data[n:], at + n
 
 
 class ImageCache:

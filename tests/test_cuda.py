@@ -121,8 +121,8 @@ for k in keys:
 
 
 def test_gpu_jpeg_decoding_matches_the_cpu(tiny_root, tmp_path):
-    """GPU decoding (nvImageCodec or nvJPEG) + GPU resizing against libjpeg + cv2 on the same files: a few levels apart at most; PNG and
-    EXIF-rotated JPEGs take the CPU path and match it exactly."""
+    """GPU decoding (nvImageCodec or nvJPEG) + GPU resizing against libjpeg + cv2 on the same files: a few
+    levels apart at most; PNG and EXIF-rotated JPEGs take the CPU path and match it exactly."""
     out = py(DECODE, tmp_path, tiny_root / "eval" / "images", tmp_path)
     for line in out.splitlines():
         size, mean, p99, worst = line.split()
