@@ -383,29 +383,41 @@ def prepare_gpu(imgs, size, crop):
 @functools.lru_cache(maxsize=None)
 def gpu_jpeg_decoder(device):
     """-> (name, decode): decode(list of JPEG byte arrays) -> list of (3, H, W) uint8 images on `device`
-    (None where one failed). nvImageCodec where it is installed (it uses the hardware JPEG engines of A100,
-    H100 and H200; on an H200 it decoded 21,000-30,000 img/s in three runs against torchvision's
-    15,000-29,000, within 1 level of libjpeg's pixels where torchvision's were up to 78 apart), else
-    torchvision's nvJPEG."""
-    nv = _import_nvimgcodec()
-    if nv is None:
-        from torchvision.io import ImageReadMode, decode_jpeg
+    (None where one failed: the CPU takes those). nvImageCodec where it is installed and starts (it uses the
+    hardware JPEG engines of A100, H100 and H200; on an H200 it decoded 21,000-30,000 img/s in three runs
+    against torchvision's 15,000-29,000, within 1 level of libjpeg's pixels where torchvision's were up to
+    78 apart), else torchvision's nvJPEG. One that is installed but cannot start (a wheel for another
+    CUDA, no nvJPEG library) is named in a warning and the other is used."""
+    try:
+        nv = _import_nvimgcodec()
+        if nv is not None:
+            return "nvImageCodec", _nvimgcodec_decode(nv, torch.device(device))
+    except (ImportError, OSError, RuntimeError) as e:
+        print(f"warning: nvImageCodec is installed but cannot decode here ({type(e).__name__}: {e}); "
+              "decoding with torchvision's nvJPEG instead", file=sys.stderr)
+    return "torchvision nvJPEG", functools.partial(_nvjpeg_decode, device=device)
 
-        def decode(datas):
-            try:
-                return decode_jpeg([torch.from_numpy(d) for d in datas], mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:  # nvJPEG refuses the whole batch when one file is odd: all go to the CPU
-                return [None] * len(datas)
-        return "torchvision nvJPEG", decode
-    dev = torch.device(device)
+
+def _nvjpeg_decode(datas, device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+    try:
+        return decode_jpeg([torch.from_numpy(d) for d in datas], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # nvJPEG refuses the whole batch when one file is odd: all go to the CPU
+        return [None] * len(datas)
+
+
+def _nvimgcodec_decode(nv, dev):
     decoder = nv.Decoder(device_id=dev.index if dev.index is not None else torch.cuda.current_device())
     params = nv.DecodeParams(color_spec=nv.ColorSpec.SRGB, apply_exif_orientation=True)
 
     def decode(datas):
-        imgs = decoder.decode([nv.CodeStream(d) for d in datas], params=params,  # d: read, not copied
-                              cuda_stream=torch.cuda.current_stream(dev).cuda_stream)
+        try:
+            imgs = decoder.decode([nv.CodeStream(d) for d in datas], params=params,  # d: read, not copied
+                                  cuda_stream=torch.cuda.current_stream(dev).cuda_stream)
+        except RuntimeError:  # as nvJPEG: the whole batch goes to the CPU
+            return [None] * len(datas)
         return [None if im is None else torch.as_tensor(im, device=dev).permute(2, 0, 1) for im in imgs]
-    return "nvImageCodec", decode
+    return decode
 
 
 def _import_nvimgcodec():

@@ -1,4 +1,5 @@
 """Data layer: labels, the label table, label fixes, person-level splits, the demo table."""
+import os
 import shutil
 
 import cv2
@@ -221,3 +222,17 @@ def test_batched_gpu_resize_matches_cv2_in_order(tiny_root):
         want = np.stack([prepare(im, size, crop) for im in imgs])
         d = np.abs(got.astype(int) - want)
         assert got.shape == want.shape and d.mean() < 2.0 and np.percentile(d, 99) <= 16, (size, d.mean())
+
+
+def test_a_broken_nvimgcodec_install_falls_back_to_nvjpeg_with_a_warning(tmp_path):
+    """nvImageCodec installed but unable to start (here: its package raises on import, as a wheel built for
+    another CUDA does): GPU decoding names the problem once and uses torchvision's nvJPEG."""
+    pkg = tmp_path / "nvidia" / "nvimgcodec"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
+    code = ("from dataset import gpu_jpeg_decoder\n"
+            "print(gpu_jpeg_decoder('cuda')[0]); print(gpu_jpeg_decoder('cuda')[0])\n")
+    p = run("-c", code, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+    assert p.stdout.split("\n")[:2] == ["torchvision nvJPEG"] * 2, p.stdout
+    assert p.stderr.count("warning: nvImageCodec is installed but cannot decode here") == 1, p.stderr
+    assert "libcudart.so.12" in p.stderr and "Traceback" not in p.stderr
