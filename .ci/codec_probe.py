@@ -99,6 +99,19 @@ def main():
         rate(f"cached_images on {dev}, a fresh cache file each time",
              lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device=dev))
     probe_writes(out.cpu().numpy())
+    profile_main_thread(lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device="cuda"))
+
+
+def profile_main_thread(fn):
+    """Where the GPU cache build's main thread spends its time (waiting for the reading threads included)."""
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    sync()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 
 
 def probe_writes(arr):
