@@ -113,6 +113,13 @@ keys = [((224, 224), "center"), ((48, 40), "none")]
 gpu, ok_g = decode_many(paths, keys, device="cuda", chunk=16)
 cpu, ok_c = decode_many(paths, keys, device="cpu")
 assert ok_g.all() and ok_c.all()
+import importlib.util
+from dataset import gpu_jpeg_decoder
+try:
+    installed = importlib.util.find_spec("nvidia.nvimgcodec") is not None
+except ModuleNotFoundError:
+    installed = False
+print(gpu_jpeg_decoder("cuda")[0].replace(" ", "_"), installed)
 for k in keys:
     d = np.abs(gpu[k].astype(int) - cpu[k].astype(int))
     assert (d[-2:] == 0).all(), "fallback files must match the CPU exactly"
@@ -123,8 +130,10 @@ for k in keys:
 def test_gpu_jpeg_decoding_matches_the_cpu(tiny_root, tmp_path):
     """GPU decoding (nvImageCodec or nvJPEG) + GPU resizing against libjpeg + cv2 on the same files: a few
     levels apart at most; PNG and EXIF-rotated JPEGs take the CPU path and match it exactly."""
-    out = py(DECODE, tmp_path, tiny_root / "eval" / "images", tmp_path)
-    for line in out.splitlines():
+    out = py(DECODE, tmp_path, tiny_root / "eval" / "images", tmp_path).splitlines()
+    decoder, installed = out[0].split()
+    assert (decoder == "nvImageCodec") == (installed == "True"), out[0]  # installed: used, not passed over
+    for line in out[1:]:
         size, mean, p99, worst = line.split()
         assert float(mean) < 2.0 and float(p99) <= 16, line
 
