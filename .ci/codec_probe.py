@@ -11,10 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import decode_bytes, decode_many  # noqa: E402
+from dataset import decode_bytes, decode_many, prepare_gpu  # noqa: E402
 
 paths = sorted(glob.glob(sys.argv[1] + "/eval/images/*"))[:4200]
 SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 224
@@ -52,16 +51,6 @@ def chunks(seq):
     return [seq[i:i + CHUNK] for i in range(0, len(seq), CHUNK)]
 
 
-def resize_batch(imgs):
-    """Same-shape (3, H, W) uint8 device images -> (n, SIZE, SIZE, 3) uint8: one interpolate per shape."""
-    from dataset import center_region
-    x = torch.stack(imgs)
-    x1, y1, x2, y2 = center_region(x.shape[3], x.shape[2])
-    x = F.interpolate(x[:, :, y1:y2, x1:x2].float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False,
-                      antialias=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
 def main():
     print(f"{N} photos, {SIZE}x{SIZE}, torch {torch.__version__}, cuda {torch.version.cuda}, "
           f"{torch.cuda.get_device_name() if cuda else 'no GPU'}, {os.cpu_count()} cores", flush=True)
@@ -79,9 +68,9 @@ def main():
     imgs = rate("torchvision nvJPEG decode only, chunks of 256", tv_decode)
     diff = max(int((imgs[i].permute(1, 2, 0).cpu().int() - torch.from_numpy(ref[i]).int()).abs().max()) for i in range(64))
     print(f"  torchvision nvJPEG vs cv2: max abs diff {diff}", flush=True)
-    rate("batched resize on the GPU (one interpolate per chunk)",
-         lambda: [resize_batch(c) for c in chunks(imgs)])
-    out = torch.cat([resize_batch(c) for c in chunks(imgs)])
+    rate("batched resize on the GPU (prepare_gpu, chunks of 256)",
+         lambda: [prepare_gpu(c, (SIZE, SIZE), "center") for c in chunks(imgs)])
+    out = torch.cat([prepare_gpu(c, (SIZE, SIZE), "center") for c in chunks(imgs)])
     pinned = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
     rate("device -> pinned host copy", lambda: pinned.copy_(out, non_blocking=True))
     with tempfile.NamedTemporaryFile(dir="/tmp") as f:
