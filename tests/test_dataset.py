@@ -236,3 +236,26 @@ def test_a_broken_nvimgcodec_install_falls_back_to_nvjpeg_with_a_warning(tmp_pat
     assert p.stdout.split("\n")[:2] == ["torchvision nvJPEG"] * 2, p.stdout
     assert p.stderr.count("warning: nvImageCodec is installed but cannot decode here") == 1, p.stderr
     assert "libcudart.so.12" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_host_staging_reuses_a_buffer_only_after_its_writes():
+    """The GPU path's host buffers (_HostStaging, run here on CPU tensors): two sets in turn; a set is
+    refilled only once the writes reading it have finished, and then in the same memory."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from dataset import _HostStaging
+    key, stage, release, written = "k", _HostStaging(4), threading.Event(), []
+    chunk = lambda v: torch.full((3, 2, 2, 3), v, dtype=torch.uint8)  # noqa: E731
+    with ThreadPoolExecutor(1) as ex:
+        stage.next()
+        first = stage.host(key, chunk(1))
+        slow = ex.submit(lambda a=first: (release.wait(10), written.append(a.copy())))
+        stage.writes[stage.turn] = [slow]
+        stage.next()
+        second = stage.host(key, chunk(2))
+        assert not slow.done() and not np.shares_memory(first, second)
+        threading.Timer(0.3, release.set).start()
+        stage.next()  # back to the first set: waits for its write
+        assert slow.done() and (written[0] == 1).all()
+        third = stage.host(key, chunk(3))
+        assert np.shares_memory(first, third) and (third == 3).all() and (second == 2).all()
