@@ -494,7 +494,7 @@ def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, c
             _decode_chunk_cpu(ex, [datas[j] for j in rest], [paths[start + j] for j in rest],
                               [start + j for j in rest], out, ok, face_fn)
             bar.update(len(datas))
-        stage.next(), stage.next()  # both sets' writes done
+        stage.drain()
     return out, ok
 
 
@@ -513,6 +513,10 @@ class _HostStaging:
         for w in self.writes[self.turn]:
             w.result()
         self.writes[self.turn] = []
+
+    def drain(self):
+        """Wait for every write still reading either set."""
+        self.next(), self.next()
 
     def host(self, key, t):
         """Tensor t (a chunk's rows for `key`) -> its copy in this turn's buffer, as a numpy array."""
