@@ -259,3 +259,25 @@ def test_host_staging_reuses_a_buffer_only_after_its_writes():
         assert slow.done() and (written[0] == 1).all()
         third = stage.host(key, chunk(3))
         assert np.shares_memory(first, third) and (third == 3).all() and (second == 2).all()
+
+
+def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
+    """read_bytes returns a file's exact bytes in a writable array (torch.from_numpy takes it without the
+    non-writable warning), an empty array for an empty file, and raises for a missing one."""
+    import warnings
+    from dataset import read_bytes
+    files = sorted((tiny_root / "train" / "images").rglob("*.*"))[:5] + [tmp_path / "empty.jpg"]
+    (tmp_path / "empty.jpg").touch()
+    for f in files:
+        got = read_bytes(f)
+        assert got.dtype == np.uint8 and got.tobytes() == f.read_bytes(), f
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.from_numpy(got)
+    assert read_bytes(files[-1]).size == 0
+    try:
+        read_bytes(tmp_path / "missing.jpg")
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("a missing file must raise")
