@@ -131,11 +131,15 @@ def _load(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        # a file that is no pickle at all (a text file, a JPEG, a torn copy of an old-format file) also fails
+        # as "Weights only load failed", but on an opcode ("Unsupported operand"), not on a global
+        garbage = "Unsupported operand" in msg
+        if not garbage and ("Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg):
             raise UserError(f"{path}: refused, the file carries pickled code or objects, not only weights "
                             "(loaded with weights_only=True for safety)")
         # an empty file (a copy that failed) raises EOFError with no message at all
-        detail = msg.splitlines()[0][:100] if msg.strip() else "the file is empty or cut short"
+        detail = ("not a PyTorch file" if garbage else msg.splitlines()[0][:100] if msg.strip()
+                  else "the file is empty or cut short")
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); train it again or "
                         "copy it again")
 

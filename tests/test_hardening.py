@@ -485,11 +485,19 @@ def test_image_ids_must_be_present_and_unique_in_info_csv_and_in_answers(tmp_pat
     assert len(read_eval(tmp_path)[1]) == 2 and len(read_answers(tmp_path / "info.csv", "x")) == 2
 
 
-def test_an_empty_checkpoint_is_named_not_a_traceback(tmp_path):
+def test_an_empty_or_foreign_checkpoint_is_named_not_a_traceback(tmp_path):
+    """Empty, not a PyTorch file at all, or pickled objects: each gets its own one-line reason."""
+    import pathlib
     from model import _load
     from utils import UserError
     (tmp_path / "best.pth").write_bytes(b"")
     with pytest.raises(UserError, match="best.pth: not a readable checkpoint .*empty"):
+        _load(tmp_path / "best.pth")
+    (tmp_path / "best.pth").write_bytes(b"garbage\n")  # a text file: torch fails on an opcode, not a global
+    with pytest.raises(UserError, match=r"best.pth: not a readable checkpoint \(UnpicklingError: not a PyTorch file\)"):
+        _load(tmp_path / "best.pth")
+    torch.save({"model": {}, "meta": pathlib.PurePosixPath("x")}, tmp_path / "best.pth")
+    with pytest.raises(UserError, match="best.pth: refused, the file carries pickled code or objects"):
         _load(tmp_path / "best.pth")
 
 
