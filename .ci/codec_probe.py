@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import decode_bytes, decode_many, prepare_gpu  # noqa: E402
+from dataset import decode_bytes, decode_many, prepare_gpu, read_bytes  # noqa: E402
 
 paths = sorted(glob.glob(sys.argv[1] + "/eval/images/*"))[:4200]
 SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 224
@@ -42,9 +42,9 @@ def rate(name, fn, repeat=2):
     return out
 
 
-def read_all(workers=16):
+def read_all(workers=16, read=read_bytes):
     with ThreadPoolExecutor(workers) as ex:
-        return list(ex.map(lambda p: np.fromfile(p, np.uint8), paths))
+        return list(ex.map(read, paths))
 
 
 def chunks(seq):
@@ -54,7 +54,9 @@ def chunks(seq):
 def main():
     print(f"{N} photos, {SIZE}x{SIZE}, torch {torch.__version__}, cuda {torch.version.cuda}, "
           f"{torch.cuda.get_device_name() if cuda else 'no GPU'}, {os.cpu_count()} cores", flush=True)
-    datas = rate("read bytes, 16 threads", read_all)
+    rate("read bytes with np.fromfile (22 system calls a file), 16 threads",
+         lambda: read_all(read=lambda p: np.fromfile(p, np.uint8)))
+    datas = rate("read bytes with read_bytes (4 system calls a file), 16 threads", read_all)
     print(f"mean file {np.mean([d.size for d in datas]) / 1024:.1f} KiB", flush=True)
     rate("cv2 decode + prepare, 16 threads (decode_many)", lambda: decode_many(paths, [KEY], workers=16))
     ref = [decode_bytes(d, p) for d, p in zip(datas[:64], paths[:64])]
