@@ -280,17 +280,21 @@ def read_bytes(path):
     and each call costs more in a sandboxed VM (README, Performance). Raises OSError like open()."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        buf = np.empty(size, np.uint8)
-        got = os.readv(fd, [buf]) if size else 0
-        while 0 < got < size:  # a read may stop short: go on where it stopped
-            n = os.preadv(fd, [memoryview(buf)[got:]], got)
-            if not n:  # the file shrank meanwhile: keep what was read
-                break
-            got += n
-        return buf[:got]
+        buf = np.empty(os.fstat(fd).st_size, np.uint8)
+        return buf[:_read_at(fd, buf, 0)]  # shorter if the file shrank meanwhile
     finally:
         os.close(fd)
+
+
+def _read_at(fd, out, at):
+    """Fill the writable buffer `out` from byte `at` of the open file -> bytes read (fewer only at its end)."""
+    view, got = memoryview(out).cast("B"), 0
+    while got < len(view):  # a read may stop short: go on where it stopped
+        n = os.preadv(fd, [view[got:]], at + got)
+        if not n:
+            break
+        got += n
+    return got
 
 
 def read_rgb(path):
@@ -704,15 +708,12 @@ class ImageCache:
     def read_into(self, start, out):
         """Rows start:start+len(out) into `out` (a writable uint8 array) with plain reads: the kernel
         copies from the page cache, and nothing is mapped (see FileRows)."""
-        view, off = memoryview(out).cast("B"), start * int(np.prod(self.shape[1:]))
-        with open(self.file, "rb", buffering=0) as f:
-            f.seek(off)
-            done = 0
-            while done < len(view):
-                n = f.readinto(view[done:])
-                if not n:
-                    raise UserError(f"{self.file}: cache file is shorter than its metadata says; delete it")
-                done += n
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            if _read_at(fd, out, start * int(np.prod(self.shape[1:]))) < out.nbytes:
+                raise UserError(f"{self.file}: cache file is shorter than its metadata says; delete it")
+        finally:
+            os.close(fd)
 
     def finish(self, ok):
         with atomic_path(self.meta) as tmp:  # written last: its presence means the data is complete

@@ -5,6 +5,7 @@ import shutil
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from conftest import REPO, assert_clean_error, run
@@ -281,3 +282,20 @@ def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
         pass
     else:
         raise AssertionError("a missing file must raise")
+
+
+def test_cache_rows_read_back_and_a_cut_cache_file_is_named(tiny_root, tmp_path):
+    """ImageCache.read_into gives the rows the memory map shows, and a cache file cut short is a clear error."""
+    from dataset import cached_images
+    from utils import UserError
+    paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:5]
+    key = ((32, 24), "center")
+    cache = cached_images(paths, [key], tmp_path)[key]
+    out = np.empty((3, 32, 24, 3), np.uint8)
+    cache.read_into(2, out)
+    assert np.array_equal(out, cache.array[2:5]) and out.any()
+    with open(cache.file, "r+b") as f:
+        f.truncate(cache.nbytes - 1)
+    cache.read_into(0, out)  # rows before the cut still read
+    with pytest.raises(UserError, match="cache file is shorter than its metadata says; delete it"):
+        cache.read_into(2, out)
