@@ -90,7 +90,90 @@ def main():
         rate(f"cached_images on {dev}, a fresh cache file each time",
              lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device=dev))
     probe_writes(out.cpu().numpy())
+    probe_gpu_resident(datas)
     profile_main_thread(lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device="cuda"))
+
+
+def probe_gpu_resident(datas):
+    """The bound of a first run whose images never leave the GPU: JPEGs decoded (nvImageCodec where
+    installed), resized and normalised there and predicted by efficientnet_lite0 (bf16, channels_last, batches
+    of 128), against the model alone; with the bytes in memory, with the files read a chunk ahead by 16
+    threads, and with each chunk also copied to a pinned buffer and written to a cache file by the pool."""
+    import timm
+    from dataset import FileRows, _read_ahead, gpu_jpeg_decoder
+    model = timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+    mean = torch.tensor([0.5, 0.5, 0.5], device="cuda").view(1, 3, 1, 1) * 255
+    name, decode = gpu_jpeg_decoder("cuda")
+    sizes = [min(128, N - i) for i in range(0, N, 128)]
+    rnd = {b: torch.randn(b, 3, SIZE, SIZE, device="cuda").contiguous(memory_format=torch.channels_last) for b in set(sizes)}
+
+    def predict(x):  # (n, H, W, 3) uint8 on the GPU -> probabilities, left on the GPU
+        x = ((x.permute(0, 3, 1, 2).float() - mean) / 64).contiguous(memory_format=torch.channels_last)
+        return [torch.softmax(model(x[b:b + 128]).float(), 1) for b in range(0, len(x), 128)]
+
+    def ceiling():
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+            return [torch.softmax(model(rnd[b]).float(), 1) for b in sizes]
+
+    def from_chunks(chunks_, write=None):
+        outs = []
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+            for start, ds in chunks_:
+                x = prepare_gpu(decode(ds), (SIZE, SIZE), "center")
+                outs += predict(x)
+                if write:
+                    write(start, x)
+        return torch.cat(outs).cpu()
+    rate("model alone (lite0, bf16, channels_last, batches of 128)", ceiling)
+    rate(f"GPU-resident: bytes in memory -> {name} -> resize -> model", lambda: from_chunks(
+        (i, datas[i:i + CHUNK]) for i in range(0, N, CHUNK)))
+
+    def from_files(write=None):
+        with ThreadPoolExecutor(16) as ex:
+            return from_chunks(_read_ahead(ex, paths, CHUNK), write)
+    rate(f"GPU-resident: files read 16 threads a chunk ahead -> {name} -> resize -> model", from_files)
+    with tempfile.NamedTemporaryFile(dir="/tmp") as f:
+        f.truncate(N * SIZE * SIZE * 3)
+        rows = FileRows(f.fileno(), (N, SIZE, SIZE, 3))
+        bufs = [torch.empty((CHUNK, SIZE, SIZE, 3), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        with ThreadPoolExecutor(2) as wex:
+            pending = [None, None]
+
+            def write(start, x):  # the chunk to a pinned buffer (async), then to the file from a pool thread
+                k = (start // CHUNK) % 2
+                if pending[k]:
+                    pending[k].result()
+                bufs[k][:len(x)].copy_(x, non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record()
+
+                def put():
+                    ev.synchronize()
+                    rows[range(start, start + len(x))] = bufs[k][:len(x)].numpy()
+                pending[k] = wex.submit(put)
+
+            def with_cache():
+                out = from_files(write)
+                for p in pending:
+                    p and p.result()
+                return out
+            rate("GPU-resident + cache written from pinned copies by 2 pool threads", with_cache)
+        # a warm cache's alternative to batches read in turn: the whole file into one pinned buffer by 16
+        # threads (preadv), one copy to the GPU, then the model
+        from dataset import _read_at
+        whole = torch.empty((N, SIZE, SIZE, 3), dtype=torch.uint8, pin_memory=True)
+        row = SIZE * SIZE * 3
+
+        def warm_whole():
+            fd = os.open(f.name, os.O_RDONLY)
+            try:
+                with ThreadPoolExecutor(16) as ex:
+                    list(ex.map(lambda i: _read_at(fd, whole[i:i + CHUNK].numpy(), i * row), range(0, N, CHUNK)))
+            finally:
+                os.close(fd)
+            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                return torch.cat(predict(whole.to("cuda", non_blocking=True))).cpu()
+        rate("warm cache: whole file -> pinned (16 threads) -> one copy -> model", warm_whole)
 
 
 def profile_main_thread(fn):
