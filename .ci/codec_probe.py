@@ -91,6 +91,8 @@ def main():
              lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device=dev))
     probe_writes(out.cpu().numpy())
     probe_gpu_resident(datas)
+    probe_reading_pipeline()
+    probe_warm_readers()
     profile_main_thread(lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device="cuda"))
 
 
@@ -174,6 +176,83 @@ def probe_gpu_resident(datas):
             with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
                 return torch.cat(predict(whole.to("cuda", non_blocking=True))).cpu()
         rate("warm cache: whole file -> pinned (16 threads) -> one copy -> model", warm_whole)
+
+
+def probe_reading_pipeline():
+    """Why files read while the GPU decodes run slower than either alone: decoding (GPU, chunks of 256) after
+    every file is read, against the chunk-ahead pipeline, and reading by forked processes into shared memory
+    (the main interpreter's lock out of the readers' way), alone and feeding the decoder chunk by chunk."""
+    import mmap
+    import multiprocessing
+    from dataset import _read_ahead, gpu_jpeg_decoder
+    name, decode = gpu_jpeg_decoder("cuda")
+
+    def dec(ds):
+        return prepare_gpu(decode(ds), (SIZE, SIZE), "center")
+    datas = read_all()
+    rate(f"decode + resize only ({name}), bytes in memory", lambda: [dec(datas[i:i + CHUNK]) for i in range(0, N, CHUNK)])
+    rate("all files read (16 threads), then decode + resize", lambda: [
+        dec(ds) for ds in chunks(read_all())])
+
+    def piped(threads):
+        with ThreadPoolExecutor(threads) as ex:
+            return [dec(ds) for _, ds in _read_ahead(ex, paths, CHUNK)]
+    for t in (4, 16):
+        rate(f"read a chunk ahead ({t} threads) while decoding (the toolkit's way)", lambda: piped(t))
+    sizes = np.array([os.stat(p).st_size for p in paths])
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    shm = mmap.mmap(-1, int(offs[-1]))
+    buf = np.frombuffer(shm, np.uint8)
+    global _SHARED
+    _SHARED = (paths, offs, buf)
+    for procs in (8, 16):
+        def forked(feed):
+            with multiprocessing.get_context("fork").Pool(procs) as pool:
+                if not feed:
+                    return pool.map(_read_range, [range(i, min(i + 64, N)) for i in range(0, N, 64)])
+                outs = []
+                for rng in pool.imap(_read_range, [range(i, min(i + CHUNK, N)) for i in range(0, N, CHUNK)]):
+                    outs.append(dec([buf[offs[i]:offs[i + 1]] for i in rng]))
+                return outs
+        rate(f"{procs} forked processes read into shared memory (pool start included)", lambda: forked(False))
+        rate(f"{procs} forked processes read, the main thread decodes each chunk as it arrives", lambda: forked(True))
+
+
+_SHARED = None
+
+
+def _read_range(rng):
+    from dataset import _read_at
+    paths_, offs, buf = _SHARED
+    for i in rng:
+        fd = os.open(paths_[i], os.O_RDONLY)
+        try:
+            _read_at(fd, buf[offs[i]:offs[i + 1]], 0)
+        finally:
+            os.close(fd)
+    return rng
+
+
+def probe_warm_readers():
+    """A warm cache's pass (predict_probs on lite0 bf16) against the same loop with 4, 8, 16 reader threads."""
+    import timm
+    from dataset import BatchTransform, cached_images, pinned_batches, to_device
+    from inference import predict_probs
+    key = ((SIZE, SIZE), "center")
+    cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
+    model = timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+    meta = dict(mean=[0.5] * 3, std=[0.25] * 3, tasks=["label"])
+    rate("warm: predict_probs (the toolkit's pass)", lambda: predict_probs(model, meta, cache, batch_size=128, device="cuda"))
+    tf = BatchTransform(meta["mean"], meta["std"], "none")
+    for threads in (4, 8, 16):
+        def loop():
+            outs = []
+            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                for (x,) in to_device(pinned_batches(cache, 128, True, threads), "cuda"):
+                    x = tf(x.permute(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)
+                    outs.append(torch.softmax(model(x).float(), 1))
+            return torch.cat(outs).cpu()
+        rate(f"warm: the same loop with {threads} reader threads", loop)
 
 
 def profile_main_thread(fn):
