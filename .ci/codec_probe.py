@@ -51,6 +51,14 @@ def chunks(seq):
     return [seq[i:i + CHUNK] for i in range(0, len(seq), CHUNK)]
 
 
+def focus():
+    """This session's open questions only: which nvImageCodec set-up overlaps with reading, and whether a warm
+    pass lost speed when the cache's batch reads moved from a buffered file to os.open + preadv."""
+    datas = read_all()
+    probe_decoder_setups(datas)
+    probe_warm_read_into()
+
+
 def main():
     print(f"{N} photos, {SIZE}x{SIZE}, torch {torch.__version__}, cuda {torch.version.cuda}, "
           f"{torch.cuda.get_device_name() if cuda else 'no GPU'}, {os.cpu_count()} cores", flush=True)
@@ -255,6 +263,74 @@ def probe_warm_readers():
         rate(f"warm: the same loop with {threads} reader threads", loop)
 
 
+def probe_decoder_setups(datas):
+    """nvImageCodec decoders (all backends or the hardware engines first; its CPU pool of 16 or 4 threads)
+    decoding chunks of 256, with the bytes in memory and with the files read a chunk ahead by 4 or 16 threads."""
+    from dataset import _import_nvimgcodec, _read_ahead
+    nv = _import_nvimgcodec()
+    if nv is None:
+        print("nvImageCodec: not installed")
+        return
+    params = nv.DecodeParams(color_spec=nv.ColorSpec.SRGB, apply_exif_orientation=True)
+    kinds = ("HW_GPU_ONLY", "HYBRID_CPU_GPU", "GPU_ONLY", "CPU_ONLY")
+    for bname, backends in (("all backends", None), ("hardware first", kinds)):
+        for cpu in (0, 4):
+            try:
+                kw = dict(max_num_cpu_threads=cpu) | (
+                    dict(backends=[nv.Backend(getattr(nv.BackendKind, k)) for k in backends]) if backends else {})
+                dec = nv.Decoder(device_id=0, **kw)
+            except Exception as e:  # noqa: BLE001 - a probe: say why and go on
+                print(f"decoder {bname}, {cpu} CPU threads: failed: {type(e).__name__}: {e}", flush=True)
+                continue
+
+            def run(ds_chunks):
+                return [prepare_gpu([torch.as_tensor(im, device="cuda").permute(2, 0, 1) for im in dec.decode(
+                    [nv.CodeStream(d) for d in ds], params=params,
+                    cuda_stream=torch.cuda.current_stream().cuda_stream)], (SIZE, SIZE), "center") for ds in ds_chunks]
+            tag = f"{bname}, CPU pool {cpu or os.cpu_count()}"
+            rate(f"[{tag}] decode + resize, bytes in memory", lambda: run(chunks(datas)))
+            for t in (4, 16):
+                def piped():
+                    with ThreadPoolExecutor(t) as ex:
+                        return run(ds for _, ds in _read_ahead(ex, paths, CHUNK))
+                rate(f"[{tag}] files read a chunk ahead by {t} threads", piped)
+
+
+def probe_warm_read_into():
+    """A warm pass (predict_probs, lite0 bf16) with the cache's batches read by os.open + preadv (now) and by a
+    buffered file's readinto (before 2026-11-28), alternated three times."""
+    import timm
+    from dataset import ImageCache, cached_images
+    from inference import predict_probs
+    key = ((SIZE, SIZE), "center")
+    cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
+    model = timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+    meta = dict(mean=[0.5] * 3, std=[0.25] * 3, tasks=["label"])
+    now = ImageCache.read_into
+
+    def before(self, start, out):
+        view, off = memoryview(out).cast("B"), start * int(np.prod(self.shape[1:]))
+        with open(self.file, "rb", buffering=0) as f:
+            f.seek(off)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                done += n
+    sizes = [min(128, N - i) for i in range(0, N, 128)]
+    rnd = {b: torch.randn(b, 3, SIZE, SIZE, device="cuda").contiguous(memory_format=torch.channels_last) for b in set(sizes)}
+
+    def ceiling():
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+            return [torch.softmax(model(rnd[b]).float(), 1) for b in sizes]
+    for _ in range(3):
+        rate("warm: model alone", ceiling)
+        for name, fn in (("os.open + preadv (now)", now), ("buffered readinto (before)", before)):
+            ImageCache.read_into = fn
+            rate(f"warm: predict_probs, batches read by {name}",
+                 lambda: predict_probs(model, meta, cache, batch_size=128, device="cuda"))
+    ImageCache.read_into = now
+
+
 def profile_main_thread(fn):
     """Where the GPU cache build's main thread spends its time (waiting for the reading threads included)."""
     import cProfile
@@ -309,4 +385,4 @@ def probe_nvimgcodec(datas, ref):
 
 
 if __name__ == "__main__":
-    main()
+    focus() if os.environ.get("PROBE") == "focus" else main()
