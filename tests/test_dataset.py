@@ -262,6 +262,40 @@ def test_host_staging_reuses_a_buffer_only_after_its_writes():
         assert np.shares_memory(first, third) and (third == 3).all() and (second == 2).all()
 
 
+def test_gpu_chunk_path_writes_every_row_where_the_cpu_path_does(tiny_root, tmp_path, monkeypatch):
+    """The first-run GPU path (cached_images on 'cuda': decode a chunk, resize it, bring it back through the
+    two host buffers, write its rows into the cache file from the pool, PNG and EXIF-rotated files on the
+    CPU) run here with the CPU's decoder standing in for the GPU's JPEG engine: chunks of 8 take the buffers
+    in turn, and every row lands where the CPU path puts it (fallback rows exactly; the rest within the
+    GPU resize's few levels, as tests/test_cuda.py holds the real decoder)."""
+    from PIL import Image
+    import dataset
+    from dataset import cached_images, decode_bytes
+    src = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:32]
+    Image.open(src.pop()).save(tmp_path / "as.png")  # photos of their own: each row has one right place
+    im = Image.open(src.pop())
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    paths = src[:13] + [tmp_path / "as.png"] + src[13:] + [tmp_path / "rotated.jpg"]
+    cpu_engine = lambda datas: [torch.from_numpy(decode_bytes(d, "x")).permute(2, 0, 1) for d in datas]  # noqa: E731
+    monkeypatch.setattr(dataset, "gpu_jpeg_decoder", lambda device: ("the CPU's, standing in", cpu_engine))
+    real_decode_many = dataset.decode_many
+    monkeypatch.setattr(dataset, "decode_many", lambda *a, **k: real_decode_many(*a, **k | dict(chunk=8)))
+    keys = [((64, 48), "center"), ((24, 24), "none")]
+    gpu = cached_images(paths, keys, tmp_path / "gpu", device="cuda")
+    cpu = cached_images(paths, keys, tmp_path / "cpu", device="cpu")
+    fallback = [13, len(paths) - 1]
+    for k in keys:
+        assert gpu[k].ok.all() and cpu[k].ok.all()
+        g, c = np.asarray(gpu[k].array).astype(int), np.asarray(cpu[k].array).astype(int)
+        assert (g[fallback] == c[fallback]).all(), "PNG and EXIF-rotated rows are the CPU's own"
+        d = np.abs(np.delete(g, fallback, 0) - np.delete(c, fallback, 0))
+        assert d.mean() < 2.0 and np.percentile(d, 99) <= 16, (k, d.mean(), np.percentile(d, 99))
+        nearest = [int(np.abs(c - row).mean(axis=(1, 2, 3)).argmin()) for row in g]
+        assert nearest == list(range(len(paths))), "each row must be its own photo's"
+
+
 def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
     """read_bytes returns a file's exact bytes in a writable array (torch.from_numpy takes it without the
     non-writable warning), an empty array for an empty file, and raises for a missing one."""
