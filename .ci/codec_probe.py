@@ -47,6 +47,12 @@ def read_all(workers=16, read=read_bytes):
         return list(ex.map(read, paths))
 
 
+def lite0():
+    """The benchmark's model with random weights (speed only), on the GPU in channels_last."""
+    import timm
+    return timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+
+
 def chunks(seq):
     return [seq[i:i + CHUNK] for i in range(0, len(seq), CHUNK)]
 
@@ -109,9 +115,8 @@ def probe_gpu_resident(datas):
     installed), resized and normalised there and predicted by efficientnet_lite0 (bf16, channels_last, batches
     of 128), against the model alone; with the bytes in memory, with the files read a chunk ahead by 16
     threads, and with each chunk also copied to a pinned buffer and written to a cache file by the pool."""
-    import timm
     from dataset import FileRows, _read_ahead, gpu_jpeg_decoder
-    model = timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+    model = lite0()
     mean = torch.tensor([0.5, 0.5, 0.5], device="cuda").view(1, 3, 1, 1) * 255
     name, decode = gpu_jpeg_decoder("cuda")
     sizes = [min(128, N - i) for i in range(0, N, 128)]
@@ -243,12 +248,11 @@ def _read_range(rng):
 
 def probe_warm_readers():
     """A warm cache's pass (predict_probs on lite0 bf16) against the same loop with 4, 8, 16 reader threads."""
-    import timm
     from dataset import BatchTransform, cached_images, pinned_batches, to_device
     from inference import predict_probs
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
-    model = timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+    model = lite0()
     meta = dict(mean=[0.5] * 3, std=[0.25] * 3, tasks=["label"])
     rate("warm: predict_probs (the toolkit's pass)", lambda: predict_probs(model, meta, cache, batch_size=128, device="cuda"))
     tf = BatchTransform(meta["mean"], meta["std"], "none")
@@ -299,12 +303,11 @@ def probe_decoder_setups(datas):
 def probe_warm_read_into():
     """A warm pass (predict_probs, lite0 bf16) with the cache's batches read by os.open + preadv (now) and by a
     buffered file's readinto (before 2026-11-28), alternated three times."""
-    import timm
     from dataset import ImageCache, cached_images
     from inference import predict_probs
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
-    model = timm.create_model("efficientnet_lite0", num_classes=18).cuda().eval().to(memory_format=torch.channels_last)
+    model = lite0()
     meta = dict(mean=[0.5] * 3, std=[0.25] * 3, tasks=["label"])
     now = ImageCache.read_into
 
