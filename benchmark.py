@@ -69,7 +69,9 @@ def bench_train(args, dev, table_paths, labels):
     and memory layout. Only the end of each timed pass waits for the device, as in training."""
     import distributed
     import train as T
-    from dataset import YEARS, BatchDataset, cached_images, make_loader
+    from cache import cached_images
+    from labels import YEARS
+    from loaders import BatchDataset, make_loader
     from labels import AGE_MIN, loss_targets
     cfg = vars(T.build_parser().parse_args([])) | dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
                                                       pretrained=False, progress=False, amp=args.amp,
@@ -149,7 +151,8 @@ def bench_plain(args, dev, paths, labels, loop, step, steps):
 
 
 def bench_infer(args, dev, eval_dir, raw, loop):
-    from dataset import cached_images, read_eval
+    from cache import cached_images
+    from dataset import read_eval
     from inference import predict_probs
     info, paths = read_eval(eval_dir)
     paths = paths[:args.eval_images]
@@ -184,7 +187,7 @@ def bench_infer(args, dev, eval_dir, raw, loop):
         predict_probs(raw, meta, cached_images(paths, [key], cache_dir, device=decode_on)[key], **opts)
     decoders = {"cpu": "cpu"} | ({"gpu": dev} if dev.type == "cuda" else {})
     if dev.type == "cuda":
-        from dataset import gpu_jpeg_decoder
+        from gpu_codecs import gpu_jpeg_decoder
         res["gpu_decoder"] = gpu_jpeg_decoder(str(dev))[0]
     for name, decode_on in decoders.items():  # first run: decode every eval image, then predict
         infer(fresh(), decode_on)  # warm-up (the GPU decoder's handle, the thread pool)
@@ -204,7 +207,7 @@ def bench_infer(args, dev, eval_dir, raw, loop):
 
 def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
     """CV-5 + flip TTA: decode once then 10 passes, against 5 passes that each decode again (seconds)."""
-    from dataset import cached_images
+    from cache import cached_images
     from inference import predict_probs
     n, key = len(paths), (tuple(args.img_size), "center")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -230,7 +233,7 @@ def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
 
 
 def bench_faces(args, dev, face_dir):
-    from dataset import read_rgb
+    from images import read_rgb
     from face_image import FaceDetector, best_boxes, create_detector, list_images
     from voc import box_iou
     from PIL import Image

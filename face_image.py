@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataset import IMG_EXTS, MASK_NAMES, center_crop, center_region, read_rgb
+from images import IMG_EXTS, center_crop, center_region, read_rgb
+from labels import MASK_NAMES
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, fraction, load_dotenv_once,
                    make_parser, positive, write_csv_atomic, write_json_atomic)
 from voc import box_iou, match_boxes, read_voc

@@ -23,7 +23,10 @@ import torch
 
 import distributed
 from decision import decide, fit_decision, read_offsets
-from dataset import BatchTransform, cached_images, decode_many, has_faces, pinned_batches, read_eval, to_device
+from augment import BatchTransform
+from cache import cached_images, decode_many
+from dataset import has_faces, read_eval
+from loaders import pinned_batches, to_device
 from face_image import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
 from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,

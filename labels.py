@@ -1,7 +1,7 @@
 """The 18 classes and their three tasks: names, encoding, age bands. numpy only, so that scoring a
 submission (evaluation.py) needs neither torch nor OpenCV.
 
-Not a script; imported by dataset.py, evaluation.py, model.py, ...
+Not a script; imported by the data, training and prediction modules.
 """
 from __future__ import annotations
 

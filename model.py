@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset import TASKS, YEARS, decode
+from labels import TASKS, YEARS, decode
 from utils import UserError, atomic_path, cli, make_parser
 
 # Good starting points on this problem; any timm name works.

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import distributed
-from dataset import AGE_NAMES, GENDER_NAMES, IMG_EXTS, MASK_NAMES, decode, prepare, read_rgb
+from images import IMG_EXTS, prepare, read_rgb
+from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from decision import decide, read_offsets
 from face_image import DETECTORS, CropRecipe, crop_for_model
 from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from dataset import IMG_EXTS, read_rgb
+from images import IMG_EXTS, read_rgb
 from utils import UserError
 
 W, H = 384, 512

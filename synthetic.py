@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset import MASK_STEMS, age_class, encode
+from dataset import MASK_STEMS
+from labels import age_class, encode
 from utils import UserError, cli, fraction, make_parser, positive
 
 W, H = 384, 512

@@ -30,9 +30,12 @@ import pandas as pd
 import torch
 
 import distributed
-from dataset import (AUG_PRESETS, OFFICIAL_AGE_BOUNDS, TASKS, YEARS, BatchDataset, BatchTransform, ImageCache, Log,
-                     age_class, build_table, cached_images, decode, encode, has_faces, holdout_split, loss_targets,
-                     kfold_split, make_loader, people_of, read_eval, task_targets, to_device)
+from augment import AUG_PRESETS, BatchTransform
+from cache import ImageCache, cached_images
+from dataset import Log, build_table, has_faces, read_eval
+from labels import OFFICIAL_AGE_BOUNDS, TASKS, YEARS, age_class, decode, encode, loss_targets, task_targets
+from loaders import BatchDataset, make_loader, to_device
+from splits import holdout_split, kfold_split, people_of
 from decision import DECISION_FILE, fit_decision, write_decision
 from evaluation import confusion_figure, macro_f1, score
 from face_image import mask_only_faces, mask_only_layout, read_crop_recipe

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import decode_bytes, decode_many, prepare_gpu, read_bytes  # noqa: E402
+from cache import decode_many
+from gpu_codecs import prepare_gpu
+from images import decode_bytes, read_bytes
 
 paths = sorted(glob.glob(sys.argv[1] + "/eval/images/*"))[:4200]
 SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 224
@@ -96,10 +98,10 @@ def main():
         rate("pinned host -> memmap file, 16 threads", lambda: list(ThreadPoolExecutor(16).map(
             lambda s: mm.__setitem__(s, host[s]), [slice(i, i + CHUNK) for i in range(0, N, CHUNK)])))
     probe_nvimgcodec(datas, ref)
-    from dataset import gpu_jpeg_decoder
+    from gpu_codecs import gpu_jpeg_decoder
     name = gpu_jpeg_decoder("cuda")[0]
     rate(f"decode_many on the GPU ({name}), into arrays", lambda: decode_many(paths, [KEY], workers=16, device="cuda"))
-    from dataset import cached_images
+    from cache import cached_images
     for dev in ("cuda", "cpu"):
         rate(f"cached_images on {dev}, a fresh cache file each time",
              lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device=dev))
@@ -115,7 +117,8 @@ def probe_gpu_resident(datas):
     installed), resized and normalised there and predicted by efficientnet_lite0 (bf16, channels_last, batches
     of 128), against the model alone; with the bytes in memory, with the files read a chunk ahead by 16
     threads, and with each chunk also copied to a pinned buffer and written to a cache file by the pool."""
-    from dataset import FileRows, _read_ahead, gpu_jpeg_decoder
+    from cache import FileRows, _read_ahead
+    from gpu_codecs import gpu_jpeg_decoder
     model = lite0()
     mean = torch.tensor([0.5, 0.5, 0.5], device="cuda").view(1, 3, 1, 1) * 255
     name, decode = gpu_jpeg_decoder("cuda")
@@ -175,7 +178,7 @@ def probe_gpu_resident(datas):
             rate("GPU-resident + cache written from pinned copies by 2 pool threads", with_cache)
         # a warm cache's alternative to batches read in turn: the whole file into one pinned buffer by 16
         # threads (preadv), one copy to the GPU, then the model
-        from dataset import _read_at
+        from images import read_at
         whole = torch.empty((N, SIZE, SIZE, 3), dtype=torch.uint8, pin_memory=True)
         row = SIZE * SIZE * 3
 
@@ -183,7 +186,7 @@ def probe_gpu_resident(datas):
             fd = os.open(f.name, os.O_RDONLY)
             try:
                 with ThreadPoolExecutor(16) as ex:
-                    list(ex.map(lambda i: _read_at(fd, whole[i:i + CHUNK].numpy(), i * row), range(0, N, CHUNK)))
+                    list(ex.map(lambda i: read_at(fd, whole[i:i + CHUNK].numpy(), i * row), range(0, N, CHUNK)))
             finally:
                 os.close(fd)
             with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
@@ -197,7 +200,8 @@ def probe_reading_pipeline():
     (the main interpreter's lock out of the readers' way), alone and feeding the decoder chunk by chunk."""
     import mmap
     import multiprocessing
-    from dataset import _read_ahead, gpu_jpeg_decoder
+    from cache import _read_ahead
+    from gpu_codecs import gpu_jpeg_decoder
     name, decode = gpu_jpeg_decoder("cuda")
 
     def dec(ds):
@@ -235,12 +239,12 @@ _SHARED = None
 
 
 def _read_range(rng):
-    from dataset import _read_at
+    from images import read_at
     paths_, offs, buf = _SHARED
     for i in rng:
         fd = os.open(paths_[i], os.O_RDONLY)
         try:
-            _read_at(fd, buf[offs[i]:offs[i + 1]], 0)
+            read_at(fd, buf[offs[i]:offs[i + 1]], 0)
         finally:
             os.close(fd)
     return rng
@@ -248,7 +252,9 @@ def _read_range(rng):
 
 def probe_warm_readers():
     """A warm cache's pass (predict_probs on lite0 bf16) against the same loop with 4, 8, 16 reader threads."""
-    from dataset import BatchTransform, cached_images, pinned_batches, to_device
+    from augment import BatchTransform
+    from cache import cached_images
+    from loaders import pinned_batches, to_device
     from inference import predict_probs
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
@@ -270,7 +276,8 @@ def probe_warm_readers():
 def probe_decoder_setups(datas):
     """nvImageCodec decoders (all backends or the hardware engines first; its CPU pool of 16 or 4 threads)
     decoding chunks of 256, with the bytes in memory and with the files read a chunk ahead by 4 or 16 threads."""
-    from dataset import _import_nvimgcodec, _read_ahead
+    from cache import _read_ahead
+    from gpu_codecs import _import_nvimgcodec
     nv = _import_nvimgcodec()
     if nv is None:
         print("nvImageCodec: not installed")
@@ -303,7 +310,7 @@ def probe_decoder_setups(datas):
 def probe_warm_read_into():
     """A warm pass (predict_probs, lite0 bf16) with the cache's batches read by os.open + preadv (now) and by a
     buffered file's readinto (before 2026-11-28), alternated three times."""
-    from dataset import ImageCache, cached_images
+    from cache import ImageCache, cached_images
     from inference import predict_probs
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
@@ -348,7 +355,7 @@ def profile_main_thread(fn):
 
 def probe_writes(arr):
     """Writing a fresh cache file (FileRows, pwrite) from 1 and 16 threads: is one writer the limit?"""
-    from dataset import FileRows
+    from cache import FileRows
     for threads in (1, 16):
         def write():
             with tempfile.NamedTemporaryFile(dir="/tmp") as f:
@@ -360,7 +367,7 @@ def probe_writes(arr):
 
 def probe_nvimgcodec(datas, ref):
     try:
-        from dataset import _import_nvimgcodec
+        from gpu_codecs import _import_nvimgcodec
         nv = _import_nvimgcodec()
     except Exception as e:  # noqa: BLE001 - a probe: say why and go on
         print("nvImageCodec: import failed:", e)

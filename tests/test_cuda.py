@@ -44,7 +44,7 @@ def test_one_tiny_epoch_with_amp_and_channels_last(tiny_root, tmp_path):
 SYNCS = """
 import warnings, numpy as np, torch
 import distributed, train as T
-from dataset import BatchDataset, make_loader
+from loaders import BatchDataset, make_loader
 from labels import AGE_MIN, loss_targets
 steps, bs = 12, 16
 cfg = vars(T.build_parser().parse_args([])) | dict(model="test_efficientnet", pretrained=False, img_size=[32, 32],
@@ -102,7 +102,7 @@ DECODE = """
 import numpy as np, shutil, sys
 from pathlib import Path
 from PIL import Image
-from dataset import decode_many
+from cache import decode_many
 src = sorted(Path(sys.argv[1]).glob("*.jpg"))[:40]
 tmp = Path(sys.argv[2])
 Image.open(src[0]).save(tmp / "as.png")                       # PNG: the CPU path
@@ -114,7 +114,7 @@ gpu, ok_g = decode_many(paths, keys, device="cuda", chunk=16)
 cpu, ok_c = decode_many(paths, keys, device="cpu")
 assert ok_g.all() and ok_c.all()
 import importlib.util
-from dataset import gpu_jpeg_decoder
+from gpu_codecs import gpu_jpeg_decoder
 try:
     installed = importlib.util.find_spec("nvidia.nvimgcodec") is not None
 except ModuleNotFoundError:

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from conftest import REPO, assert_clean_error, run
-from dataset import (BatchDataset, BatchTransform, Log, age_class, build_table, decode, encode, holdout_split,
-                     kfold_split, people_of, task_targets)
+from augment import BatchTransform
+from dataset import Log, build_table
+from labels import age_class, decode, encode, task_targets
+from loaders import BatchDataset
+from splits import holdout_split, kfold_split, people_of
 
 
 def test_label_encode_decode_round_trip():
@@ -129,7 +132,7 @@ def test_augmentation_is_deterministic_for_a_generator_and_off_when_not_training
 def test_only_plain_jpegs_go_to_the_gpu_decoder(tmp_path):
     """nvJPEG ignores EXIF orientation and cannot read PNGs: those, and truncated JPEGs, stay on the CPU."""
     from PIL import Image
-    from dataset import gpu_decodable
+    from gpu_codecs import gpu_decodable
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     img.save(tmp_path / "plain.jpg")
     img.save(tmp_path / "a.png")
@@ -144,7 +147,7 @@ def test_only_plain_jpegs_go_to_the_gpu_decoder(tmp_path):
 
 
 def test_pinned_batches_cover_every_row_in_order_and_to_device_keeps_them():
-    from dataset import pinned_batches, to_device
+    from loaders import pinned_batches, to_device
     images = np.random.default_rng(0).integers(0, 255, (10, 4, 3, 3), dtype=np.uint8)
     got = [x for (x,) in to_device(pinned_batches(images, 4, pin=False), "cpu")]
     assert [len(x) for x in got] == [4, 4, 2]
@@ -155,7 +158,7 @@ def test_pinned_batches_cover_every_row_in_order_and_to_device_keeps_them():
 def test_device_loader_gives_the_dataloaders_batches():
     """The GPU-resident loader (here on the CPU device, same code) yields exactly the batches of the
     DataLoader: same sampler, same rows, same targets, for a split that is not in cache order."""
-    from dataset import DeviceLoader, make_loader
+    from loaders import DeviceLoader, make_loader
     images = np.random.default_rng(0).integers(0, 255, (40, 6, 5, 3), dtype=np.uint8)
     rows = np.random.default_rng(1).permutation(40)[:30]
     ds = BatchDataset(images, rows, task_targets(np.arange(30) % 18, ["label", "mask"]))
@@ -174,7 +177,8 @@ def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
     """decode_many hands chunks of files to threads, which write into new arrays or the cache's files:
     every row must hold what decoding that file alone gives, and unreadable files must be marked."""
     from PIL import Image
-    from dataset import cached_images, decode_many, prepare, read_rgb
+    from cache import cached_images, decode_many
+    from images import prepare, read_rgb
     photos = sorted((tiny_root / "train" / "images").glob("*/*.jpg"))[:70]
     assert len(photos) == 70  # several chunks of 16
     paths = [shutil.copy(p, tmp_path / f"{i}.jpg") for i, p in enumerate(photos)]
@@ -196,7 +200,7 @@ def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
 
 def test_file_rows_write_runs_and_single_rows(tmp_path):
     """FileRows writes consecutive rows with one call: scattered, consecutive and single rows all land."""
-    from dataset import FileRows
+    from cache import FileRows
     shape = (10, 4, 3, 3)
     want = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
     f = tmp_path / "rows.bin"
@@ -213,7 +217,8 @@ def test_file_rows_write_runs_and_single_rows(tmp_path):
 def test_batched_gpu_resize_matches_cv2_in_order(tiny_root):
     """prepare_gpu (the GPU decoding path's resize, run here on CPU tensors): photos of two shapes in one
     batch come back in their order, within a few levels of cv2's prepare."""
-    from dataset import decode_bytes, prepare, prepare_gpu
+    from gpu_codecs import prepare_gpu
+    from images import decode_bytes, prepare
     paths = sorted((tiny_root / "eval" / "images").glob("*"))[:4]
     imgs = [decode_bytes(np.fromfile(p, np.uint8), p) for p in paths]
     imgs[1] = cv2.resize(imgs[1], (300, 400))  # a second shape between the others
@@ -231,7 +236,7 @@ def test_a_broken_nvimgcodec_install_falls_back_to_nvjpeg_with_a_warning(tmp_pat
     pkg = tmp_path / "nvidia" / "nvimgcodec"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
-    code = ("from dataset import gpu_jpeg_decoder\n"
+    code = ("from gpu_codecs import gpu_jpeg_decoder\n"
             "print(gpu_jpeg_decoder('cuda')[0]); print(gpu_jpeg_decoder('cuda')[0])\n")
     p = run("-c", code, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
     assert p.stdout.split("\n")[:2] == ["torchvision nvJPEG"] * 2, p.stdout
@@ -244,7 +249,7 @@ def test_host_staging_reuses_a_buffer_only_after_its_writes():
     refilled only once the writes reading it have finished, and then in the same memory."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
-    from dataset import _HostStaging
+    from gpu_codecs import _HostStaging
     key, stage, release, written = "k", _HostStaging(4), threading.Event(), []
     chunk = lambda v: torch.full((3, 2, 2, 3), v, dtype=torch.uint8)  # noqa: E731
     with ThreadPoolExecutor(1) as ex:
@@ -269,8 +274,10 @@ def test_gpu_chunk_path_writes_every_row_where_the_cpu_path_does(tiny_root, tmp_
     in turn, and every row lands where the CPU path puts it (fallback rows exactly; the rest within the
     GPU resize's few levels, as tests/test_cuda.py holds the real decoder)."""
     from PIL import Image
-    import dataset
-    from dataset import cached_images, decode_bytes
+    import cache
+    import gpu_codecs
+    from cache import cached_images
+    from images import decode_bytes
     src = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:32]
     Image.open(src.pop()).save(tmp_path / "as.png")  # photos of their own: each row has one right place
     im = Image.open(src.pop())
@@ -279,9 +286,9 @@ def test_gpu_chunk_path_writes_every_row_where_the_cpu_path_does(tiny_root, tmp_
     im.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
     paths = src[:13] + [tmp_path / "as.png"] + src[13:] + [tmp_path / "rotated.jpg"]
     cpu_engine = lambda datas: [torch.from_numpy(decode_bytes(d, "x")).permute(2, 0, 1) for d in datas]  # noqa: E731
-    monkeypatch.setattr(dataset, "gpu_jpeg_decoder", lambda device: ("the CPU's, standing in", cpu_engine))
-    real_decode_many = dataset.decode_many
-    monkeypatch.setattr(dataset, "decode_many", lambda *a, **k: real_decode_many(*a, **k | dict(chunk=8)))
+    monkeypatch.setattr(gpu_codecs, "gpu_jpeg_decoder", lambda device: ("the CPU's, standing in", cpu_engine))
+    real_decode_many = cache.decode_many
+    monkeypatch.setattr(cache, "decode_many", lambda *a, **k: real_decode_many(*a, **k | dict(chunk=8)))
     keys = [((64, 48), "center"), ((24, 24), "none")]
     gpu = cached_images(paths, keys, tmp_path / "gpu", device="cuda")
     cpu = cached_images(paths, keys, tmp_path / "cpu", device="cpu")
@@ -300,7 +307,7 @@ def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
     """read_bytes returns a file's exact bytes in a writable array (torch.from_numpy takes it without the
     non-writable warning), an empty array for an empty file, and raises for a missing one."""
     import warnings
-    from dataset import read_bytes
+    from images import read_bytes
     files = sorted((tiny_root / "train" / "images").rglob("*.*"))[:5] + [tmp_path / "empty.jpg"]
     (tmp_path / "empty.jpg").touch()
     for f in files:
@@ -320,7 +327,7 @@ def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
 
 def test_cache_rows_read_back_and_a_cut_cache_file_is_named(tiny_root, tmp_path):
     """ImageCache.read_into gives the rows the memory map shows, and a cache file cut short is a clear error."""
-    from dataset import cached_images
+    from cache import cached_images
     from utils import UserError
     paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:5]
     key = ((32, 24), "center")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TINY, run
-from dataset import Log, build_table, decode_many
+from cache import decode_many
+from dataset import Log, build_table
 from evaluation import score
 from inference import predict_probs
 from model import DEFAULT_TTA, model_from_checkpoint

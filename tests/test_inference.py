@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO, assert_clean_error, run
-from dataset import decode_many, read_eval
+from cache import decode_many
+from dataset import read_eval
 from decision import decide, read_offsets
 from inference import find_groups, load_models, predict_probs, run_groups
 from model import combine_probs, load_checkpoint, model_from_checkpoint, save_checkpoint

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY, run
-from dataset import read_rgb
+from images import read_rgb
 from face_image import crop_for_model, mask_only_faces, mask_only_layout
 from labels import YEARS, joint_targets
 from loss import create_loss, mask_marginal_loss, years_loss

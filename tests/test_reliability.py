@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import TINY, assert_clean_error, run
-from dataset import Log, build_table, read_rgb
+from dataset import Log, build_table
+from images import read_rgb
 
 
 @pytest.fixture
