@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from loaders import send
 from utils import UserError
 
-
 AUG_PRESETS = {
     "none": dict(),
     "basic": dict(flip=0.5, scale=(0.9, 1.1), shift=0.05, rotate=0.0, brightness=0.2, contrast=0.2),

@@ -68,12 +68,12 @@ def bench_train(args, dev, table_paths, labels):
     """model-only, toolkit and plain pipeline training throughput with the same model, step, precision
     and memory layout. Only the end of each timed pass waits for the device, as in training."""
     import distributed
-    import train as T
+    import engine as T
     from cache import cached_images
-    from labels import YEARS
+    from labels import AGE_MIN, YEARS, loss_targets
     from loaders import BatchDataset, make_loader
-    from labels import AGE_MIN, loss_targets
-    cfg = vars(T.build_parser().parse_args([])) | dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
+    from settings import RunSettings
+    cfg = RunSettings(model=args.model, img_size=tuple(args.img_size), batch_size=args.batch_size,
                                                       pretrained=False, progress=False, amp=args.amp,
                                                       channels_last=args.channels_last, epochs=1000)
     n = min(len(table_paths), args.train_images)
@@ -152,12 +152,13 @@ def bench_plain(args, dev, paths, labels, loop, step, steps):
 
 def bench_infer(args, dev, eval_dir, raw, loop):
     from cache import cached_images
+    from checkpoint import CheckpointMeta
     from dataset import read_eval
     from inference import predict_probs
     info, paths = read_eval(eval_dir)
     paths = paths[:args.eval_images]
     n = len(paths)
-    meta = dict(mean=loop.mean, std=loop.std, tasks=["label"])
+    meta = CheckpointMeta(arch=args.model, tasks=("label",), img_size=tuple(args.img_size), mean=loop.mean, std=loop.std)
     opts = dict(batch_size=args.batch_size, device=dev, channels_last=args.channels_last, amp=args.amp)
     raw.eval()
     key = (tuple(args.img_size), "center")
@@ -233,10 +234,11 @@ def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
 
 
 def bench_faces(args, dev, face_dir):
-    from images import read_rgb
-    from face_image import FaceDetector, best_boxes, create_detector, list_images
-    from voc import box_iou
     from PIL import Image
+
+    from faces import FaceDetector, best_boxes, create_detector, list_images
+    from images import read_rgb
+    from voc import box_iou
     rels = list_images(Path(face_dir))[:args.face_images]
     if not rels:
         raise UserError(f"{face_dir}: no images for the face-cropping benchmark")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpu_codecs import _HostStaging, _decode_chunk_gpu
+from gpu_codecs import _decode_chunk_gpu, _HostStaging
 from images import decode_bytes, one_cv2_thread, prepare, read_at, read_bytes, read_rgb
 from utils import UserError, atomic_path, nearest_existing
 

@@ -20,8 +20,8 @@ import pandas as pd
 
 from images import IMG_EXTS, read_bytes, truncated_jpeg
 from labels import OFFICIAL_AGE_BOUNDS, age_class, encode
-from utils import (Rising, UserError, check_ids, cli, demo_note, env_default, fraction, inside,
-                   load_dotenv_once, make_parser, positive, write_csv_atomic)
+from utils import (Rising, UserError, check_ids, cli, demo_note, env_default, fraction, inside, load_dotenv_once,
+                   make_parser, positive, write_csv_atomic)
 
 MASK_STEMS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 GENDERS = {"male": 0, "female": 1}

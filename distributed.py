@@ -138,3 +138,8 @@ def barrier():
 def cleanup():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def log_main(*a):
+    if is_main_process():
+        print(*a, flush=True)

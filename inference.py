@@ -22,15 +22,16 @@ import pandas as pd
 import torch
 
 import distributed
-from decision import decide, fit_decision, read_offsets
 from augment import BatchTransform
 from cache import cached_images, decode_many
+from checkpoint import model_from_checkpoint
 from dataset import has_faces, read_eval
+from decision import decide, fit_decision, read_offsets
+from faces import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
 from loaders import pinned_batches, to_device
-from face_image import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
-from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, model_from_checkpoint, view_average
-from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser, positive,
-                   str2bool, writable_dir, write_csv_atomic)
+from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, view_average
+from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser,
+                   positive, str2bool, writable_dir, write_csv_atomic)
 
 TASK_DIRS = ("mask", "gender", "age")
 DEMO_EVAL = "demo_data/eval"
@@ -43,7 +44,7 @@ def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", 
     sent ahead on a side stream; results stay on the device until the end (one read back), and one
     autocast region covers the whole pass (its cast weights are reused, not re-cast per batch)."""
     dev = torch.device(device)
-    transform = BatchTransform(meta["mean"], meta["std"], "none")
+    transform = BatchTransform(meta.mean, meta.std, "none")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     views = TTA_VIEWS[tta]
@@ -51,7 +52,7 @@ def predict_probs(model, meta, images, tta="none", batch_size=32, device="cpu", 
     with choose_precision(dev, amp).autocast():
         for (x,) in to_device(pinned_batches(images, batch_size, dev.type == "cuda"), dev):
             x = transform(x.permute(0, 3, 1, 2)).contiguous(memory_format=fmt)
-            probs, _ = view_average(model, x, views, meta["tasks"])
+            probs, _ = view_average(model, x, views, meta.tasks)
             for t, p in probs.items():
                 out.setdefault(t, []).append(p)
     return {t: torch.cat(v).cpu() for t, v in out.items()}
@@ -116,7 +117,7 @@ def _group(d, pth_name, multi):
 def trained_crop_recipe(metas):
     """-> the CropRecipe the models' training crops were cut with (their checkpoints record it), or None
     (models trained on whole photos, or on crops cut before recipes were recorded)."""
-    found = {CropRecipe.from_dict(m["face_crop"]) for m in metas if m["crop"] == "none" and m.get("face_crop")}
+    found = {CropRecipe.from_dict(m.face_crop) for m in metas if m.crop == "none" and m.face_crop}
     if len(found) > 1:
         raise UserError("the models were trained on face crops cut in different ways (" + "; ".join(
             sorted(r.describe() for r in found)) + "): ensemble runs trained on the same crops")
@@ -144,7 +145,7 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", recipe
         raise UserError(f"{eval_dir / 'faces'} not found: run python face_image.py on the eval dir, or use --source auto")
     if faces_there:
         check_eval_crops(eval_dir, trained_crop_recipe(metas))
-    keys = {(tuple(m["img_size"]), m["crop"]) for m in metas}
+    keys = {m.input_key for m in metas}
     face_keys = {k for k in keys if k[1] == "none"}
     arrays, checks = {}, []
     if face_keys and faces_there:
@@ -197,7 +198,7 @@ def run_tta(groups, models):
     """The views a run validated with (its config's tta), so that the decisions fitted on its validation
     predictions see at prediction time what they were fitted on; DEFAULT_TTA for checkpoints older
     than train.py's --tta."""
-    return models[groups[0][0]][1].get("config", {}).get("tta", DEFAULT_TTA)
+    return models[groups[0][0]][1].tta
 
 
 def run_groups(groups, arrays, models, **opts):
@@ -208,7 +209,7 @@ def run_groups(groups, arrays, models, **opts):
         probs = {}
         for ck in group:
             model, meta = models[ck]
-            probs.update(predict_probs(model, meta, arrays[(tuple(meta["img_size"]), meta["crop"])], **opts))
+            probs.update(predict_probs(model, meta, arrays[meta.input_key], **opts))
         p18 = combine_probs(probs)
         acc = p18 if acc is None else acc + p18
     return (acc / len(groups)).numpy()

@@ -78,3 +78,6 @@ def task_targets(labels, tasks):
 
 def class_names():
     return [f"{MASK_NAMES[m]}/{GENDER_NAMES[g]}/{AGE_NAMES[a]}" for m, g, a in zip(*decode(np.arange(18)))]
+
+
+MULTI_TASKS = ("mask", "gender", "age")

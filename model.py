@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from labels import TASKS, YEARS, decode
-from utils import UserError, atomic_path, cli, make_parser
+from utils import UserError, cli, make_parser
 
 # Good starting points on this problem; any timm name works.
 RECOMMENDED = ("efficientnet_lite0", "efficientnet_b0", "efficientnet_b2", "efficientnet_b2_pruned",
@@ -93,7 +93,7 @@ def load_pretrained(model, path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: pretrained weights file not found")
-    sd = clean_state_dict(_load(path))
+    sd = clean_state_dict(safe_load(path))
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = clean_state_dict(sd["state_dict"])
     own = model.state_dict()
@@ -113,71 +113,6 @@ def load_pretrained(model, path):
         out[k] = v
     model.load_state_dict(out, strict=False)
     return model
-
-
-def clean_state_dict(sd):
-    """Strip the 'module.' (DDP) and '_orig_mod.' (torch.compile) prefixes."""
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def _load(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e)
-        # a file that is no pickle at all (a text file, a JPEG, a torn copy of an old-format file) also fails
-        # as "Weights only load failed", but on an opcode ("Unsupported operand"), not on a global
-        garbage = "Unsupported operand" in msg
-        if not garbage and ("Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg):
-            raise UserError(f"{path}: refused, the file carries pickled code or objects, not only weights "
-                            "(loaded with weights_only=True for safety)")
-        # an empty file (a copy that failed) raises EOFError with no message at all
-        detail = ("not a PyTorch file" if garbage else msg.splitlines()[0][:100] if msg.strip()
-                  else "the file is empty or cut short")
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); train it again or "
-                        "copy it again")
-
-
-def save_checkpoint(path, model, meta, **state):
-    """Self-describing checkpoint: weights + meta (arch, tasks, img_size, mean/std, age bounds, config,
-    metrics, epoch) + any training state (optimizer, scheduler, scaler, ema, rng). Atomic."""
-    raw = getattr(model, "module", model)
-    raw = getattr(raw, "_orig_mod", raw)
-    obj = {"model": raw.state_dict(), "meta": meta}
-    for k, v in state.items():
-        obj[k] = v.state_dict() if hasattr(v, "state_dict") else v
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    ckpt = _load(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-        raise UserError(f"{path}: not a checkpoint written by this toolkit (no model/meta)")
-    ckpt["model"] = clean_state_dict(ckpt["model"])
-    return ckpt
-
-
-def model_from_checkpoint(path, device="cpu"):
-    """-> (eval-mode model, meta). Needs no flags: the checkpoint says what it is."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    model = create_model(meta["arch"], tuple(meta["tasks"]), pretrained=False)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit {meta['arch']} with tasks {meta['tasks']} "
-                        f"({str(e).splitlines()[1].strip()[:120] if len(str(e).splitlines()) > 1 else e})")
-    return model.to(device).eval(), meta
 
 
 # --- precision ------------------------------------------------------------------------------------
@@ -332,3 +267,32 @@ def main(argv):
 
 if __name__ == "__main__":
     main()
+
+
+def clean_state_dict(sd):
+    """Strip the 'module.' (DDP) and '_orig_mod.' (torch.compile) prefixes."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def safe_load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e)
+        # a file that is no pickle at all (a text file, a JPEG, a torn copy of an old-format file) also fails
+        # as "Weights only load failed", but on an opcode ("Unsupported operand"), not on a global
+        garbage = "Unsupported operand" in msg
+        if not garbage and ("Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg):
+            raise UserError(f"{path}: refused, the file carries pickled code or objects, not only weights "
+                            "(loaded with weights_only=True for safety)")
+        # an empty file (a copy that failed) raises EOFError with no message at all
+        detail = ("not a PyTorch file" if garbage else msg.splitlines()[0][:100] if msg.strip()
+                  else "the file is empty or cut short")
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); train it again or "
+                        "copy it again")

@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import distributed
-from images import IMG_EXTS, prepare, read_rgb
-from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from decision import decide, read_offsets
-from face_image import DETECTORS, CropRecipe, crop_for_model
+from faces import DETECTORS, CropRecipe, crop_for_model
+from images import IMG_EXTS, prepare, read_rgb
 from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta
+from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from model import TTA_VIEWS
 from utils import UserError, atomic_path, cli, fraction, make_parser, positive, writable_dir, write_json_atomic
 
@@ -137,7 +137,7 @@ class Predictor:
         crops = [(img, box) for _, img, faces in found for box, _ in faces]
         if not crops:
             return np.zeros((0, 18)), np.zeros(0, int)
-        keys = {(tuple(m["img_size"]), m["crop"]) for _, m in self.models.values()}
+        keys = {m.input_key for _, m in self.models.values()}
         arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], self.recipe.margin), k[0], "none")
                                for im, box in crops]) for k in keys}
         probs = run_groups(self.groups, arrays, self.models, tta=self.tta, batch_size=32, device=self.device)
@@ -202,7 +202,7 @@ def make_predictor(args, device):
     models = load_models(groups, device)
     metas = [meta for _, meta in models.values()]
     # found as the training crops were found and cut with their margins, at predict.py's own detection size
-    default = None if any(m["crop"] == "none" for m in metas) else WHOLE_PHOTO_DETECTOR
+    default = None if any(m.crop == "none" for m in metas) else WHOLE_PHOTO_DETECTOR
     recipe = replace(eval_crop_recipe(metas, args.detector or default), detect_size=args.detect_size or None)
     return Predictor(det=recipe.create_detector(device),
                      min_score=MIN_SCORE[recipe.detector] if args.min_score is None else args.min_score,

@@ -255,7 +255,7 @@ def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
     """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest.
     masks: the mask renderer (MASK_RENDERERS)."""
     draw = create_mask_renderer(masks)
-    from face_image import FaceDetector, select_face
+    from faces import FaceDetector, select_face
     df = list_faces(faces_dir, faces_csv)
     if limit:
         df = df.sample(n=min(limit, len(df)), random_state=seed).sort_index()

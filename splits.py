@@ -5,9 +5,12 @@ Not a script; imported by train.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from labels import MULTI_TASKS
 from utils import UserError
 
 
@@ -45,3 +48,47 @@ def kfold_split(people, k=5, seed=42):
     splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if _can_stratify(y, k)
                 else KFold(k, shuffle=True, random_state=seed))
     return [(sorted(paths[a]), sorted(paths[b])) for a, b in splitter.split(paths, y)]
+
+
+# --- plan: which (fold, task) units this invocation trains ---------------------------------------
+def split_people(table):
+    """The people a run's splits are drawn from (with the seed): the main dataset's, with the labels that
+    stratify them."""
+    return people_of(table[~table["extra"]].assign(sub_label=lambda t: t["label_official"] % 6))
+
+
+@dataclass(frozen=True)
+class TrainingUnit:
+    """One model a run trains: its folder inside the run ('' for the run itself, fold2, fold2/age, ...),
+    the tasks its heads learn and the people it trains and validates on."""
+    subdir: str
+    tasks: tuple
+    train: list
+    valid: list
+
+    @property
+    def name(self):
+        return self.subdir or "run"
+
+
+def plan_units(cfg, table):
+    """The units this invocation trains: every fold (or the one --fold names) x every task model."""
+    main_people = split_people(table)
+    extra_people = sorted(table.loc[table["extra"], "people_path"].unique())
+    if cfg.cv:
+        splits = kfold_split(main_people, cfg.k_folds, cfg.seed)
+        folds = range(cfg.k_folds) if cfg.fold is None else [cfg.fold]
+        if cfg.fold is not None and not 0 <= cfg.fold < cfg.k_folds:
+            raise UserError(f"--fold {cfg.fold} is outside 0..{cfg.k_folds - 1}")
+        splits = [(f"fold{i}", splits[i]) for i in folds]
+    else:
+        splits = [("", holdout_split(main_people, cfg.val_ratio, cfg.seed))]
+    years = ("years",) if cfg.years_weight > 0 else ()
+    if cfg.multi:
+        task_sets = [((t,) + (years if t == "age" else ()), t) for t in MULTI_TASKS]
+    elif cfg.heads:
+        task_sets = [(MULTI_TASKS + years, "")]
+    else:
+        task_sets = [(("label",) + years, "")]
+    return [TrainingUnit(str(Path(s, sub)) if s or sub else "", tasks, list(tr) + extra_people, list(va))
+            for s, (tr, va) in splits for tasks, sub in task_sets]

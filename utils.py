@@ -141,6 +141,18 @@ def add_bool(parser, name, default, help=""):
     parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
 
 
+class DefaultsOnce(argparse.HelpFormatter):
+    """Each flag's default in --help once: appended unless the help already says what an unset flag does
+    ("unset: ...", "default ...") or there is no value to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        says = "unset" in text or "default" in text or "%(default)" in text
+        if says or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the toolkit's manners: no abbreviations (argparse would otherwise read
     `inference.py --model X` as --model_dir X), defaults in --help, and a bad flag reported as one
@@ -148,7 +160,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, doc):
         super().__init__(description=doc.split("\n")[0], allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsOnce)
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -159,13 +171,16 @@ def make_parser(doc):
 
 
 class _Refused(argparse.Action):
+    instead = ""
+
     def __call__(self, parser, namespace, values, option_string=None):
-        raise UserError(f"{option_string} (from the original scripts) is not supported: {self.help}")
+        raise UserError(f"{option_string} (from the original scripts) is not supported: {self.instead}")
 
 
 def refuse(parser, flag, instead):
     """An original flag this toolkit does not take: one error line saying what to use instead."""
-    parser.add_argument(flag, nargs="*", action=_Refused, help=instead)
+    action = type("Refused", (_Refused,), {"instead": instead})  # hidden from --help, still one clear error
+    parser.add_argument(flag, nargs="*", action=action, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
 
 
 def positive(kind=float, minimum=0, inclusive=False):
@@ -202,9 +217,10 @@ class Rising(argparse.Action):
 def demo_note(value, default, env, flag, argv):
     """One line on stderr when a script falls back to the demo data (neither env nor flag given), saying
     how to point at real data."""
-    named = any(a == flag or a.startswith(flag + "=") for a in argv)
+    flags = (flag,) if isinstance(flag, str) else tuple(flag)  # a flag and its aliases
+    named = any(a == f or a.startswith(f + "=") for a in argv for f in flags)
     if str(value) == str(default) and not os.environ.get(env) and not named:
-        print(f"note: using the demo data ({default}); set {env} or {flag} for real data", file=sys.stderr)
+        print(f"note: using the demo data ({default}); set {env} or {flags[0]} for real data", file=sys.stderr)
 
 
 def nearest_existing(path) -> Path:

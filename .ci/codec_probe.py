@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cache import decode_many
+from cache import decode_many  # noqa: E402
+from checkpoint import CheckpointMeta  # noqa: E402
 from gpu_codecs import prepare_gpu
 from images import decode_bytes, read_bytes
 
@@ -200,6 +201,7 @@ def probe_reading_pipeline():
     (the main interpreter's lock out of the readers' way), alone and feeding the decoder chunk by chunk."""
     import mmap
     import multiprocessing
+
     from cache import _read_ahead
     from gpu_codecs import gpu_jpeg_decoder
     name, decode = gpu_jpeg_decoder("cuda")
@@ -254,14 +256,14 @@ def probe_warm_readers():
     """A warm cache's pass (predict_probs on lite0 bf16) against the same loop with 4, 8, 16 reader threads."""
     from augment import BatchTransform
     from cache import cached_images
-    from loaders import pinned_batches, to_device
     from inference import predict_probs
+    from loaders import pinned_batches, to_device
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
     model = lite0()
-    meta = dict(mean=[0.5] * 3, std=[0.25] * 3, tasks=["label"])
+    meta = CheckpointMeta(arch="lite0", tasks=("label",), img_size=(224, 224), mean=(0.5,) * 3, std=(0.25,) * 3)
     rate("warm: predict_probs (the toolkit's pass)", lambda: predict_probs(model, meta, cache, batch_size=128, device="cuda"))
-    tf = BatchTransform(meta["mean"], meta["std"], "none")
+    tf = BatchTransform(meta.mean, meta.std, "none")
     for threads in (4, 8, 16):
         def loop():
             outs = []
@@ -315,7 +317,7 @@ def probe_warm_read_into():
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
     model = lite0()
-    meta = dict(mean=[0.5] * 3, std=[0.25] * 3, tasks=["label"])
+    meta = CheckpointMeta(arch="lite0", tasks=("label",), img_size=(224, 224), mean=(0.5,) * 3, std=(0.25,) * 3)
     now = ImageCache.read_into
 
     def before(self, start, out):

@@ -1,7 +1,7 @@
 """benchmark.py is a tool, not a timed test: it runs on a tiny input and writes its JSON."""
 import json
 
-from conftest import REPO, run
+from conftest import run
 
 
 def test_benchmark_runs_on_a_tiny_input(tiny_root, tmp_path):

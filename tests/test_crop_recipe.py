@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 import skimage.data
 import torch
-from PIL import Image
-
 from conftest import TINY, assert_clean_error, run
+from PIL import Image
 
 RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1"]  # not the defaults (mtcnn, 0.3 0.15 0.15)
 

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import GPU_ENV, REPO, TINY, run
 
 
@@ -43,17 +42,16 @@ def test_one_tiny_epoch_with_amp_and_channels_last(tiny_root, tmp_path):
 
 SYNCS = """
 import warnings, numpy as np, torch
-import distributed, train as T
+import distributed, engine as T
+from settings import RunSettings
 from loaders import BatchDataset, make_loader
 from labels import AGE_MIN, loss_targets
 steps, bs = 12, 16
-cfg = vars(T.build_parser().parse_args([])) | dict(model="test_efficientnet", pretrained=False, img_size=[32, 32],
-                                                  progress=False, batch_size=bs)
+cfg = RunSettings(model="test_efficientnet", pretrained=False, img_size=(32, 32), progress=False, batch_size=bs)
 labels = np.arange(steps * bs) % 18
 images = np.random.default_rng(0).integers(0, 255, (steps * bs, 32, 32, 3), dtype=np.uint8)
 dev = torch.device("cuda")
-model, raw, loop = T.build_training(cfg, ("label",), labels, steps, distributed.Dist(device=dev))
-loop.valid_labels = labels
+model, raw, loop = T.build_training(cfg, ("label",), labels, steps, distributed.Dist(device=dev), valid_labels=labels)
 for gpu in (None, dev):  # the DataLoader with pinned memory, and the GPU-resident loader (the default)
     targets = loss_targets(labels, np.full(len(labels), AGE_MIN))
     loader = make_loader(BatchDataset(images, np.arange(len(labels)), targets), bs, True, 0, pin=True, gpu=gpu)

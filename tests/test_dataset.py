@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO, assert_clean_error, run
+
 from augment import BatchTransform
 from dataset import Log, build_table
 from labels import age_class, decode, encode, task_targets
@@ -132,6 +132,7 @@ def test_augmentation_is_deterministic_for_a_generator_and_off_when_not_training
 def test_only_plain_jpegs_go_to_the_gpu_decoder(tmp_path):
     """nvJPEG ignores EXIF orientation and cannot read PNGs: those, and truncated JPEGs, stay on the CPU."""
     from PIL import Image
+
     from gpu_codecs import gpu_decodable
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     img.save(tmp_path / "plain.jpg")
@@ -177,6 +178,7 @@ def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
     """decode_many hands chunks of files to threads, which write into new arrays or the cache's files:
     every row must hold what decoding that file alone gives, and unreadable files must be marked."""
     from PIL import Image
+
     from cache import cached_images, decode_many
     from images import prepare, read_rgb
     photos = sorted((tiny_root / "train" / "images").glob("*/*.jpg"))[:70]
@@ -249,6 +251,7 @@ def test_host_staging_reuses_a_buffer_only_after_its_writes():
     refilled only once the writes reading it have finished, and then in the same memory."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
+
     from gpu_codecs import _HostStaging
     key, stage, release, written = "k", _HostStaging(4), threading.Event(), []
     chunk = lambda v: torch.full((3, 2, 2, 3), v, dtype=torch.uint8)  # noqa: E731
@@ -274,6 +277,7 @@ def test_gpu_chunk_path_writes_every_row_where_the_cpu_path_does(tiny_root, tmp_
     in turn, and every row lands where the CPU path puts it (fallback rows exactly; the rest within the
     GPU resize's few levels, as tests/test_cuda.py holds the real decoder)."""
     from PIL import Image
+
     import cache
     import gpu_codecs
     from cache import cached_images
@@ -307,6 +311,7 @@ def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
     """read_bytes returns a file's exact bytes in a writable array (torch.from_numpy takes it without the
     non-writable warning), an empty array for an empty file, and raises for a missing one."""
     import warnings
+
     from images import read_bytes
     files = sorted((tiny_root / "train" / "images").rglob("*.*"))[:5] + [tmp_path / "empty.jpg"]
     (tmp_path / "empty.jpg").touch()

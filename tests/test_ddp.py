@@ -6,22 +6,22 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, TINY, run
+from test_mask_only import _voc_dir
+
 from cache import decode_many
+from checkpoint import model_from_checkpoint
 from dataset import Log, build_table
 from evaluation import score
 from inference import predict_probs
-from model import DEFAULT_TTA, model_from_checkpoint
-from test_mask_only import _voc_dir
-
+from model import DEFAULT_TTA
 
 CHECK = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 sys.argv = ['train.py'] + {args!r}
-import train
-orig = train.evaluate
+import train, trainer
+orig = trainer.evaluate
 def checked(model, loader, ctx):  # every rank reports a checksum of its weights and buffers
     s = torch.tensor([sum(float(v.double().sum()) for v in model.state_dict().values() if v.is_floating_point())],
                      dtype=torch.float64)
@@ -30,7 +30,7 @@ def checked(model, loader, ctx):  # every rank reports a checksum of its weights
     if dist.get_rank() == 0:
         print('SUMS', ' '.join(repr(float(v)) for v in every), flush=True)
     return orig(model, loader, ctx)
-train.evaluate = checked
+trainer.evaluate = checked
 train.main()
 """
 
@@ -64,7 +64,7 @@ def test_torchrun_two_processes(tiny_root, tmp_path):
     arrays, _ = decode_many([tiny_root / "train" / p for p in vp["path"]], [((32, 32), "center")])
     # validation averages the run's views (DEFAULT_TTA here), which inference.py averages by default, so the
     # fitted decisions fit them
-    assert meta["config"]["tta"] == DEFAULT_TTA
+    assert meta.config["tta"] == meta.tta == DEFAULT_TTA
     probs = predict_probs(model, meta, arrays[((32, 32), "center")], tta=DEFAULT_TTA)["label"].numpy()
     assert np.allclose(probs, vp[[f"p{i}" for i in range(18)]].to_numpy(), atol=1e-5)
     assert score(vp["label"].to_numpy(), probs.argmax(1))["f1"] == pytest.approx(metrics["best_f1"], abs=1e-12)

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, assert_clean_error, run
 from sklearn.metrics import f1_score
 
-from conftest import REPO, assert_clean_error, run
 from evaluation import score
 
 
@@ -88,6 +88,7 @@ def _voc(path, objects):
 
 def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
     from voc import match_boxes
+
     # two predictions overlap one face: the better one takes it, the other stays unmatched
     assert match_boxes([[0, 0, 10, 10]], [[1, 1, 10, 10], [0, 0, 10, 10]]) == [(0, 1)]
     assert match_boxes([[0, 0, 10, 10]], [[6, 6, 16, 16]]) == []  # IoU 0.09

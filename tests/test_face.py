@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, SHARED, run
 from PIL import Image
 
-from conftest import REPO, SHARED, run
-from face_image import CropRecipe, FaceDetector, best_boxes, crop_box, crop_face, score_detection, select_face
+from face_image import score_detection
+from faces import CropRecipe, FaceDetector, best_boxes, crop_box, crop_face, select_face
 
 KAGGLE = SHARED / "kaggle_facemask"
 
@@ -94,7 +95,8 @@ def test_ssd_finds_the_astronaut_and_frames_her_face():
     """OpenCV's SSD run by face_ssd.py (its Caffe files read without OpenCV): a wrong layer, weight order
     or prior box layout finds nothing here or a box elsewhere."""
     import skimage.data
-    from face_image import create_detector
+
+    from faces import create_detector
     img = skimage.data.astronaut()
     boxes, scores, _ = create_detector("ssd", "cpu").detect([img])[0]
     assert len(boxes) == 1 and scores[0] > 0.9, (boxes, scores)
@@ -105,7 +107,7 @@ def test_ssd_finds_the_astronaut_and_frames_her_face():
 
 
 def test_unknown_detector_names_the_valid_ones():
-    from face_image import create_detector
+    from faces import create_detector
     from utils import UserError
     with pytest.raises(UserError, match="mtcnn, ssd, ssd_mtcnn"):
         create_detector("yolo")
@@ -117,7 +119,7 @@ def test_union_detector_recall_on_real_masked_photos():
     runs it on street photos (MTCNN at 1024 px, faces of score >= 0.2 kept), on the 573 faces >= 32 px,
     IoU >= 0.5. Measured recall 0.890, precision 0.747 (ssd_mtcnn: 0.853, 0.822; MTCNN at its score >= 0.9:
     0.761, 0.879). The recall floor is the detection issue's: 0.88."""
-    from face_image import create_detector
+    from faces import create_detector
     from predict import MIN_SCORE
     res = score_detection(KAGGLE, create_detector("union", "cpu", 1024), min_face=32, min_score=MIN_SCORE["union"])
     print(res)
@@ -130,7 +132,8 @@ def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp
     margins, taken from the run: tests/test_crop_recipe.py). A run trained on whole photos gets union
     in predict.py unless told."""
     import skimage.data
-    from face_image import write_image
+
+    from faces import write_image
     from inference import _face_fn
     img = skimage.data.astronaut()
     write_image(tmp_path / "eval" / "images" / "a.png", img)

@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TINY, assert_clean_error, run
 
 BASE = ["--model", "test_efficientnet", "--pretrained", "False", "--batch_size", "16", "--progress", "False",
@@ -24,7 +23,7 @@ def test_original_train_command_line_with_the_crops_folder_as_channel(tiny_root,
     cfg = json.loads((tmp_path / "model" / "exp" / "config.json").read_text())
     assert (cfg["model"], cfg["img_size"], cfg["loss"], cfg["optimizer"], cfg["augment"]) == \
         ("test_efficientnet", [32, 32], "symmetric_ce", "adam", "none")
-    assert cfg["data_dir"] == str(tiny_root / "train") and cfg["source"] == "images"
+    assert cfg["train_dir"] == str(tiny_root / "train") and cfg["source"] == "images"
 
 
 def test_original_multi_2_is_three_models_with_cv_and_inference_reads_it_the_original_way(tiny_root, tmp_path):
@@ -81,7 +80,7 @@ def test_demo_data_fallback_is_said(tmp_path):
 
 # --- 2. bugs found by reading ------------------------------------------------------------------------
 def test_best_epoch_after_a_resume_is_the_last_improvement():
-    from train import best_epoch_of
+    from trainer import best_epoch_of
     history = [{"epoch": 1, "best": True}, {"epoch": 2, "best": False}, {"epoch": 3, "best": True},
                {"epoch": 4, "best": False}]
     assert best_epoch_of(history)["epoch"] == 3
@@ -161,6 +160,7 @@ def test_a_mistyped_fixes_file_and_a_bad_fix_value_are_errors(tiny_root, tmp_pat
 
 def test_jpeg_end_is_found_past_thumbnails_and_before_trailing_video(tmp_path):
     from PIL import Image
+
     from images import read_rgb, truncated_jpeg
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8))
     img.save(tmp_path / "plain.jpg")
@@ -234,6 +234,7 @@ def test_layer_decay_lowers_the_lr_towards_the_input_under_every_schedule(schedu
 
 def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
     from pathlib import Path
+
     from predict import output_names
     files = [Path("a/x.jpg"), Path("b/x.jpg"), Path("c/y.jpg"), Path("a/x.png")]
     names = output_names(files)
@@ -243,7 +244,7 @@ def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
 def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
     """A photo without a face: face_image.py writes the centre region; inference on raw photos must
     feed the same region (it used to feed the whole photo)."""
-    from face_image import best_boxes, create_detector, face_or_center
+    from faces import best_boxes, create_detector, face_or_center
     from images import center_crop
     from inference import _face_fn
     img = np.full((512, 384, 3), 128, np.uint8)
@@ -276,6 +277,7 @@ def test_output_folders_that_are_files_empty_info_csv_and_a_run_named_twice_exit
 
 def test_tiny_images_are_kept_with_a_warning(tiny_root, tmp_path):
     from PIL import Image
+
     from dataset import Log, build_table
     data = tmp_path / "train"
     shutil.copytree(tiny_root / "train", data)
@@ -334,8 +336,9 @@ def test_weighted_sampler_draws_classes_evenly():
 
 
 def test_mixup_and_cutmix_targets_are_distributions_of_the_batch_labels():
-    from train import make_mixer
-    cfg = {"cutmix": 1.0, "mixup": 0.0}
+    from engine import make_mixer
+    from settings import RunSettings
+    cfg = RunSettings(cutmix=1.0, mixup=0.0)
     x = torch.rand(8, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     torch.manual_seed(0)
@@ -381,8 +384,8 @@ def test_zoom_tta_view_is_the_central_90_percent():
 def test_centre_crop_models_see_a_found_face_framed_as_in_training():
     """predict.py on any photo: a model trained on whole competition photos (crop 'center') gets the
     window that frames the face as the centre region frames a competition face; scaled and moved with it."""
+    from faces import center_like_box
     from images import center_region
-    from face_image import center_like_box
     face = (92, 130.4, 292, 330.4)  # a 200 px face centred at (0.5, 0.45) of a 384x512 photo
     assert np.allclose(center_like_box(face, 384, 512), center_region(384, 512), atol=1)
     double = center_like_box(tuple(2 * v + 100 for v in face), 2000, 2000)
@@ -404,7 +407,7 @@ def test_annotation_numbers_faces_inside_the_photo_and_lists_them_below():
 
 
 def test_clip_grad_caps_the_global_norm_and_is_off_by_default():
-    from train import ClipGrad, no_clip
+    from engine import ClipGrad, no_clip
     model = torch.nn.Linear(4, 3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -489,17 +492,18 @@ def test_image_ids_must_be_present_and_unique_in_info_csv_and_in_answers(tmp_pat
 def test_an_empty_or_foreign_checkpoint_is_named_not_a_traceback(tmp_path):
     """Empty, not a PyTorch file at all, or pickled objects: each gets its own one-line reason."""
     import pathlib
-    from model import _load
+
+    from model import safe_load
     from utils import UserError
     (tmp_path / "best.pth").write_bytes(b"")
     with pytest.raises(UserError, match="best.pth: not a readable checkpoint .*empty"):
-        _load(tmp_path / "best.pth")
+        safe_load(tmp_path / "best.pth")
     (tmp_path / "best.pth").write_bytes(b"garbage\n")  # a text file: torch fails on an opcode, not a global
     with pytest.raises(UserError, match=r"best.pth: not a readable checkpoint \(UnpicklingError: not a PyTorch file\)"):
-        _load(tmp_path / "best.pth")
+        safe_load(tmp_path / "best.pth")
     torch.save({"model": {}, "meta": pathlib.PurePosixPath("x")}, tmp_path / "best.pth")
     with pytest.raises(UserError, match="best.pth: refused, the file carries pickled code or objects"):
-        _load(tmp_path / "best.pth")
+        safe_load(tmp_path / "best.pth")
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(tiny_root, tmp_path, monkeypatch):

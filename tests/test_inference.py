@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO, assert_clean_error, run
+
 from cache import decode_many
+from checkpoint import load_checkpoint, model_from_checkpoint
 from dataset import read_eval
 from decision import decide, read_offsets
 from inference import find_groups, load_models, predict_probs, run_groups
-from model import combine_probs, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 def _infer(tiny_root, out, *args, check=True):
@@ -161,6 +161,7 @@ def test_predict_holds_a_chunk_of_photos_in_memory_not_the_whole_folder(tiny_run
     was 44 photos more; with a loop that kept the last chunk while reading the next, 28)."""
     import cv2
     import skimage.data
+
     from predict import CHUNK
     cv2.imwrite(str(tmp_path / "p.jpg"), cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR),
                                                     (3000, 2250)))

@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY, run
+
+from engine import heads_loss
+from faces import crop_for_model
 from images import read_rgb
-from face_image import crop_for_model, mask_only_faces, mask_only_layout
 from labels import YEARS, joint_targets
 from loss import create_loss, mask_marginal_loss, years_loss
-from train import heads_loss
+from sources import mask_only_faces, mask_only_layout
 
 
 def _photos(tiny_root, n):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import OFFLINE_WEIGHTS, clean_state_dict, combine_probs, create_model, load_pretrained, marginal, offline_weights, task_probs
+from checkpoint import clean_state_dict
+from model import OFFLINE_WEIGHTS, combine_probs, create_model, load_pretrained, marginal, offline_weights, task_probs
 from utils import UserError
 
 

@@ -6,14 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run
+
 from decision import cross_fitted, decide, fit_decision, fit_offsets, macro_f1, read_offsets
+from engine import make_marginal
 from inference import ensemble_offsets
 from labels import AGE_MIN, YEARS, age_class, band_spread, decode, encode, joint_targets
 from loss import years_loss
 from model import combine_probs, joint_marginal, soft_age_marginal
-from train import make_marginal
+from settings import RunSettings
 
 
 def test_joint_target_carries_class_and_year_and_mixes_linearly():
@@ -52,8 +53,8 @@ def test_hard_age_bands_are_todays_targets(bounds):
     hard = soft_age_marginal(band_spread(0, bounds))
     for task in ("label", "mask", "gender", "age", "years"):
         assert torch.equal(hard(joint, task), joint_marginal(joint, task)), task
-    assert make_marginal({"age_sigma": 0.0}) is joint_marginal
-    soft = make_marginal({"age_sigma": 3.0, "age_bounds": list(bounds)})
+    assert make_marginal(RunSettings(age_sigma=0.0)) is joint_marginal
+    soft = make_marginal(RunSettings(age_sigma=3.0, age_bounds=tuple(bounds)))
     assert not torch.equal(soft(joint, "age"), joint_marginal(joint, "age"))
 
 
@@ -155,7 +156,7 @@ def test_a_broken_decision_file_is_named(tmp_path):
 
 def test_cv_scores_detected_faces_and_fallbacks_apart(tmp_path):
     """#13: what a detector's misses cost. Found photos predicted right, fallbacks wrong -> 1.0 and 0.0."""
-    from train import prob_columns, score_by_detection
+    from oof import prob_columns, score_by_detection
     (tmp_path / "faces").mkdir()
     paths = [f"p{i}/mask1.jpg" for i in range(6)]
     pd.DataFrame({"path": paths, "detected": [1, 1, 1, 1, 0, 0]}).to_csv(tmp_path / "faces" / "boxes.csv", index=False)

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SHARED, TINY, run
-from model import load_checkpoint
+
+from checkpoint import load_checkpoint
 from voc import box_iou
 
 UTK = SHARED / "utkface_subset"

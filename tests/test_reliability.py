@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, assert_clean_error, run
 from PIL import Image
 
-from conftest import TINY, assert_clean_error, run
 from dataset import Log, build_table
 from images import read_rgb
 

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, TINY, run
 
-from conftest import REPO, TINY, assert_clean_error, run
+from checkpoint import load_checkpoint
 from dataset import Log, build_table
 from evaluation import score
-from model import combine_probs, load_checkpoint
+from model import combine_probs
 
 
 def _base(tiny_root, model_dir):

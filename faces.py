@@ -1,0 +1,306 @@
+"""Face detection and the shared face crop: the detectors (MTCNN, the SSD, cascades and unions of them),
+the crop recipe a run was cut with, choosing one face, cutting it, and the centre-region fallback.
+
+Not a script; imported by face_image.py, sources.py, inference.py and predict.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from images import IMG_EXTS, center_crop, center_region
+from utils import UserError, atomic_path, write_json_atomic
+from voc import box_iou
+
+# margins around the detected box, as fractions of the box width: close to the original's 30 px at the
+# sides and bottom and 60 px on top for a ~200 px face in a 384x512 photo, and right for any face size
+DEFAULT_MARGIN = (0.3, 0.15, 0.15)  # top, sides, bottom
+
+
+DETECT_SIZE = 256  # longest side of the copy that MTCNN sees in face_image.py
+
+
+# MTCNN was trained on bare faces: its last two stages reject many masked ones. Photos where the first
+# pass finds no face get a second pass with these stage thresholds. On composed masked photos (706 of
+# the fitted builder's) a face is found in 97% of the masked ones instead of 75%, and the right one (IoU
+# >= 0.3 with the true box) in 91% instead of 74% (README, face crops); photos where the first pass found
+# a face are not touched.
+RETRY_THRESHOLDS = (0.3, 0.3, 0.01)
+
+
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)  # MTCNN's own, the first pass
+
+
+class FaceDetector:
+    """facenet-pytorch's MTCNN (weights ship in the package) over batches of same-size images: a pass
+    with `thresholds`, then, for the images where it found no face, one with `retry_thresholds`
+    (None: no second pass)."""
+
+    def __init__(self, device="auto", detect_size=DETECT_SIZE, min_face_size=20, thresholds=MTCNN_THRESHOLDS,
+                 retry_thresholds=RETRY_THRESHOLDS):
+        from facenet_pytorch import MTCNN
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.detect_size = detect_size
+        self.passes = [list(thresholds)] + ([list(retry_thresholds)] if retry_thresholds else [])
+        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, thresholds=list(thresholds),
+                           select_largest=False, post_process=False)
+
+    def detect(self, images):
+        """RGB uint8 arrays -> per image (boxes (n, 4), scores (n,), landmarks (n, 5, 2)) in the
+        images' own pixels, from the first pass that finds a face in it."""
+        return first_found(images, [lambda ims, t=t: self._detect(ims, t) for t in self.passes])
+
+    def _detect(self, images, thresholds):
+        """One MTCNN pass. Images of one shape go through MTCNN together, downscaled so the longest side
+        is detect_size (None: full resolution)."""
+        self.mtcnn.thresholds = thresholds
+        out = [None] * len(images)
+        groups = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for shape, idx in groups.items():
+            h, w = shape[:2]
+            s = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            batch = np.stack([images[i] if s == 1.0 else cv2.resize(images[i], size, interpolation=cv2.INTER_AREA)
+                              for i in idx])
+            with torch.no_grad():
+                boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+            sx, sy = w / size[0], h / size[1]
+            for j, i in enumerate(idx):
+                if boxes[j] is None:
+                    out[i] = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+                else:
+                    b = np.asarray(boxes[j], float) * [sx, sy, sx, sy]
+                    out[i] = (b, np.asarray(probs[j], float), np.asarray(points[j], float) * [sx, sy])
+        return out
+
+
+def first_found(images, detect_fns):
+    """Each detect function looks only at the images where the ones before it found no face. -> per
+    image the answer of the first that found one (or of the last)."""
+    out, todo = [None] * len(images), range(len(images))
+    for fn in detect_fns:
+        for i, found in zip(todo, fn([images[i] for i in todo])):
+            out[i] = found
+        todo = [i for i in todo if len(out[i][0]) == 0]
+        if not todo:
+            break
+    return out
+
+
+class CascadeDetector:
+    """Detectors tried in turn (see first_found): a detector that misses few faces first, another for
+    the photos where it found none."""
+
+    def __init__(self, *stages):
+        self.stages = stages
+
+    def detect(self, images):
+        return first_found(images, [d.detect for d in self.stages])
+
+
+class UnionDetector:
+    """Every detector on every photo, their faces merged: a later detector's box is kept only where it
+    overlaps none kept before it at IoU >= iou (each detector already merged its own boxes)."""
+
+    def __init__(self, *stages, iou=0.4):
+        self.stages, self.iou = stages, iou
+
+    def detect(self, images):
+        return [self._merge(found) for found in zip(*(d.detect(images) for d in self.stages))]
+
+    def _merge(self, found):
+        boxes, scores, marks = found[0]
+        for b, s, m in found[1:]:
+            new = box_iou(b, boxes).max(1) < self.iou if len(boxes) and len(b) else np.ones(len(b), bool)
+            boxes, scores, marks = (np.concatenate([boxes, b[new]]), np.concatenate([scores, s[new]]),
+                                    np.concatenate([marks, m[new]]))
+        return boxes, scores, marks
+
+
+def _mtcnn(device, detect_size, thresholds, second_pass):
+    return FaceDetector(device, detect_size, thresholds=thresholds,
+                        retry_thresholds=RETRY_THRESHOLDS if second_pass else None)
+
+
+def _ssd(device, detect_size, thresholds, second_pass):
+    from face_ssd import SSDFaceDetector
+    return SSDFaceDetector(device)
+
+
+def _retry(device, detect_size, second_pass):
+    """MTCNN's relaxed second pass as a cascade's last stage (none when it is off)."""
+    return [_mtcnn(device, detect_size, RETRY_THRESHOLDS, False)] if second_pass else []
+
+
+# --detector: name -> factory(device, detect_size, MTCNN thresholds, MTCNN second pass); the SSD always
+# sees 300x300 copies, so detect_size and the thresholds only concern MTCNN. mtcnn_ssd keeps MTCNN's boxes
+# wherever its first pass finds a face and asks the SSD before MTCNN's relaxed second pass. union runs the
+# SSD and MTCNN's first pass on every photo (street photos hold faces that only one of them finds), keeps
+# the SSD's box where both find a face, and asks MTCNN's second pass where neither finds one.
+DETECTORS = {
+    "mtcnn": _mtcnn,
+    "ssd": _ssd,
+    "ssd_mtcnn": lambda *a: CascadeDetector(_ssd(*a), _mtcnn(*a)),
+    "mtcnn_ssd": lambda dev, size, thr, second: CascadeDetector(
+        _mtcnn(dev, size, thr, False), _ssd(dev, size, thr, second), *_retry(dev, size, second)),
+    "union": lambda dev, size, thr, second: CascadeDetector(
+        UnionDetector(_ssd(dev, size, thr, second), _mtcnn(dev, size, thr, False)), *_retry(dev, size, second)),
+}
+
+
+# MTCNN (with its second pass) stays the default: the SSD finds more masked faces at the true box (and
+# MTCNN where the SSD finds none finds most of the rest), yet models trained on its crops scored lower CV
+# macro F1 on real faces (3 seeds each; README, face crops: detectors side by side)
+DEFAULT_DETECTOR = "mtcnn"
+
+
+def create_detector(name=DEFAULT_DETECTOR, device="auto", detect_size=DETECT_SIZE, thresholds=MTCNN_THRESHOLDS,
+                    second_pass=True):
+    if name not in DETECTORS:
+        raise UserError(f"unknown face detector {name!r}; valid: {', '.join(DETECTORS)}")
+    return DETECTORS[name](device, detect_size, tuple(thresholds), second_pass)
+
+
+CROP_FILE = "crop.json"  # in each faces/ folder: the CropRecipe that cut it
+
+
+@dataclass(frozen=True)
+class CropRecipe:
+    """How face_image.py finds and cuts faces. Recorded in faces/crop.json and in the checkpoints trained
+    on those crops, so that inference on raw photos and predict.py find and cut faces as the training
+    crops were cut, without being told."""
+    detector: str = DEFAULT_DETECTOR
+    detect_size: int | None = DETECT_SIZE
+    thresholds: tuple = MTCNN_THRESHOLDS
+    second_pass: bool = True
+    margin: tuple = DEFAULT_MARGIN
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["detector"], d["detect_size"], tuple(d["thresholds"]), bool(d["second_pass"]), tuple(d["margin"]))
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def create_detector(self, device="auto"):
+        return create_detector(self.detector, device, self.detect_size, self.thresholds, self.second_pass)
+
+    def describe(self):
+        return (f"--detector {self.detector} --detect_size {self.detect_size or 0} --thresholds "
+                f"{' '.join(map(str, self.thresholds))} --second_pass {self.second_pass} --margin "
+                f"{' '.join(map(str, self.margin))}")
+
+
+def read_crop_recipe(faces_dir):
+    """-> the CropRecipe recorded in faces_dir, or None (none recorded: cut before recipes were kept)."""
+    path = Path(faces_dir) / CROP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return CropRecipe.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a crop recipe ({e}); delete {Path(faces_dir)} and run face_image.py again")
+
+
+def record_crop_recipe(faces_dir, recipe):
+    """Writes faces_dir's recipe, or checks it against the one already there: a resumed or repeated run
+    with other settings would mix two kinds of crops in one folder."""
+    old = read_crop_recipe(faces_dir)
+    if old is not None and old != recipe:
+        raise UserError(f"{faces_dir} was cut with {old.describe()}; run face_image.py with those settings to finish "
+                        f"or repeat it, or delete {faces_dir} to cut it anew with {recipe.describe()}")
+    if old is None:
+        write_json_atomic(Path(faces_dir) / CROP_FILE, recipe.to_dict())
+
+
+def select_face(boxes, scores, w, h):
+    """Index of the most plausible face: confident, large and near the centre (not simply the first)."""
+    if len(boxes) == 0:
+        return None
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (w * h)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2 / w - 0.5, (boxes[:, 1] + boxes[:, 3]) / 2 / h - 0.45
+    plaus = scores * np.sqrt(np.clip(area, 1e-6, None)) * np.exp(-(cx ** 2 + cy ** 2) / (2 * 0.25 ** 2))
+    return int(np.argmax(plaus))
+
+
+def crop_box(box, w, h, margin=DEFAULT_MARGIN):
+    """Face box -> integer crop box with margins, clipped to the image."""
+    x1, y1, x2, y2 = box
+    bw = x2 - x1
+    top, side, bottom = margin
+    return (max(0, math.floor(x1 - side * bw)), max(0, math.floor(y1 - top * bw)),
+            min(w, math.ceil(x2 + side * bw)), min(h, math.ceil(y2 + bottom * bw)))
+
+
+def crop_face(img, box, margin=DEFAULT_MARGIN):
+    """The shared crop: face_image.py, predict.py and inference on raw photos all call this."""
+    x1, y1, x2, y2 = crop_box(box, img.shape[1], img.shape[0], margin)
+    return img[y1:y2, x1:x2]
+
+
+# Where the face sits in a competition photo (about 200 px wide in a 384x512 photo, centred a little above
+# the middle): around a face found anywhere else, the window a centre-crop model was trained on.
+COMPETITION_PHOTO = (384, 512)
+
+
+COMPETITION_FACE = (0.5, 0.45, 200 / 384)  # centre x, centre y (fractions of width, height), width (of width)
+
+
+def center_like_box(box, w, h):
+    """Face box -> the crop box that frames this face as CENTER_REGION frames a competition face."""
+    (pw, ph), (cx, cy, fw) = COMPETITION_PHOTO, COMPETITION_FACE
+    rx1, ry1, rx2, ry2 = center_region(pw, ph)
+    x1, y1, x2, y2 = box
+    s = (x2 - x1) / (fw * pw)  # competition pixels -> this photo's pixels
+    bx, by, fx, fy = (x1 + x2) / 2, (y1 + y2) / 2, cx * pw, cy * ph
+    return (max(0, math.floor(bx + (rx1 - fx) * s)), max(0, math.floor(by + (ry1 - fy) * s)),
+            min(w, math.ceil(bx + (rx2 - fx) * s)), min(h, math.ceil(by + (ry2 - fy) * s)))
+
+
+def crop_for_model(img, box, crop, margin=DEFAULT_MARGIN):
+    """What a model sees of a face found in any photo: its face crop ('none', trained on faces/; margin:
+    its recipe's) or the centre-like window ('center', trained on whole competition photos)."""
+    if crop == "center":
+        x1, y1, x2, y2 = center_like_box(box, img.shape[1], img.shape[0])
+        return img[y1:y2, x1:x2]
+    return crop_face(img, box, margin)
+
+
+def face_or_center(img, box, found, margin=DEFAULT_MARGIN):
+    """The crop every path uses (face_image.py, inference on raw photos): the face with its margins, or
+    the centre region of the photo when no face was found."""
+    return crop_face(img, box, margin) if found else center_crop(img)
+
+
+def best_boxes(detector, images):
+    """-> per image (box, score, detected): the chosen face, or the centre region when none."""
+    out = []
+    for im, (boxes, scores, _) in zip(images, detector.detect(images)):
+        h, w = im.shape[:2]
+        k = select_face(boxes, scores, w, h)
+        out.append((tuple(center_region(w, h)), 0.0, False) if k is None else (tuple(boxes[k]), float(scores[k]), True))
+    return out
+
+
+def write_image(path, rgb, quality=95):
+    ext = path.suffix.lower()
+    ok, buf = cv2.imencode(".png" if ext == ".png" else ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise UserError(f"{path}: could not encode the crop")
+    with atomic_path(path) as tmp:
+        buf.tofile(str(tmp))
+
+
+def list_images(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMG_EXTS and not p.name.startswith("."))

@@ -1,0 +1,77 @@
+"""Run folders: naming and claiming a new one, the people a run started on, resuming, finding the newest.
+
+Not a script; imported by train.py, inference.py and predict.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import distributed
+from splits import split_people
+from utils import UserError, increment_dir, writable_dir, write_json_atomic
+
+
+def check_same_people(run_dir, table):
+    """Record the run's people when it starts; refuse to go on (--resume, a fold job sharing the folder)
+    with other people or labels: the folds would be drawn anew, so a fold's validation people could have
+    been trained on, and the out-of-fold predictions would mix splits."""
+    people = split_people(table)
+    now = {"people": len(people), "digest": hashlib.sha1(people.to_csv(index=False).encode()).hexdigest()[:16]}
+    path = run_dir / "people.json"
+
+    def check():
+        if not path.is_file():
+            write_json_atomic(path, now)
+            return
+        saved = json.loads(path.read_text())
+        if saved["digest"] != now["digest"]:
+            raise UserError(f"{run_dir} started on other data ({saved['people']} people then, {now['people']} now, "
+                            "or other labels), so its folds would be drawn anew: start a new run on this data "
+                            "(another --run_dir), or go on with the data it started with")
+    distributed.on_rank0(check)
+
+
+def has_progress(run_dir):
+    """True once some unit of the run finished an epoch (last.pth) or all of them (metrics.json)."""
+    return any(Path(run_dir).rglob("last.pth")) or any(Path(run_dir).rglob("metrics.json"))
+
+
+def interrupted_hint(run_dir):
+    """What to run after Ctrl-C or a scheduler's SIGTERM stopped the training."""
+    if has_progress(run_dir):
+        return f"{run_dir}: interrupted; continue it with: python train.py --resume {run_dir}"
+    return f"{run_dir}: interrupted before its first epoch ended; start it again (without --resume)"
+
+
+def given_run_dir(cfg):
+    """The run folder given (--resume, --run_dir), or None: a new one under --model_dir, checked here
+    and named when it is created, once the data has loaded (a run that fails on its data leaves no folder)."""
+    if cfg.resume or cfg.run_dir:
+        return Path(cfg.resume or cfg.run_dir)
+    writable_dir(cfg.model_dir, "--model_dir (SM_MODEL_DIR)")
+    return None
+
+
+def create_run_dir(run_dir, cfg, config, dist):
+    """Create the run folder (rank 0; a new one is named exp, exp2, ...) and write its config.json -> the
+    folder, on every rank. config: what to write, given the folder (settings.run_config). A new name is claimed with an exclusive mkdir: a run started at the same moment
+    (seeds launched together) may have taken it while this one loaded its data; then the next free one."""
+    def claim():
+        if run_dir is not None:
+            writable_dir(run_dir, "--run_dir").mkdir(parents=True, exist_ok=True)
+            return str(run_dir)
+        while True:
+            new = increment_dir(Path(cfg.model_dir), cfg.name)
+            try:
+                new.mkdir(parents=True)
+                return str(new)
+            except FileExistsError:
+                continue
+    run_dir = Path(distributed.on_rank0(claim))
+    if dist.is_main and not (run_dir / "config.json").is_file():
+        write_json_atomic(run_dir / "config.json", config(run_dir))
+    distributed.barrier()
+    distributed.check_shared_dir(run_dir)
+    return run_dir
