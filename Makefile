@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_data
 # The demo's recipe: the defaults, at a CPU-sized input (faces are ~0.8 wide:tall) and budget.
-DEMO_ARGS := --data_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
+DEMO_ARGS := --train_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
   realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
@@ -45,17 +45,17 @@ gpu-wheels-decode: install
 
 demo-data: install
 	rm -rf $(DEMO)  # the project's own folder (one made before synthetic.py marked its outputs is not replaced)
-	$(PY) synthetic.py --out $(DEMO)
-	$(PY) dataset.py --data_dir $(DEMO)/train
+	$(PY) synthetic.py --output_dir $(DEMO)
+	$(PY) dataset.py --train_dir $(DEMO)/train
 
 demo: demo-data
 	rm -rf model/demo_single model/demo_cv output/demo
 	$(PY) train.py $(DEMO_ARGS) --run_dir model/demo_single --epochs 8
 	$(PY) train.py $(DEMO_ARGS) --run_dir model/demo_cv --cv True --k_folds 3 --epochs 7
-	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_single --output_dir output/demo --output_name single
-	$(PY) inference.py --data_dir $(DEMO)/eval --model_dir model/demo_cv --cv=True --output_dir output/demo --output_name cv
-	$(PY) inference.py --data_dir $(DEMO)/eval --ensemble=True --ensemble_model_dir model/demo_single model/demo_cv --output_dir output/demo --output_name ensemble
-	@for n in single cv ensemble; do printf "%-9s " $$n; $(PY) evaluation.py --gt_dir $(DEMO)/eval --output_dir output/demo --output_name $$n --per_class False; done
+	$(PY) inference.py --eval_dir $(DEMO)/eval --run_dir model/demo_single --output_dir output/demo --output_name single
+	$(PY) inference.py --eval_dir $(DEMO)/eval --run_dir model/demo_cv --cv=True --output_dir output/demo --output_name cv
+	$(PY) inference.py --eval_dir $(DEMO)/eval --ensemble=True --ensemble_runs model/demo_single model/demo_cv --output_dir output/demo --output_name ensemble
+	@for n in single cv ensemble; do printf "%-9s " $$n; $(PY) evaluation.py --eval_dir $(DEMO)/eval --output_dir output/demo --output_name $$n --per_class False; done
 
 bench: install
 	$(PY) benchmark.py
@@ -76,22 +76,22 @@ OLD := --model efficientnet_lite0 --lr 1e-3 --tta none $(B32)
 # the views of every recipe before flip_zoom became the default
 FLIP := --tta flip
 realface-data: install
-	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out $(RF) --masks flat
+	test -d $(RF) || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --output_dir $(RF) --masks flat
 
 realface-experiments: realface-data demo-data
 	rm -rf model/rf_* output/rf
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_a_real
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(DEMO)/train --run_dir model/rf_b_demo
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(DEMO)/train --extra_data $(RF)/train --run_dir model/rf_c_demo_plus_real
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_d_original $(ORIGINAL)
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_e_bounds --age_bounds 29 58
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_f_heads --heads
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_g_strong --augment strong
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_h_cutmix --cutmix 0.5
-	$(PY) train.py $(RF_ARGS) $(OLD) --data_dir $(RF)/train --run_dir model/rf_i_weighted --sampler weighted
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_a_real
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(DEMO)/train --run_dir model/rf_b_demo
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(DEMO)/train --extra_data $(RF)/train --run_dir model/rf_c_demo_plus_real
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_d_original $(ORIGINAL)
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_e_bounds --age_bounds 29 58
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_f_heads --heads
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_g_strong --augment strong
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_h_cutmix --cutmix 0.5
+	$(PY) train.py $(RF_ARGS) $(OLD) --train_dir $(RF)/train --run_dir model/rf_i_weighted --sampler weighted
 	@for r in rf_a_real rf_b_demo rf_c_demo_plus_real rf_d_original rf_e_bounds rf_f_heads rf_g_strong rf_h_cutmix rf_i_weighted; do \
-	  $(PY) inference.py --data_dir $(RF)/eval --model_dir model/$$r --tta none --output_dir output/rf --output_name $$r && \
-	  printf "%-22s " $$r && $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done
+	  $(PY) inference.py --eval_dir $(RF)/eval --run_dir model/$$r --tta none --output_dir output/rf --output_name $$r && \
+	  printf "%-22s " $$r && $(PY) evaluation.py --eval_dir $(RF)/eval --output_dir output/rf --output_name $$r --per_class False; done
 
 # The headline quality figure: 5-fold CV out-of-fold macro F1 over all 497 train people of the real-face
 # dataset, 3 seeds, for the defaults of before (efficientnet_lite1, lr 2e-3, batch 16, flip TTA), the same at batch 32 and
@@ -104,33 +104,33 @@ CV_SUMMARY = $(PY) -c "import json,sys; c=json.load(open(sys.argv[1])); d=c['dec
   print(f\"argmax {c['f1']:.4f} (age {c['f1_age']:.3f})  decided {d['f1']:.4f} (age {d['f1_age']:.3f})\")"
 realface-cv: realface-data
 	for s in $(SEEDS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b16flip_s$$s --seed $$s $(FLIP); \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_b32_s$$s --seed $$s $(B32) $(FLIP); \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none $(B32); \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0 --tta none $(B32); \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s $(OLD); \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_b16flip_s$$s --seed $$s $(FLIP); \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_b32_s$$s --seed $$s $(B32) $(FLIP); \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s$$s --seed $$s --tta none $(B32); \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_lite0_s$$s --seed $$s --model efficientnet_lite0 --tta none $(B32); \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_previous_s$$s --seed $$s $(OLD); \
 	done
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --tta none --seed 1 $(OLD) --years_weight 1
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 --tta none $(B32) \
+	$(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_years_s1 --tta none --seed 1 $(OLD) --years_weight 1
+	$(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_kaggle_s1 --seed 1 --model efficientnet_lite0 --tta none $(B32) \
 	  --extra_data $(KAGGLE)
 	@for r in model/rfcv_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # The same on face crops, the way a user runs the toolkit (face_image.py, then train.py): copies of the
 # real-face training photos cropped with the second pass (the default) and with one pass (face_image.py as it
 # was), the defaults (and the defaults before: flip TTA, batch 32, one view) on the first, the first defaults on the
-# second (README, Real faces, on face crops).
+# second (docs/results.md, Real faces, on face crops).
 RFF := realface_faces
 # 5-fold CV on the second-pass crops (face_image.py's default)
-RFF_CV = $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/two/train --source faces --cv True
+RFF_CV = $(PY) train.py $(RF_ARGS) --train_dir $(RFF)/two/train --source faces --cv True
 realface-faces: realface-data
 	test -d $(RFF)/ssd/train/faces || (mkdir -p $(RFF)/ssd && cp -r $(RF)/train $(RFF)/ssd/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/ssd --detector ssd_mtcnn)
+	  $(PY) face_image.py --data_root $(RFF)/ssd --detector ssd_mtcnn)
 	test -d $(RFF)/mtcnn_ssd/train/faces || (mkdir -p $(RFF)/mtcnn_ssd && cp -r $(RF)/train $(RFF)/mtcnn_ssd/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/mtcnn_ssd --detector mtcnn_ssd)
+	  $(PY) face_image.py --data_root $(RFF)/mtcnn_ssd --detector mtcnn_ssd)
 	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RFF)/two/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/two --detector mtcnn)
+	  $(PY) face_image.py --data_root $(RFF)/two --detector mtcnn)
 	test -d $(RFF)/one/train/faces || (mkdir -p $(RFF)/one && cp -r $(RF)/train $(RFF)/one/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/one --detector mtcnn --second_pass False)
+	  $(PY) face_image.py --data_root $(RFF)/one --detector mtcnn --second_pass False)
 
 realface-cv-faces: realface-faces
 	for s in $(SEEDS); do \
@@ -138,42 +138,42 @@ realface-cv-faces: realface-faces
 	  $(RFF_CV) --run_dir model/rfcvf_b16flip_s$$s --seed $$s $(FLIP); \
 	  $(RFF_CV) --run_dir model/rfcvf_b32_s$$s --seed $$s $(B32) $(FLIP); \
 	  $(RFF_CV) --run_dir model/rfcvf_notta_s$$s --seed $$s --tta none $(B32); \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RFF)/one/train --source faces --cv True --run_dir model/rfcvf_previous_s$$s --seed $$s $(OLD); \
 	done
 	@for r in model/rfcvf_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# The defaults' CV runs of seeds 1-2 and 1-3 as soft-vote ensembles (README, ensembles of CV runs): inference.py
+# The defaults' CV runs of seeds 1-2 and 1-3 as soft-vote ensembles (docs/results.md, ensembles of CV runs): inference.py
 # prints their combined out-of-fold macro F1 (argmax -> cross-fitted), evaluation.py scores the eval split.
 realface-ensemble:
 	for m in 12 123; do \
-	  $(PY) inference.py --ensemble=True --ensemble_model_dir $$(echo $$m | sed 's|.|model/rfcvf_defaults_s& |g') \
-	    --data_dir $(RF)/eval --output_dir output/realface_ensemble --output_name ens$$m && \
-	  $(PY) evaluation.py --gt_dir $(RF)/eval --output_dir output/realface_ensemble --output_name ens$$m | head -1; \
+	  $(PY) inference.py --ensemble=True --ensemble_runs $$(echo $$m | sed 's|.|model/rfcvf_defaults_s& |g') \
+	    --eval_dir $(RF)/eval --output_dir output/realface_ensemble --output_name ens$$m && \
+	  $(PY) evaluation.py --eval_dir $(RF)/eval --output_dir output/realface_ensemble --output_name ens$$m | head -1; \
 	done
 
-# The default recipe on the crops of each detector (README, face crops: detectors side by side); the MTCNN
+# The default recipe on the crops of each detector (docs/detectors.md: detectors side by side); the MTCNN
 # rows are realface-cv-faces' rfcvf_defaults (crops in $(RFF)/two).
 realface-cv-detectors: realface-faces
 	for s in $(SEEDS); do for d in ssd mtcnn_ssd; do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/$$d/train --source faces --cv True --run_dir model/rfcvf_det_$${d}_s$$s --seed $$s; \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RFF)/$$d/train --source faces --cv True --run_dir model/rfcvf_det_$${d}_s$$s --seed $$s; \
 	done; done
 	@for r in model/rfcvf_det_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Tighter crop margins (0.2 0.1 0.1 of the box width instead of 0.3 0.15 0.15) on MTCNN's crops (seeds 1, 2) and
-# ssd_mtcnn's (seed 1) (README, face crops: detectors side by side)
+# ssd_mtcnn's (seed 1) (docs/detectors.md: detectors side by side)
 TIGHT := --margin 0.2 0.1 0.1
 realface-margin-screens: realface-data
 	test -d $(RFF)/tight_mtcnn/train/faces || (mkdir -p $(RFF)/tight_mtcnn && cp -r $(RF)/train $(RFF)/tight_mtcnn/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/tight_mtcnn $(TIGHT))
+	  $(PY) face_image.py --data_root $(RFF)/tight_mtcnn $(TIGHT))
 	test -d $(RFF)/tight_ssd/train/faces || (mkdir -p $(RFF)/tight_ssd && cp -r $(RF)/train $(RFF)/tight_ssd/ && \
-	  $(PY) face_image.py --data_dir $(RFF)/tight_ssd --detector ssd_mtcnn $(TIGHT))
+	  $(PY) face_image.py --data_root $(RFF)/tight_ssd --detector ssd_mtcnn $(TIGHT))
 	for r in tight_mtcnn:1 tight_mtcnn:2 tight_ssd:1; do d=$${r%:*}; s=$${r#*:}; \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RFF)/$$d/train --source faces --cv True --run_dir model/rfcvf_$${d}_s$$s --seed $$s; \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RFF)/$$d/train --source faces --cv True --run_dir model/rfcvf_$${d}_s$$s --seed $$s; \
 	done
 	@for r in model/rfcvf_tight_*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Batch size and learning rate around the defaults of the time (batch 16, lr 2e-3, flip TTA), on the same face crops
-# (README, Real faces, 5-fold CV: face crops). lr 3e-3 ran with 3 seeds, the others with seed 1.
+# (docs/results.md, Real faces, 5-fold CV: face crops). lr 3e-3 ran with 3 seeds, the others with seed 1.
 realface-batch-screens: realface-faces
 	$(RFF_CV) --run_dir model/rfcvf_b8_s1 --seed 1 --batch_size 8 $(FLIP)
 	$(RFF_CV) --run_dir model/rfcvf_lr1e-3_s1 --seed 1 --lr 1e-3 $(FLIP)
@@ -182,7 +182,7 @@ realface-batch-screens: realface-faces
 	done
 	@for r in model/rfcvf_b8_* model/rfcvf_lr*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# Losses, the schedule and three heads against the defaults of the time (flip TTA), same crops, seed 1 (README,
+# Losses, the schedule and three heads against the defaults of the time (flip TTA), same crops, seed 1 (docs/results.md,
 # Real faces, 5-fold CV: face crops); label smoothing stays 0.1 where the loss takes it, so only the loss changes.
 # The flip + zoom row is realface-cv-faces' rfcvf_defaults (the default views now), not run again here.
 RECIPE_SCREENS := focal:--loss=focal,--smoothing=0.1 weightedce:--loss=weighted_ce,--smoothing=0.1 f1:--loss=f1 \
@@ -202,40 +202,40 @@ realface-recipe-screens: realface-faces
 	@for r in model/rfcvf_smooth02_s[23] model/rfcvf_b12_s[23]; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Training length: train.py's default --epochs 10 (3 seeds) and 15 (2 seeds) against the 5 epochs of every run
-# above (README, Real faces, 5-fold CV: training length); compare with realface-cv-faces' rfcvf_defaults.
+# above (docs/results.md, Real faces, 5-fold CV: training length); compare with realface-cv-faces' rfcvf_defaults.
 realface-epochs: realface-faces
 	for s in $(SEEDS); do $(RFF_CV) --run_dir model/rfcvf_ep10_s$$s --seed $$s --epochs 10; done
 	for s in 1 2; do $(RFF_CV) --run_dir model/rfcvf_ep15_s$$s --seed $$s --epochs 15; done
 	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # One-seed screens of recipe changes against the defaults of their time, which validated on one view with
-# batches of 32 (--tta none --batch_size 32; README, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
+# batches of 32 (--tta none --batch_size 32; docs/results.md, Real faces, 5-fold CV: ablations); the pseudo-label run takes its labels from that
 # run's folds on the eval photos.
 ABLATIONS := ema:--ema=0.998 droppath:--drop_path=0.1 years025:--years_weight=0.25 weighted:--sampler=weighted \
   mixup:--mixup=0.2 smooth0:--smoothing=0 wd005:--weight_decay=0.05 lite2:--model=efficientnet_lite2 \
   img112:--img_size=112,96 bounds58:--age_bounds=30,58 agesigma3:--age_sigma=3 layerdecay09:--layer_decay=0.9
 realface-ablations: realface-data
-	test -f model/rfcv_notta_s1/cv.json || $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s1 --seed 1 --tta none $(B32)
+	test -f model/rfcv_notta_s1/cv.json || $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfcv_notta_s1 --seed 1 --tta none $(B32)
 	for a in $(ABLATIONS); do \
-	  $(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 --tta none $(B32) \
+	  $(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfab_$${a%%:*}_s1 --seed 1 --tta none $(B32) \
 	    $$(echo $${a#*:} | tr = ' ' | tr , ' '); done
-	$(PY) inference.py --data_dir $(RF)/eval --model_dir model/rfcv_notta_s1 --cv=True --tta flip --output_dir output/rf \
+	$(PY) inference.py --eval_dir $(RF)/eval --run_dir model/rfcv_notta_s1 --cv=True --tta flip --output_dir output/rf \
 	  --output_name pseudo_source
-	$(PY) train.py $(RF_ARGS) --data_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 --tta none $(B32) \
+	$(PY) train.py $(RF_ARGS) --train_dir $(RF)/train --cv True --run_dir model/rfab_pseudo07_s1 --seed 1 --tta none $(B32) \
 	  --pseudo output/rf/pseudo_source_probs.npy --pseudo_data $(RF)/eval --pseudo_threshold 0.7
 	@for r in model/rfcv_notta_s1 model/rfab_*_s1; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
-# Real masks (README, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
+# Real masks (docs/results.md, Real masks): the Kaggle street photos split by photo into 200 train / 100 test, three
 # times (voc.split_by_photo, seeds 0-2); models trained on drawn masks only (the flat and the fitted
 # builder) and on the real-face data + each split's train photos as mask-only extra data (--mask_only_weight
 # MOW, default 1.0); each scored on the faces of its split's test photos; training seed RMSEED (default 1).
-# About an hour on 2 cores. Other rows of README's table: e.g. make realmask-bench RMSEED=2, MOW=0.5.
+# About an hour on 2 cores. Other rows of docs/results.md's table: e.g. make realmask-bench RMSEED=2, MOW=0.5.
 KAGGLE := ../shared/realdata/kaggle_facemask
-# The face detectors side by side (README, face crops): every detection scored against the known boxes of the
+# The face detectors side by side (docs/detectors.md): every detection scored against the known boxes of the
 # composed real-face photos (fitted masks) and of the Kaggle street photos (MTCNN at full resolution), then
 # the Kaggle photos as predict.py keeps faces (MTCNN's stage at 1024 px; scores >= 0.2, MTCNN alone >= 0.9).
 detector-scores: realface-data
-	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
+	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --output_dir realface_fitted --masks fitted
 	for d in union ssd_mtcnn ssd mtcnn_ssd mtcnn; do \
 	  $(PY) face_image.py --score realface_fitted --min_score 0 --detector $$d; \
 	  $(PY) face_image.py --score $(KAGGLE) --min_score 0 --detect_size 0 --detector $$d; \
@@ -245,30 +245,30 @@ detector-scores: realface-data
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.9 --detector mtcnn
 
 # The real-mask models (flat + each split's Kaggle train photos) reading the test photos' faces as MTCNN and
-# as --detector union find them (README, Real masks: finding more faces).
+# as --detector union find them (docs/results.md, Real masks: finding more faces).
 realmask-detectors: realface-data
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
 	for s in 0 1 2; do \
-	  test -f model/rm_kaggle_s$$s/best.pth || $(PY) train.py $(RM_ARGS) --data_dir $(RF)/train \
+	  test -f model/rm_kaggle_s$$s/best.pth || $(PY) train.py $(RM_ARGS) --train_dir $(RF)/train \
 	    --extra_data realmask/split$$s/train --mask_only_weight 1.0 --run_dir model/rm_kaggle_s$$s; \
 	  for d in mtcnn union; do \
-	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/rm_kaggle_s$$s --tta none --detector $$d \
-	      --out output/rm/kaggle_s$${s}_$$d > /dev/null && \
-	    printf "%-6s split %s " $$d $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --pred_dir output/rm/kaggle_s$${s}_$$d | head -1; \
+	    $(PY) predict.py realmask/split$$s/test/images --run_dir model/rm_kaggle_s$$s --tta none --detector $$d \
+	      --output_dir output/rm/kaggle_s$${s}_$$d > /dev/null && \
+	    printf "%-6s split %s " $$d $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rm/kaggle_s$${s}_$$d | head -1; \
 	  done; done
 
 RMSEED ?= 1
 MOW ?= 1.0
 RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED) --tta none
 realmask-bench: realface-data
-	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --out realface_fitted --masks fitted
+	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --output_dir realface_fitted --masks fitted
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
-	$(PY) train.py $(RM_ARGS) --data_dir $(RF)/train --run_dir model/rm_flat
-	$(PY) train.py $(RM_ARGS) --data_dir realface_fitted/train --run_dir model/rm_fitted
+	$(PY) train.py $(RM_ARGS) --train_dir $(RF)/train --run_dir model/rm_flat
+	$(PY) train.py $(RM_ARGS) --train_dir realface_fitted/train --run_dir model/rm_fitted
 	for s in 0 1 2; do \
-	  $(PY) train.py $(RM_ARGS) --data_dir $(RF)/train --extra_data realmask/split$$s/train --mask_only_weight $(MOW) \
+	  $(PY) train.py $(RM_ARGS) --train_dir $(RF)/train --extra_data realmask/split$$s/train --mask_only_weight $(MOW) \
 	    --run_dir model/rm_kaggle_s$$s; \
 	  for r in rm_flat rm_fitted rm_kaggle_s$$s; do \
-	    $(PY) predict.py realmask/split$$s/test/images --model_dir model/$$r --tta none --detector mtcnn --out output/rm/$${r}_on$$s > /dev/null && \
-	    printf "%-14s split %s " $$r $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --pred_dir output/rm/$${r}_on$$s | head -1; \
+	    $(PY) predict.py realmask/split$$s/test/images --run_dir model/$$r --tta none --detector mtcnn --output_dir output/rm/$${r}_on$$s > /dev/null && \
+	    printf "%-14s split %s " $$r $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rm/$${r}_on$$s | head -1; \
 	  done; done

@@ -315,8 +315,9 @@ def ratios(r):
 def main(argv):
     ap = make_parser(__doc__)
     count, count0 = positive(int, 1, inclusive=True), positive(int, 0, inclusive=True)
-    ap.add_argument("--data_dir", default="demo_data", help="root with train/ and eval/ (python synthetic.py)")
-    ap.add_argument("--face_dir", default=None, help="photos for the face benchmark (default <data_dir>/eval/images)")
+    ap.add_argument("--data_root", "--data_dir", dest="data_root", default="demo_data",
+                    help="root with train/ and eval/ (python synthetic.py)")
+    ap.add_argument("--face_dir", default=None, help="photos for the face benchmark (unset: <data_root>/eval/images)")
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--img_size", type=positive(int, 16, inclusive=True), nargs=2, default=[112, 96],
                     metavar=("H", "W"))
@@ -337,18 +338,18 @@ def main(argv):
     ap.add_argument("--cv5_images", type=count, default=200, help="eval images for the CV-5 + TTA comparison")
     ap.add_argument("--skip", nargs="*", default=[], choices=("train", "plain", "infer", "cv5", "faces"))
     ap.add_argument("--cache_dir", default="bench/.cache", help="where the run's temporary image caches go")
-    ap.add_argument("--out", default="bench/benchmark.json")
+    ap.add_argument("--output", "--out", dest="output", default="bench/benchmark.json", help="where the figures go (JSON)")
     args = ap.parse_args(argv)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    root = Path(args.data_dir)
+    root = Path(args.data_root)
     import shutil
     import tempfile
     writable_dir(args.cache_dir, "--cache_dir").mkdir(parents=True, exist_ok=True)
     own = tempfile.mkdtemp(prefix="bench-", dir=args.cache_dir)  # cold caches live here; removed at the end
     args.cache_dir = own
     if not (root / "train" / "train.csv").is_file():
-        raise UserError(f"{root}/train/train.csv not found: run python synthetic.py --out {root} first")
+        raise UserError(f"{root}/train/train.csv not found: run python synthetic.py --output_dir {root} first")
     from dataset import Log, build_table
     table = build_table(root / "train", log=Log(quiet=True))
     r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, "
@@ -366,10 +367,10 @@ def main(argv):
     shutil.rmtree(own, ignore_errors=True)
     r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = ratios(r)
-    write_json_atomic(args.out, r)
+    write_json_atomic(args.output, r)
     print(f"benchmark on {r['device']}, {args.model} at {args.img_size[0]}x{args.img_size[1]}, batch {args.batch_size}")
     print(report(r))
-    print(f"-> {args.out}", file=sys.stderr)
+    print(f"-> {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

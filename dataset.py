@@ -1,5 +1,4 @@
-"""The label table of a training set (one row per photo: path, age, gender, mask, label, person) and
-the eval set's reader.
+"""The label table of a training set (one row per photo) and the eval set's reader.
 
 Write the per-image label table of a training set (default: the demo dataset):
 
@@ -72,7 +71,7 @@ def read_people(data_dir, fixes_path=DEFAULT_FIXES, log=None):
     csv = data_dir / "train.csv"
     if not csv.is_file():
         raise UserError(f"{csv} not found: the training dir must hold train.csv and images/ "
-                        "(set SM_CHANNEL_TRAIN or --data_dir)")
+                        "(set SM_CHANNEL_TRAIN or --train_dir)")
     try:
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except Exception as e:
@@ -201,7 +200,7 @@ def read_eval(eval_dir, source="images"):
     info_path = eval_dir / "info.csv"
     if not info_path.is_file():
         raise UserError(f"{info_path} not found: the eval dir must hold info.csv and images/ "
-                        "(set SM_CHANNEL_EVAL or --data_dir)")
+                        "(set SM_CHANNEL_EVAL or --eval_dir)")
     try:
         info = pd.read_csv(info_path, dtype={"ImageID": str})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -226,23 +225,24 @@ def read_eval(eval_dir, source="images"):
 def main(argv):
     load_dotenv_once()
     ap = make_parser(__doc__)
-    ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_TRAIN", "demo_data/train"),
+    ap.add_argument("--train_dir", "--data_dir", dest="train_dir", default=env_default("SM_CHANNEL_TRAIN", "demo_data/train"),
                     help="training dir holding train.csv and images/ (env SM_CHANNEL_TRAIN)")
-    ap.add_argument("--out", default=None, help="output CSV (default <data_dir>/perfect_train.csv)")
+    ap.add_argument("--output", "--out", dest="output", default=None,
+                    help="output CSV (unset: <train_dir>/perfect_train.csv)")
     ap.add_argument("--age_bounds", type=positive(int, 1, inclusive=True), nargs=2, action=Rising,
-                    default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"))
+                    default=list(OFFICIAL_AGE_BOUNDS), metavar=("LOW", "HIGH"), help="first ages of the middle and old class")
     ap.add_argument("--fixes", default=str(DEFAULT_FIXES), help="label fixes CSV (id,field,value)")
     ap.add_argument("--max_bad", type=fraction, default=0.01, help="max fraction of unreadable images")
     args = ap.parse_args(argv)
-    demo_note(args.data_dir, "demo_data/train", "SM_CHANNEL_TRAIN", "--data_dir", argv)
-    data_dir = Path(args.data_dir)
+    demo_note(args.train_dir, "demo_data/train", "SM_CHANNEL_TRAIN", ("--train_dir", "--data_dir"), argv)
+    data_dir = Path(args.train_dir)
     if not data_dir.is_dir():
-        raise UserError(f"{data_dir} is not a directory: pass --data_dir or set SM_CHANNEL_TRAIN "
+        raise UserError(f"{data_dir} is not a directory: pass --train_dir or set SM_CHANNEL_TRAIN "
                         "(run 'python synthetic.py' to make the demo dataset)")
     log = Log()
     table = build_table(data_dir, tuple(args.age_bounds), args.fixes, args.max_bad, log)
     log.summary()
-    out = Path(args.out) if args.out else data_dir / "perfect_train.csv"
+    out = Path(args.output) if args.output else data_dir / "perfect_train.csv"
     write_csv_atomic(table[TABLE_COLUMNS], out)
     n_people = table["people_path"].nunique()
     print(f"wrote {out}: {len(table)} images of {n_people} people; labels per class: "

@@ -115,7 +115,7 @@ def read_predictions(pred_dir):
         print(f"warning: {pred_dir}: {len(odd)} .json file(s) are not predict.py output, their photos count as not "
               f"predicted: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}", file=sys.stderr)
     if not out:
-        raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS --out {pred_dir}")
+        raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS --output_dir {pred_dir}")
     return out
 
 
@@ -157,31 +157,36 @@ def print_boxes(res):
         print(f"faces {k:>8} px: n {v['n']:4d}  accuracy {v['mask_accuracy']:.3f}  macro F1 {v['mask_f1']:.3f}")
 
 
+def build_parser():
+    ap = make_parser(__doc__)
+    ap.add_argument("--eval_dir", "--gt_dir", dest="eval_dir", default=env_default("SM_GROUND_TRUTH_DIR", "demo_data/eval"),
+                    help="eval dir with gt.csv (env SM_GROUND_TRUTH_DIR)")
+    ap.add_argument("--output_dir", "--pred_dir", dest="output_dir", default=None,
+                    help="folder with the predictions: inference.py's --output_dir, or with --boxes predict.py's (unset: "
+                    "env SM_OUTPUT_DATA_DIR, else output; with --boxes: predictions)")
+    ap.add_argument("--output_name", default="output", help="submission is <output_dir>/<output_name>.csv")
+    ap.add_argument("--gt_name", default="gt.csv", help="answers file in --eval_dir (ImageID, ans)")
+    add_bool(ap, "--per_class", True, "print the per-class table after the JSON line")
+    ap.add_argument("--boxes", default=None, metavar="DIR", help="score mask status on real photos with annotated "
+                    "boxes (annotations/*.xml, images/) against predict.py's output in --output_dir")
+    ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32,
+                    help="with --boxes: smallest annotated face counted (shorter side, px)")
+    return ap
+
+
 @cli
 def main(argv):
     load_dotenv_once()
-    ap = make_parser(__doc__)
-    ap.add_argument("--gt_dir", default=env_default("SM_GROUND_TRUTH_DIR", "demo_data/eval"),
-                    help="folder with gt.csv (env SM_GROUND_TRUTH_DIR)")
-    ap.add_argument("--output_dir", default=env_default("SM_OUTPUT_DATA_DIR", "output"),
-                    help="folder with the submission (env SM_OUTPUT_DATA_DIR)")
-    ap.add_argument("--output_name", default="output", help="submission is <output_dir>/<output_name>.csv")
-    ap.add_argument("--gt_name", default="gt.csv")
-    add_bool(ap, "--per_class", True, "print the per-class table after the JSON line")
-    ap.add_argument("--boxes", default=None, metavar="DIR", help="score mask status on real photos with annotated "
-                    "boxes (annotations/*.xml, images/) against predict.py's output in --pred_dir")
-    ap.add_argument("--pred_dir", default="predictions", help="with --boxes: predict.py's --out folder")
-    ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32,
-                    help="with --boxes: smallest annotated face counted (shorter side, px)")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.boxes:
-        res = score_boxes(args.boxes, args.pred_dir, args.min_face)
-        write_json_atomic(Path(args.pred_dir) / "boxes_scores.json", res)
+        pred_dir = args.output_dir or "predictions"
+        res = score_boxes(args.boxes, pred_dir, args.min_face)
+        write_json_atomic(Path(pred_dir) / "boxes_scores.json", res)
         print_boxes(res)
         return
-    demo_note(args.gt_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", "--gt_dir", argv)
-    out_dir = Path(args.output_dir)
-    y_true, y_pred = evaluate_files(Path(args.gt_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
+    demo_note(args.eval_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", ("--eval_dir", "--gt_dir"), argv)
+    out_dir = Path(args.output_dir or env_default("SM_OUTPUT_DATA_DIR", "output"))
+    y_true, y_pred = evaluate_files(Path(args.eval_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
     result = {**score(y_true, y_pred), "n": int(len(y_true)), "per_class": per_class(y_true, y_pred)}
     write_json_atomic(out_dir / f"{args.output_name}_scores.json", result)
     fig = confusion_figure(y_true, y_pred, f"macro F1 {result['f1']:.4f}, accuracy {result['accuracy']:.4f}")

@@ -1,7 +1,7 @@
 """Crop faces with MTCNN (or OpenCV's SSD face detector: --detector): batched, resumable.
 
     python face_image.py                           # demo_data/{train,eval}/images -> .../faces
-    python face_image.py --data_dir /data          # /data/train and /data/eval
+    python face_image.py --data_root /data         # /data/train and /data/eval
     SM_CHANNEL_TRAIN=/data/train SM_CHANNEL_EVAL=/data/eval python face_image.py
 
 For each split dir holding images/, writes faces/ with the same relative paths and names, plus
@@ -134,8 +134,8 @@ def score_detection(root, detector, min_face=32, min_score=0.9):
 def main(argv):
     load_dotenv_once()
     ap = make_parser(__doc__)
-    ap.add_argument("--data_dir", default=None, help="root holding train/ and eval/ (default demo_data, or the "
-                    "SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set)")
+    ap.add_argument("--data_root", "--data_dir", dest="data_root", default=None, help="root holding train/ and "
+                    "eval/ (unset: the SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set, else demo_data)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=32, help="images per MTCNN call")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE,
                     help="longest side seen by MTCNN (0: full)")
@@ -146,19 +146,20 @@ def main(argv):
                     help="mtcnn: MTCNN (the best CV macro F1 of models trained on its crops); ssd_mtcnn: OpenCV's SSD, "
                     "then MTCNN where it finds no face (finds the most masked faces); mtcnn_ssd: MTCNN's first pass, "
                     "then the SSD, then MTCNN's second pass; ssd: the SSD alone; union: the SSD and MTCNN's first pass on "
-                    "every photo, their faces merged, then MTCNN's second pass (finds the most faces in street photos) (README)")
+                    "every photo, their faces merged, then MTCNN's second pass (finds the most faces in street photos); "
+                    "docs/detectors.md")
     ap.add_argument("--thresholds", type=fraction, nargs=3, default=list(MTCNN_THRESHOLDS), metavar=("P", "R", "O"),
                     help="MTCNN stage thresholds; lower finds more masked faces and more false ones")
     add_bool(ap, "--second_pass", True, f"look again with thresholds {' '.join(map(str, RETRY_THRESHOLDS))} in "
              "the photos where no face was found (most are masked faces)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where MTCNN runs")
     ap.add_argument("--workers", type=positive(int, 1, inclusive=True), default=None, help="decoding threads")
     ap.add_argument("--score", nargs="+", default=None, metavar="ROOT", help="score detection against known face "
                     "boxes (faces_gt.csv of synthetic.py --faces, or PASCAL-VOC annotations/) instead of cropping")
     ap.add_argument("--min_face", type=positive(int, 1, inclusive=True), default=32,
                     help="with --score: smallest face counted (px)")
     ap.add_argument("--min_score", type=fraction, default=0.9, help="with --score: smallest detection score kept "
-                    "(predict.py's default)")
+                    "(predict.py's)")
     args = ap.parse_args(argv)
     recipe = CropRecipe(args.detector, args.detect_size or None, tuple(args.thresholds), args.second_pass,
                         tuple(args.margin))
@@ -168,17 +169,17 @@ def main(argv):
             print(json.dumps({"data": str(root), "detector": args.detector, "detect_size": args.detect_size,
                               "second_pass": args.second_pass, **score_detection(root, det, args.min_face, args.min_score)}))
         return
-    if args.data_dir:
-        splits = [Path(args.data_dir) / s for s in ("train", "eval") if (Path(args.data_dir) / s / "images").is_dir()]
+    if args.data_root:
+        splits = [Path(args.data_root) / s for s in ("train", "eval") if (Path(args.data_root) / s / "images").is_dir()]
     else:
         envs = [env_default("SM_CHANNEL_TRAIN"), env_default("SM_CHANNEL_EVAL")]
         splits = [Path(p) for p in envs if p]
         if not splits:
-            demo_note("demo_data", "demo_data", "SM_CHANNEL_TRAIN", "--data_dir", argv)
+            demo_note("demo_data", "demo_data", "SM_CHANNEL_TRAIN", ("--data_root", "--data_dir"), argv)
             splits = [Path("demo_data") / s for s in ("train", "eval")]
     splits = [s for s in splits if (s / "images").is_dir()]
     if not splits:
-        raise UserError(f"no images/ folder found under {args.data_dir or 'demo_data'}: pass --data_dir ROOT "
+        raise UserError(f"no images/ folder found under {args.data_root or 'demo_data'}: pass --data_root ROOT "
                         "holding train/images and eval/images (python synthetic.py makes a demo one)")
     tot = [0, 0, 0, 0]
     for s in splits:

@@ -6,7 +6,7 @@ only its two model files are read, the package itself is never imported). OpenCV
 models and facenet-pytorch's MTCNN misses many masked faces, so this module reads the Caffe files itself:
 the network text (`deploy.prototxt`) with a small text-format parser, the weights (`.caffemodel`, a
 protobuf) with a small wire-format reader, and runs the graph layer by layer with torch operations.
-Outputs match OpenCV 4's `cv2.dnn` on the same model (README, face crops).
+Outputs match OpenCV 4's `cv2.dnn` on the same model (docs/detectors.md).
 """
 from __future__ import annotations
 

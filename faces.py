@@ -26,11 +26,8 @@ DEFAULT_MARGIN = (0.3, 0.15, 0.15)  # top, sides, bottom
 DETECT_SIZE = 256  # longest side of the copy that MTCNN sees in face_image.py
 
 
-# MTCNN was trained on bare faces: its last two stages reject many masked ones. Photos where the first
-# pass finds no face get a second pass with these stage thresholds. On composed masked photos (706 of
-# the fitted builder's) a face is found in 97% of the masked ones instead of 75%, and the right one (IoU
-# >= 0.3 with the true box) in 91% instead of 74% (README, face crops); photos where the first pass found
-# a face are not touched.
+# MTCNN was trained on bare faces and rejects many masked ones: a photo where its first pass finds no face
+# gets a second pass with these relaxed thresholds (measured in docs/detectors.md)
 RETRY_THRESHOLDS = (0.3, 0.3, 0.01)
 
 
@@ -157,9 +154,8 @@ DETECTORS = {
 }
 
 
-# MTCNN (with its second pass) stays the default: the SSD finds more masked faces at the true box (and
-# MTCNN where the SSD finds none finds most of the rest), yet models trained on its crops scored lower CV
-# macro F1 on real faces (3 seeds each; README, face crops: detectors side by side)
+# models trained on MTCNN's crops scored the best CV macro F1 on real faces, though the SSD finds more
+# masked faces (docs/detectors.md: detectors side by side)
 DEFAULT_DETECTOR = "mtcnn"
 
 

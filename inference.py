@@ -1,9 +1,9 @@
 """Turn trained runs into a submission: single run, CV folds, ensembles, multi-task, with TTA.
 
-    SM_CHANNEL_EVAL=demo_data/eval SM_CHANNEL_MODEL=model/exp SM_OUTPUT_DATA_DIR=output python inference.py
-    python inference.py --model_dir model/exp2 --cv=True --tta flip          # average the k folds
-    python inference.py --ensemble=True --ensemble_model_dir model/exp model/exp2 --weights 1 2
-    python inference.py --model_dir model/exp3 --multi True                  # mask x gender x age models
+    python inference.py                                    # the newest run in model/, demo_data/eval
+    SM_CHANNEL_EVAL=/data/eval SM_CHANNEL_MODEL=model/exp SM_OUTPUT_DATA_DIR=output python inference.py
+    python inference.py --run_dir model/exp2 --tta flip    # a CV run: its k folds averaged
+    python inference.py --ensemble=True --ensemble_runs model/exp model/exp2 --weights 1 2
 
 Writes <output_dir>/<output_name>.csv (ImageID, ans in info.csv's order) and
 <output_dir>/<output_name>_probs.npy (N x 18 float32 probabilities, same order) for later ensembling.
@@ -12,6 +12,7 @@ Each eval image is decoded once, whatever the number of models and TTA views.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import replace
@@ -29,7 +30,8 @@ from dataset import has_faces, read_eval
 from decision import decide, fit_decision, read_offsets
 from faces import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
 from loaders import pinned_batches, to_device
-from model import DEFAULT_TTA, TTA_VIEWS, choose_precision, combine_probs, view_average
+from model import TTA_VIEWS, choose_precision, combine_probs, view_average
+from runs import chosen_run, resolve_run_path
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser,
                    positive, str2bool, writable_dir, write_csv_atomic)
 
@@ -64,8 +66,8 @@ def find_groups(run_dir, pth_name="best.pth", cv=None, multi=None):
     averaged (CV folds). cv/multi: None to detect, True/False to insist."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory: set SM_CHANNEL_MODEL / --model_dir to a run folder "
-                        "written by train.py")
+        raise UserError(f"{run_dir} is not a directory: set SM_CHANNEL_MODEL / --model_dir (a folder of runs) or "
+                        "--run_dir to a folder written by train.py")
     folds = sorted((p for p in run_dir.glob("fold*") if p.is_dir() and p.name[4:].isdigit()),
                    key=lambda p: int(p.name[4:]))
     if cv is None:
@@ -251,15 +253,6 @@ def ensemble_offsets(runs, weights, run_offsets):
                                            f"-> {record['f1_cross_fitted']:.3f} cross-fitted)")
 
 
-def resolve_model_dir(path):
-    """A run folder as given, or under ./model/ as the original's --model_dir was (exp -> model/exp)."""
-    p = Path(path)
-    if not p.exists() and (Path("model") / p).is_dir():
-        print(f"note: {p} not found; using model/{p}", file=sys.stderr)
-        return Path("model") / p
-    return p
-
-
 def checkpoint_name(name):
     """--pth_name best.pth, or the original's prefix form (best -> best.pth)."""
     return name if name.endswith(".pth") else f"{name}.pth"
@@ -267,51 +260,46 @@ def checkpoint_name(name):
 
 def build_parser():
     ap = make_parser(__doc__)
-    ap.add_argument("--data_dir", default=env_default("SM_CHANNEL_EVAL", DEMO_EVAL),
+    ap.add_argument("--eval_dir", "--data_dir", dest="eval_dir", default=env_default("SM_CHANNEL_EVAL", DEMO_EVAL),
                     help="eval dir with info.csv and images/ (env SM_CHANNEL_EVAL)")
-    ap.add_argument("--model_dir", default=env_default("SM_CHANNEL_MODEL", "model/exp"),
-                    help="run folder written by train.py (env SM_CHANNEL_MODEL; also looked up under ./model/)")
+    ap.add_argument("--model_dir", default=env_default("SM_CHANNEL_MODEL", "model"),
+                    help="folder of runs: its newest run is used; a run folder itself also works (env SM_CHANNEL_MODEL)")
+    ap.add_argument("--run_dir", default=None, help="this run instead of the newest in --model_dir")
     ap.add_argument("--output_dir", default=env_default("SM_OUTPUT_DATA_DIR", "output"),
                     help="where the submission goes (env SM_OUTPUT_DATA_DIR)")
-    ap.add_argument("--output_name", default="output")
+    ap.add_argument("--output_name", default="output", help="file names: <output_name>.csv, <output_name>_probs.npy")
     ap.add_argument("--pth_name", type=checkpoint_name, default="best.pth",
                     help="checkpoint file in each run/fold/task folder (a prefix such as 'best' also works)")
-    add_bool(ap, "--cv", None, "average the fold*/ checkpoints (default: detected from the run folder)")
+    add_bool(ap, "--cv", None, "average the fold*/ checkpoints (unset: detected from the run folder)")
     ap.add_argument("--multi", "--multi_label", type=str2bool, nargs="?", const=True, default=None,
-                    help="combine mask/, gender/, age/ models (default: detected)")
-    add_bool(ap, "--ensemble", False, "combine several runs (--ensemble_model_dir)")
-    ap.add_argument("--ensemble_model_dir", nargs="*", default=[], help="run folders to ensemble")
+                    help="combine mask/, gender/, age/ models (unset: detected)")
+    add_bool(ap, "--ensemble", False, "combine several runs (--ensemble_runs)")
+    ap.add_argument("--ensemble_runs", "--ensemble_model_dir", dest="ensemble_runs", nargs="*", default=[],
+                    metavar="RUN", help="run folders to ensemble")
     for flag in ("--ensemble_model_name", "--model_name", "--resize"):  # checkpoints describe themselves
-        ap.add_argument(flag, nargs="*", default=None,
-                        help="accepted from the original scripts and not needed: checkpoints carry their "
-                             "architecture and input size")
+        ap.add_argument(flag, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ap.add_argument("--weights", type=positive(float, 0, inclusive=True), nargs="*", default=None,
-                    help="per-run weights for the ensemble")
-    ap.add_argument("--vote", choices=("soft", "hard"), default="soft")
+                    help="per-run weights for the ensemble (unset: equal)")
+    ap.add_argument("--vote", choices=("soft", "hard"), default="soft",
+                    help="soft: average probabilities; hard: majority of the runs' labels")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
-                    help="views averaged per image (flip: the photo and its mirror image; zoom: and its central 90%%). "
-                    "Default: each run's own, the views train.py validated it with and fitted its decisions on "
-                    f"(train.py's --tta, default {DEFAULT_TTA})")
+                    help="views averaged per image (flip: the photo and its mirror image; zoom: and its central 90%%); "
+                    "unset: each run's own, the views train.py validated it with")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
-                    help="fitted: add the run's macro-F1 offsets (decision.json, fitted by train.py on out-of-fold or "
-                    "validation predictions; for an ensemble of CV runs, fitted on their combined OOF) before the "
-                    "argmax; none: plain argmax")
+                    help="fitted: add the run's macro-F1 offsets (decision.json) before the argmax; none: plain argmax")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
-                    help="face detector for models trained on faces/ when the eval dir has no faces/ (default: the "
-                    "one face_image.py cut the training crops with, recorded in the checkpoints with its margins; "
-                    "mtcnn for checkpoints without the record)")
+                    help="face detector when the eval dir has no faces/ (unset: the one the training crops were cut "
+                    "with, recorded in the checkpoints; mtcnn for checkpoints without the record)")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "
-                    "(default <output_dir>/.cache)")
+                    "(unset: <output_dir>/.cache)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=None,
-                    help="default 32 on CPU (fastest on 2 cores), 256 on CUDA")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_bool(ap, "--amp", True, "bf16 (or fp16 on GPUs before compute capability 8.0) autocast on CUDA; "
-             "False: fp32. No-op on CPU")
+                    help="unset: 32 on CPU, 256 on CUDA")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
+    add_bool(ap, "--amp", True, "bf16 (fp16 on older GPUs) autocast on CUDA; False: fp32. No-op on CPU")
     add_bool(ap, "--gpu_decode", False, "on CUDA, decode JPEGs on the GPU (nvImageCodec where installed, else "
-             "nvJPEG; with nvImageCodec 1.1-1.2x 16 CPU threads end to end on an H200 machine, where reading "
-             "the files bounds both; README, On a GPU); no-op on CPU")
+             "nvJPEG); no-op on CPU")
     return ap
 
 
@@ -319,30 +307,30 @@ def build_parser():
 def main(argv):
     load_dotenv_once()
     args = build_parser().parse_args(argv)
-    demo_note(args.data_dir, DEMO_EVAL, "SM_CHANNEL_EVAL", "--data_dir", argv)
+    demo_note(args.eval_dir, DEMO_EVAL, "SM_CHANNEL_EVAL", ("--eval_dir", "--data_dir"), argv)
     device = distributed.setup(args.device).device
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     out = writable_dir(args.output_dir, "--output_dir (SM_OUTPUT_DATA_DIR)")
     if args.cache_dir:
         writable_dir(args.cache_dir, "--cache_dir")
     if args.ensemble:
-        if len(args.ensemble_model_dir) < 1:
-            raise UserError("--ensemble True needs --ensemble_model_dir RUN [RUN ...]")
-        runs = [resolve_model_dir(r) for r in args.ensemble_model_dir]
+        if len(args.ensemble_runs) < 1:
+            raise UserError("--ensemble True needs --ensemble_runs RUN [RUN ...]")
+        runs = [resolve_run_path(r) for r in args.ensemble_runs]
         seen = [r.resolve() for r in runs]
         twice = next((r for i, r in enumerate(runs) if seen[i] in seen[:i]), None)
         if twice is not None:  # it would silently count double in the vote
-            raise UserError(f"{twice}: named twice in --ensemble_model_dir; give each run once (--weights weighs runs)")
+            raise UserError(f"{twice}: named twice in --ensemble_runs; give each run once (--weights weighs runs)")
     else:
-        runs = [resolve_model_dir(args.model_dir)]
+        runs = [chosen_run(args.model_dir, args.run_dir)]
     weights = args.weights or [1.0] * len(runs)
     if len(weights) != len(runs) or sum(weights) <= 0:
         raise UserError(f"--weights needs {len(runs)} values, not all 0 (got {len(weights)})")
-    info, _ = read_eval(args.data_dir)
+    info, _ = read_eval(args.eval_dir)
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
     models = load_models([g for gs in run_groups_ for g in gs], device)
     metas = [meta for _, meta in models.values()]
-    arrays = load_eval_images(args.data_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
+    arrays = load_eval_images(args.eval_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
                               device if args.gpu_decode else "cpu", eval_crop_recipe(metas, args.detector))
     ttas = [args.tta or run_tta(gs, models) for gs in run_groups_]
     run_probs = [run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp)

@@ -165,10 +165,8 @@ TTA_VIEWS = {
     "zoom": ("id", "zoom"),
     "flip_zoom": ("id", "flip", "zoom", "flip_zoom"),
 }
-# the views train.py validates with unless told otherwise; inference.py and predict.py average each run's
-# own (its config's tta, this for checkpoints without one), so the fitted decisions see what a submission
-# sees. flip_zoom scored higher than flip on real faces, on face crops and whole photos, 3 seeds each
-# (README, Real faces)
+# the views train.py validates with, and prediction's for checkpoints that record none: the best measured
+# on real faces (docs/results.md)
 DEFAULT_TTA = "flip_zoom"
 
 

@@ -1,9 +1,9 @@
 """Find every face in photos and say: mask worn / incorrect / none, gender, age group.
 
-    python predict.py photo.jpg --model_dir model/exp
-    python predict.py photos/ more.jpg --model_dir model/demo_cv --out predictions --tta flip
+    python predict.py photo.jpg                            # the newest run in model/
+    python predict.py photos/ more.jpg --run_dir model/demo_cv --output_dir predictions --tta flip
 
-For each photo writes <out>/<stem>_pred.jpg (a box and the label per face) and <out>/<stem>.json: a
+For each photo writes <output_dir>/<stem>_pred.jpg (a box and the label per face) and <output_dir>/<stem>.json: a
 list of faces with box, detection score, the 18-class label, the mask/gender/age labels and the
 probabilities. The run may be single, CV (folds averaged) or multi-task: it is detected.
 """
@@ -23,17 +23,13 @@ from images import IMG_EXTS, prepare, read_rgb
 from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta
 from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from model import TTA_VIEWS
-from utils import UserError, atomic_path, cli, fraction, make_parser, positive, writable_dir, write_json_atomic
+from runs import chosen_run
+from utils import UserError, atomic_path, cli, env_default, fraction, make_parser, positive, writable_dir, write_json_atomic
 
-# detection scores kept by default, per detector (street photos hold many faces, some false): on MTCNN's
-# scale 0.9 (mtcnn_ssd's faces are mostly MTCNN's); the SSD answers from 0.2 (face_ssd.SSDFaceDetector), and
-# ssd_mtcnn and union keep all they find: on the Kaggle photos recall 0.853 and 0.890, precision 0.822 and
-# 0.747, against 0.761 and 0.879 for MTCNN at 0.9 (README, face crops)
+# detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
 MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2}
-# Models trained on whole photos see a window framed around the face, whichever detector found it, so they
-# get the detector that finds the most street faces: with it the real-mask models read 0.857 of the
-# annotated Kaggle faces right against 0.737 with MTCNN (README, Real masks). Models trained on face crops
-# keep the detector (and margins) their crops were cut with.
+# whole-photo models see a window framed around the face, whichever detector found it, so they get the one
+# that finds the most street faces (docs/results.md, Real masks); face-crop models keep their crops' own
 WHOLE_PHOTO_DETECTOR = "union"
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
 # any photo: the competition's formats and the others OpenCV decodes (HEIC it does not)
@@ -178,27 +174,30 @@ def predict_chunk(pred, files, out, names):
 def build_parser():
     ap = make_parser(__doc__)
     ap.add_argument("photos", nargs="+", help="photos or folders of photos")
-    ap.add_argument("--model_dir", required=True, help="run folder written by train.py")
-    ap.add_argument("--pth_name", default="best.pth")
-    ap.add_argument("--out", default="predictions", help="output folder")
+    ap.add_argument("--model_dir", default=env_default("SM_CHANNEL_MODEL", "model"),
+                    help="folder of runs: its newest run is used; a run folder itself also works (env SM_CHANNEL_MODEL)")
+    ap.add_argument("--run_dir", default=None, help="this run instead of the newest in --model_dir")
+    ap.add_argument("--pth_name", default="best.pth", help="checkpoint file in each run/fold/task folder")
+    ap.add_argument("--output_dir", "--out", dest="output_dir", default="predictions", help="output folder")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
-                    help="views averaged per photo (default: the run's own, as inference.py)")
+                    help="views averaged per photo (unset: the run's own, as inference.py)")
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
-                    help="face detector, as face_image.py's (default: the one the run's training crops were cut "
+                    help="face detector, as face_image.py's (unset: the one the run's training crops were cut "
                     f"with, recorded in its checkpoints, else mtcnn; {WHOLE_PHOTO_DETECTOR} for models trained on whole "
-                    "photos); union and ssd_mtcnn find more faces in street photos, masked ones above all (README)")
-    ap.add_argument("--min_score", type=fraction, default=None, help="minimum face detection score (default: "
+                    "photos); union and ssd_mtcnn find more faces in street photos (docs/detectors.md)")
+    ap.add_argument("--min_score", type=fraction, default=None, help="minimum face detection score (unset: "
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024,
                     help="longest side MTCNN sees (0: full)")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")
     return ap
 
 
 def make_predictor(args, device):
-    groups = find_groups(args.model_dir, args.pth_name)
+    run = chosen_run(args.model_dir, args.run_dir)
+    groups = find_groups(run, args.pth_name)
     models = load_models(groups, device)
     metas = [meta for _, meta in models.values()]
     # found as the training crops were found and cut with their margins, at predict.py's own detection size
@@ -207,14 +206,14 @@ def make_predictor(args, device):
     return Predictor(det=recipe.create_detector(device),
                      min_score=MIN_SCORE[recipe.detector] if args.min_score is None else args.min_score,
                      recipe=recipe, groups=groups, models=models, tta=args.tta or run_tta(groups, models),
-                     offsets=read_offsets(args.model_dir) if args.decision == "fitted" else None, device=device)
+                     offsets=read_offsets(run) if args.decision == "fitted" else None, device=device)
 
 
 @cli
 def main(argv):
     args = build_parser().parse_args(argv)
     device = distributed.setup(args.device).device
-    out = writable_dir(args.out, "--out")
+    out = writable_dir(args.output_dir, "--output_dir")
     pred = make_predictor(args, device)
     files = collect(args.photos)
     names = output_names(files)

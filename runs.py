@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import distributed
+from labels import MULTI_TASKS
 from splits import split_people
 from utils import UserError, increment_dir, writable_dir, write_json_atomic
 
@@ -75,3 +77,43 @@ def create_run_dir(run_dir, cfg, config, dist):
     distributed.barrier()
     distributed.check_shared_dir(run_dir)
     return run_dir
+
+
+def resolve_run_path(path):
+    """A folder as given, or under ./model/ as the original's --model_dir was (exp -> model/exp)."""
+    p = Path(path)
+    if not p.exists() and (Path("model") / p).is_dir():
+        print(f"note: {p} not found; using model/{p}", file=sys.stderr)
+        return Path("model") / p
+    return p
+
+
+def is_run(path):
+    """A folder train.py wrote one run into: its config.json, a checkpoint, fold*/ or task folders."""
+    p = Path(path)
+    return (any((p / name).is_file() for name in ("config.json", "best.pth", "last.pth"))
+            or any(d.is_dir() and d.name[4:].isdigit() for d in p.glob("fold*"))
+            or any((p / t / "best.pth").is_file() for t in MULTI_TASKS))
+
+
+def newest_run(model_dir):
+    """The run in model_dir that started last (its config.json's time), or None."""
+    runs = [d for d in Path(model_dir).iterdir() if d.is_dir() and not d.name.startswith(".") and is_run(d)]
+    started = lambda d: ((d / "config.json") if (d / "config.json").is_file() else d).stat().st_mtime  # noqa: E731
+    return max(runs, key=lambda d: (started(d), d.name)) if runs else None
+
+
+def chosen_run(model_dir, run_dir=None):
+    """The run a prediction uses: --run_dir; else --model_dir itself when it is a run (the original's
+    usage); else the newest run in it, named on stderr."""
+    if run_dir:
+        return resolve_run_path(run_dir)
+    p = resolve_run_path(model_dir)
+    if not p.is_dir() or is_run(p):
+        return p
+    run = newest_run(p)
+    if run is None:
+        raise UserError(f"{p}: no run in it (no folder with config.json or best.pth); train one with "
+                        f"python train.py --model_dir {p}, or pass --run_dir RUN")
+    print(f"using the newest run in {p}: {run} (pass --run_dir to choose another)", file=sys.stderr)
+    return run

@@ -42,13 +42,13 @@ def training_crop_recipe(cfg):
 
 
 def refuse_shared_photos(table):
-    """Extra data holding photos of --data_dir (the same folder, a link to it, folders linked from it)
+    """Extra data holding photos of --train_dir (the same folder, a link to it, folders linked from it)
     would put their people on both sides of every split: trained on and validated on at once, so the
     validation F1 and the epoch it picks would flatter the run."""
     main = {os.path.realpath(f) for f in table.loc[~table["extra"], "file"]}
     shared = [f for f in table.loc[table["extra"], "file"] if os.path.realpath(f) in main]
     if shared:
-        raise UserError(f"{shared[0]} (and {len(shared) - 1} more) given as --extra_data is a photo of --data_dir "
+        raise UserError(f"{shared[0]} (and {len(shared) - 1} more) given as --extra_data is a photo of --train_dir "
                         "too: its people would be trained on and validated on at once; leave it out of --extra_data")
 
 
@@ -62,7 +62,7 @@ def load_data(cfg, log, decode_on="cpu"):
     for i, d in enumerate([cfg.train_dir] + list(cfg.extra_data)):
         d = Path(d)
         if not d.is_dir():
-            raise UserError(f"{d} is not a directory: set SM_CHANNEL_TRAIN / --data_dir / --extra_data to a "
+            raise UserError(f"{d} is not a directory: set SM_CHANNEL_TRAIN / --train_dir / --extra_data to a "
                             "training dir holding train.csv and images/ (python synthetic.py makes a demo one)")
         if i > 0 and mask_only_layout(d):
             tables.append(mask_only_table(d, i, main_crop, cfg, cache_dir, log))
@@ -74,7 +74,7 @@ def load_data(cfg, log, decode_on="cpu"):
             missing = [p for p in t["path"] if not (d / p).is_file()]
             if missing:
                 raise UserError(f"{d / missing[0]} (and {len(missing) - 1} more) not found: run "
-                                f"'python face_image.py --data_dir {d.parent}' or pass --source images")
+                                f"'python face_image.py --data_root {d.parent}' or pass --source images")
         t["file"] = [str(d / p) for p in t["path"]]
         t["crop"] = "none" if source == "faces" else "center"
         t["extra"], t["full"] = i > 0, True

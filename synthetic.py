@@ -180,12 +180,12 @@ MADE_HERE = ".made-by-synthetic"
 
 
 def check_replaceable(out):
-    """--out is replaced whole, so it must be new, empty, or made by this script: a mistyped --out naming
+    """--output_dir is replaced whole, so it must be new, empty, or made by this script: a mistyped one naming
     real data (or a home folder) would otherwise be deleted."""
     out = Path(out)
     if out.exists() and not (out.is_dir() and ((out / MADE_HERE).is_file() or not any(out.iterdir()))):
         raise UserError(f"{out} exists and was not made by synthetic.py (no {MADE_HERE} in it), so it is not "
-                        "replaced: choose another --out, or delete it yourself")
+                        "replaced: choose another --output_dir, or delete it yourself")
 
 
 def write_dataset(people, out, eval_ratio, seed):
@@ -238,7 +238,7 @@ def write_dataset(people, out, eval_ratio, seed):
 @cli
 def main(argv):
     ap = make_parser(__doc__)
-    ap.add_argument("--out", default="demo_data", help="output root (replaced if synthetic.py made it; any other "
+    ap.add_argument("--output_dir", "--out", dest="output_dir", default="demo_data", help="output root (replaced if synthetic.py made it; any other "
                     "existing non-empty folder is refused)")
     ap.add_argument("--people", type=positive(int, 1, inclusive=True), default=150, help="number of drawn people")
     ap.add_argument("--eval_ratio", type=fraction, default=0.2, help="share of people in eval/")
@@ -249,18 +249,17 @@ def main(argv):
     ap.add_argument("--limit", type=positive(int, 1, inclusive=True), default=None,
                     help="with --faces: use at most N photos")
     ap.add_argument("--masks", default="fitted", help="with --faces: how masks are drawn: fitted (follows the face, "
-                    "lit like the photo; reads real masks better than flat over five training seeds: README, Real "
-                    "masks) or flat (the first builder, which the real-face CV tables were measured on)")
+                    "lit like the photo) or flat (the first builder; docs/results.md compares them)")
     args = ap.parse_args(argv)
-    check_replaceable(args.out)  # before any drawing
+    check_replaceable(args.output_dir)  # before any drawing
     if args.faces:
         from realfaces import real_people
         people = real_people(args.faces, args.faces_csv, args.seed, args.limit, args.masks)
     else:
         people = drawn_people(args.people, args.seed)
-    n_train, n_eval = write_dataset(people, args.out, args.eval_ratio, args.seed)
-    print(f"wrote {args.out}: {n_train} train people ({n_train * 7} photos), {n_eval} eval people "
-          f"({n_eval * 7} photos); ground truth in {args.out}/eval/gt.csv")
+    n_train, n_eval = write_dataset(people, args.output_dir, args.eval_ratio, args.seed)
+    print(f"wrote {args.output_dir}: {n_train} train people ({n_train * 7} photos), {n_eval} eval people "
+          f"({n_eval * 7} photos); ground truth in {args.output_dir}/eval/gt.csv")
 
 
 if __name__ == "__main__":

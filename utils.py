@@ -249,12 +249,22 @@ def env_default(name, fallback=None):
     return os.environ.get(name) or fallback
 
 
+def dotenv_files():
+    """The .env files read, first wins: the current folder's (the user's), then the one beside the scripts."""
+    seen = []
+    for path in (Path.cwd() / ".env", Path(__file__).resolve().with_name(".env")):
+        if path.is_file() and path.resolve() not in seen:
+            seen.append(path.resolve())
+    return seen
+
+
 def load_dotenv_once():
     try:
         from dotenv import load_dotenv
     except ImportError:  # optional at import time; requirements install it
         return
-    load_dotenv(override=False)
+    for path in dotenv_files():  # the environment wins over both, then the earlier file over the later
+        load_dotenv(path, override=False)
 
 
 @contextlib.contextmanager

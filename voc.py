@@ -81,7 +81,7 @@ def match_boxes(gt, pred, min_iou=0.5):
 
 def split_by_photo(data_dir, out, n_test, seed):
     """Split a VOC-layout folder by photo into <out>/train and <out>/test (symlinks, same layout), so no
-    test face is trained on: the protocol of the real-mask benchmark (README, Real masks)."""
+    test face is trained on: the protocol of the real-mask benchmark (docs/results.md, Real masks)."""
     data_dir, out = Path(data_dir).resolve(), Path(out)
     photos = read_voc(data_dir).drop_duplicates("stem")[["stem", "photo"]].to_numpy()
     if not 0 < n_test < len(photos):

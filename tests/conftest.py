@@ -33,6 +33,9 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # a real timm network, small enough to train in seconds on CPU
 TINY = ["--model", "test_efficientnet", "--pretrained", "False", "--img_size", "32", "32", "--batch_size", "16",
         "--progress", "False", "--epochs", "2"]
+# one epoch of that network, for tests of what happens around training
+BASE = ["--model", "test_efficientnet", "--pretrained", "False", "--batch_size", "16", "--progress", "False",
+        "--epochs", "1"]
 
 
 def run(*args, check=True, env=None, timeout=600, cwd=REPO):

@@ -1,9 +1,11 @@
 """benchmark.py is a tool, not a timed test: it runs on a tiny input and writes its JSON."""
 import json
 
+import pytest
 from conftest import run
 
 
+@pytest.mark.e2e
 def test_benchmark_runs_on_a_tiny_input(tiny_root, tmp_path):
     out = tmp_path / "bench.json"
     p = run("benchmark.py", "--data_dir", tiny_root, "--model", "test_efficientnet", "--img_size", "32", "32",

@@ -14,6 +14,7 @@ from PIL import Image
 RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1"]  # not the defaults (mtcnn, 0.3 0.15 0.15)
 
 
+@pytest.mark.e2e
 def test_faces_folder_records_its_recipe_and_refuses_another(tmp_path):
     Image.fromarray(skimage.data.astronaut()).save((tmp_path / "eval" / "images").mkdir(parents=True) or
                                                    tmp_path / "eval" / "images" / "a.png")
@@ -59,6 +60,7 @@ def recipe_run(tiny_root, tmp_path_factory):
     return root / "m" / "r"
 
 
+@pytest.mark.e2e
 def test_inference_and_predict_cut_eval_photos_as_the_training_crops_were_cut(recipe_run, tiny_root, tmp_path):
     meta = torch.load(recipe_run / "best.pth", map_location="cpu", weights_only=False)["meta"]
     assert meta["face_crop"]["detector"] == "ssd_mtcnn" and meta["face_crop"]["margin"] == [0.2, 0.1, 0.1]
@@ -78,6 +80,7 @@ def test_inference_and_predict_cut_eval_photos_as_the_training_crops_were_cut(re
     assert np.allclose(face["box"], box[["x1", "y1", "x2", "y2"]].to_numpy(float), atol=0.06)
 
 
+@pytest.mark.e2e
 def test_eval_crops_cut_otherwise_than_the_training_crops_are_refused(recipe_run, tiny_root, tmp_path):
     ev = _eval_dir(tmp_path, tiny_root)
     run("face_image.py", "--data_dir", tmp_path)  # eval cut with the defaults

@@ -31,6 +31,7 @@ def py(code, tmp_path, *args):
     return run(script, *args, env=GPU_ENV).stdout
 
 
+@pytest.mark.e2e
 def test_one_tiny_epoch_with_amp_and_channels_last(tiny_root, tmp_path):
     p = run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *TINY, "--epochs", "1",
             "--device", "cuda", "--amp", "True", "--channels_last", "True", "--run_dir", tmp_path / "r", env=GPU_ENV)
@@ -69,6 +70,7 @@ for gpu in (None, dev):  # the DataLoader with pinned memory, and the GPU-reside
 """
 
 
+@pytest.mark.e2e
 def test_training_and_validation_do_not_wait_for_the_gpu_each_step(tmp_path):
     """A step that reads a value back (loss.item(), logits.cpu(), a blocking copy) stalls the host once
     per step; the loop may read back only a few times per epoch, whatever its length."""
@@ -79,6 +81,7 @@ def test_training_and_validation_do_not_wait_for_the_gpu_each_step(tmp_path):
         assert steps >= 12 and syncs <= 6, (name, syncs, steps)
 
 
+@pytest.mark.e2e
 def test_inference_on_the_gpu_agrees_with_the_cpu(tiny_root, tiny_runs, tmp_path):
     def infer(name, *flags):
         run("inference.py", "--data_dir", tiny_root / "eval", "--model_dir", tiny_runs["single"], "--output_dir",
@@ -125,6 +128,7 @@ for k in keys:
 """
 
 
+@pytest.mark.e2e
 def test_gpu_jpeg_decoding_matches_the_cpu(tiny_root, tmp_path):
     """GPU decoding (nvImageCodec or nvJPEG) + GPU resizing against libjpeg + cv2 on the same files: a few
     levels apart at most; PNG and EXIF-rotated JPEGs take the CPU path and match it exactly."""
@@ -136,6 +140,7 @@ def test_gpu_jpeg_decoding_matches_the_cpu(tiny_root, tmp_path):
         assert float(mean) < 2.0 and float(p99) <= 16, line
 
 
+@pytest.mark.e2e
 def test_more_processes_than_gpus_fail_clearly(tiny_root, tmp_path):
     n = GPU[0] + 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "train.py",
@@ -145,6 +150,7 @@ def test_more_processes_than_gpus_fail_clearly(tiny_root, tmp_path):
     assert p.returncode != 0 and "error: process" in p.stderr and "has no GPU of its own" in p.stderr, p.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_ssd_face_detector_on_the_gpu_agrees_with_the_cpu(tmp_path):
     """face_ssd.py on CUDA (batched, channels_last) finds the faces the CPU finds, at the same boxes."""
     out = py("import json, numpy as np, skimage.data\n"

@@ -35,6 +35,7 @@ train.main()
 """
 
 
+@pytest.mark.e2e
 def test_torchrun_two_processes(tiny_root, tmp_path):
     """train.py under torchrun (2 processes, gloo): one run folder, one set of checkpoints, rank 0 alone
     prints, ranks hold identical weights, and the logged validation F1 equals the F1 of the saved best
@@ -70,6 +71,7 @@ def test_torchrun_two_processes(tiny_root, tmp_path):
     assert score(vp["label"].to_numpy(), probs.argmax(1))["f1"] == pytest.approx(metrics["best_f1"], abs=1e-12)
 
 
+@pytest.mark.e2e
 def test_two_fold_jobs_as_separate_processes_then_merge(tiny_root, tmp_path):
     rd = tmp_path / "cv"
     base = [sys.executable, "train.py", "--data_dir", str(tiny_root / "train"), "--model_dir", str(tmp_path), *TINY,

@@ -41,6 +41,7 @@ def _write(tmp_path, gt, sub):
     return {"SM_GROUND_TRUTH_DIR": str(tmp_path / "gt"), "SM_OUTPUT_DATA_DIR": str(tmp_path / "out")}
 
 
+@pytest.mark.e2e
 def test_cli_scores_and_writes_confusion_png(tmp_path):
     rng = np.random.default_rng(1)
     ids = [f"{i:04d}.jpg" for i in range(60)]
@@ -55,6 +56,7 @@ def test_cli_scores_and_writes_confusion_png(tmp_path):
     assert json.loads((tmp_path / "out" / "output_scores.json").read_text())["n"] == 60
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case,needle", [
     ("missing", "missing"), ("extra", "extra"), ("range", "0-17"), ("column", "'ans'"), ("text", "0-17"),
     ("dupe", "twice")])
@@ -86,6 +88,7 @@ def _voc(path, objects):
     path.write_text(f"<annotation><filename>{path.stem}.jpg</filename>{objs}</annotation>")
 
 
+@pytest.mark.e2e
 def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
     from voc import match_boxes
 
@@ -112,7 +115,7 @@ def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
     assert res["mask_accuracy"] == pytest.approx(2 / 3) and res["always_wear_accuracy"] == pytest.approx(2 / 3)
     full = json.loads((pred / "boxes_scores.json").read_text())
     assert full["confusion"] == [[2, 0, 0], [0, 0, 0], [1, 0, 0]]
-    # `... | head -1` (README, make realmask-bench): a reader that leaves early is no error
+    # `... | head -1` (docs/results.md, make realmask-bench): a reader that leaves early is no error
     r, w = os.pipe()
     os.close(r)
     p = subprocess.run([sys.executable, "evaluation.py", "--boxes", str(d), "--pred_dir", str(pred)], cwd=REPO,

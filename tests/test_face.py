@@ -65,6 +65,7 @@ def _tree(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags", [[], ["--detector", "union"]], ids=["mtcnn", "union"])
 def test_interrupted_run_resumes_to_the_same_files(flags, tiny_root, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -113,6 +114,7 @@ def test_unknown_detector_names_the_valid_ones():
         create_detector("yolo")
 
 
+@pytest.mark.e2e  # end to end: two detectors over a real photo set
 @pytest.mark.skipif(not KAGGLE.is_dir(), reason="../shared/realdata/kaggle_facemask is absent")
 def test_union_detector_recall_on_real_masked_photos():
     """--detector union (the SSD and MTCNN's first pass on every photo, their faces merged) as predict.py
@@ -126,6 +128,7 @@ def test_union_detector_recall_on_real_masked_photos():
     assert res["faces"] == 573 and res["recall"] >= 0.88 and res["precision"] >= 0.7
 
 
+@pytest.mark.e2e
 def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp_path):
     """face_image.py, inference on raw photos and predict.py, with the same detector (MTCNN) and detection
     size, find the same face in the same photo and cut it with the same function (another detector and
@@ -148,3 +151,27 @@ def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp
     run(*predict, "--out", tmp_path / "p", "--detector", "mtcnn")
     face, = json.loads((tmp_path / "p" / "a.json").read_text())["faces"]
     assert np.allclose(face["box"], box[["x1", "y1", "x2", "y2"]].to_numpy(float), atol=0.06)  # rounded to 0.1 and 0.01
+
+
+def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
+    """A photo without a face: face_image.py writes the centre region; inference on raw photos must
+    feed the same region (it used to feed the whole photo)."""
+    from faces import best_boxes, create_detector, face_or_center
+    from images import center_crop
+    from inference import _face_fn
+    img = np.full((512, 384, 3), 128, np.uint8)
+    (box, _, found), = best_boxes(create_detector(device="cpu"), [img])
+    assert not found
+    assert _face_fn()([img])[0].shape == center_crop(img).shape == face_or_center(img, box, found).shape
+
+
+def test_centre_crop_models_see_a_found_face_framed_as_in_training():
+    """predict.py on any photo: a model trained on whole competition photos (crop 'center') gets the
+    window that frames the face as the centre region frames a competition face; scaled and moved with it."""
+    from faces import center_like_box
+    from images import center_region
+    face = (92, 130.4, 292, 330.4)  # a 200 px face centred at (0.5, 0.45) of a 384x512 photo
+    assert np.allclose(center_like_box(face, 384, 512), center_region(384, 512), atol=1)
+    double = center_like_box(tuple(2 * v + 100 for v in face), 2000, 2000)
+    ref = np.array(center_region(384, 512)) * 2 + 100
+    assert np.allclose(double, ref, atol=2)

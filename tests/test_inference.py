@@ -22,6 +22,7 @@ def _infer(tiny_root, out, *args, check=True):
     return run("inference.py", *args, env=env, check=check)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["single", "cv", "multi", "heads", "ensemble"])
 def test_each_mode_writes_rows_in_info_order(tiny_root, tiny_runs, tmp_path, mode):
     r = tiny_runs
@@ -44,6 +45,7 @@ def test_each_mode_writes_rows_in_info_order(tiny_root, tiny_runs, tmp_path, mod
     assert 0 <= json.loads(p.stdout.splitlines()[0])["f1"] <= 1
 
 
+@pytest.mark.e2e
 def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
     info, paths = read_eval(tiny_root / "eval")
     arrays, _ = decode_many(paths, [((32, 32), "center")])
@@ -66,6 +68,7 @@ def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
     assert np.allclose(run_groups(mgroups, arrays, load_models(mgroups, "cpu"), batch_size=64), hand, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_flip_tta_on_a_symmetric_input_changes_nothing(tiny_runs):
     m, meta = model_from_checkpoint(tiny_runs["single"] / "best.pth")
     half = np.random.default_rng(0).integers(0, 255, (4, 32, 16, 3), dtype=np.uint8)
@@ -76,6 +79,7 @@ def test_flip_tta_on_a_symmetric_input_changes_nothing(tiny_runs):
     assert not torch.allclose(predict_probs(m, meta, asym, "none")["label"], predict_probs(m, meta, asym, "flip")["label"])
 
 
+@pytest.mark.e2e
 def test_default_views_are_the_ones_the_run_fitted_its_decisions_on(tiny_root, tiny_runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_runs["single"], run_dir)
@@ -91,6 +95,7 @@ def test_default_views_are_the_ones_the_run_fitted_its_decisions_on(tiny_root, t
     assert not np.allclose(probs["default"], probs["flip_zoom"], atol=1e-4)
 
 
+@pytest.mark.e2e
 def test_corrupt_eval_image_exits_2_and_writes_nothing(tiny_root, tiny_runs, tmp_path):
     ev = tmp_path / "eval"
     shutil.copytree(tiny_root / "eval", ev)
@@ -105,6 +110,7 @@ def test_corrupt_eval_image_exits_2_and_writes_nothing(tiny_root, tiny_runs, tmp
     assert_clean_error(p, victim, "missing")
 
 
+@pytest.mark.e2e
 def test_mismatched_checkpoint_exits_2_and_writes_nothing(tiny_root, tiny_runs, tmp_path):
     ck = load_checkpoint(tiny_runs["single"] / "best.pth")
     bad = tmp_path / "run"
@@ -116,6 +122,7 @@ def test_mismatched_checkpoint_exits_2_and_writes_nothing(tiny_root, tiny_runs, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_a_cv_run_with_a_fold_unfinished_or_not_started_is_refused(tiny_runs, tmp_path):
     """Inference while fold jobs still ran averaged whatever folds had a best.pth (a fold in training has
     one from its best epoch so far), silently fewer or weaker models than the run has."""
@@ -133,6 +140,7 @@ def test_a_cv_run_with_a_fold_unfinished_or_not_started_is_refused(tiny_runs, tm
         find_groups(run, cv=True)
 
 
+@pytest.mark.e2e
 def test_a_single_run_not_finished_is_predicted_with_a_warning(tiny_root, tiny_runs, tmp_path):
     """A run killed mid-training (out of memory, a reboot) or still training has a best.pth from its best
     epoch so far and no fitted decision: inference used it without a word."""
@@ -147,6 +155,7 @@ def test_a_single_run_not_finished_is_predicted_with_a_warning(tiny_root, tiny_r
     assert (tmp_path / "b" / "output.csv").is_file()
 
 
+@pytest.mark.e2e
 def test_cv_flag_means_what_it_says(tiny_root, tiny_runs, tmp_path):
     p = _infer(tiny_root, tmp_path, "--model_dir", tiny_runs["single"], "--cv", "True", check=False)
     assert_clean_error(p, "fold")
@@ -154,6 +163,7 @@ def test_cv_flag_means_what_it_says(tiny_root, tiny_runs, tmp_path):
     assert_clean_error(p, "--cv True")
 
 
+@pytest.mark.e2e
 def test_predict_holds_a_chunk_of_photos_in_memory_not_the_whole_folder(tiny_runs, tmp_path):
     """A folder of phone photos (12 MP: 34 MiB each decoded) used to stay in memory whole until the end, so
     a few thousand did not fit; photos now go through in chunks (predict.CHUNK). Peak memory for three
@@ -180,6 +190,7 @@ def test_predict_holds_a_chunk_of_photos_in_memory_not_the_whole_folder(tiny_run
     assert peak[3 * CHUNK] - peak[4] < (CHUNK - 4 + CHUNK / 2) * photo_mib, peak
 
 
+@pytest.mark.e2e
 def test_predict_finds_the_astronaut_face_and_writes_both_outputs(tiny_runs, tmp_path):
     import cv2
     import skimage.data
@@ -204,3 +215,39 @@ def test_predict_finds_the_astronaut_face_and_writes_both_outputs(tiny_runs, tmp
     run("predict.py", tmp_path / "more", "--model_dir", tiny_runs["cv"], "--out", tmp_path / "pred2")
     for ext in ("webp", "bmp", "tif"):
         assert len(json.loads((tmp_path / "pred2" / f"astronaut_{ext}.json").read_text())["faces"]) == 1
+
+
+def test_ensemble_weights_and_hard_vote_by_hand():
+    from inference import vote
+    a = np.array([[0.6, 0.4] + [0] * 16, [0.2, 0.8] + [0] * 16])
+    b = np.array([[0.1, 0.9] + [0] * 16, [0.3, 0.7] + [0] * 16])
+    soft, ans = vote([a, b], [1, 3], "soft")
+    assert np.allclose(soft, (a + 3 * b) / 4) and ans.tolist() == [1, 1]
+    _, hard = vote([a, b, a], [1, 1, 1], "hard")  # votes: row 0 -> 0, 1, 0; row 1 -> 1, 1, 1
+    assert hard.tolist() == [0, 1]
+    _, tie = vote([a, b], [1, 1], "hard")  # row 0: one vote each; the soft vote (0.35 vs 0.65) breaks it
+    assert tie.tolist() == [1, 1]
+
+
+def test_zoom_tta_view_is_the_central_90_percent():
+    from model import view
+    x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20)
+    z = view(x, "zoom")
+    ref = torch.nn.functional.interpolate(x[..., 1:19, 1:19], size=(20, 20), mode="bilinear", align_corners=False)
+    assert torch.equal(z, ref) and torch.equal(view(x, "flip_zoom"), ref.flip(-1))
+
+
+@pytest.mark.e2e
+def test_an_interrupted_faces_folder_is_not_used_by_inference(tiny_root, tiny_runs, tmp_path):
+    """train and inference ask the same question (faces/boxes.csv, written last): a faces/ folder that an
+    interrupted face_image.py left without it is ignored, and faces are cropped on the fly instead."""
+    ck = torch.load(tiny_runs["single"] / "best.pth", weights_only=True)
+    ck["meta"]["crop"] = "none"  # as if trained on faces/
+    (tmp_path / "r").mkdir()
+    torch.save(ck, tmp_path / "r" / "best.pth")
+    data = tmp_path / "eval"
+    shutil.copytree(tiny_root / "eval", data)
+    (data / "faces").mkdir()
+    shutil.copy(next((data / "images").iterdir()), data / "faces")  # one crop written, then the run stopped
+    run("inference.py", "--data_dir", data, "--model_dir", tmp_path / "r", "--output_dir", tmp_path / "o")
+    assert (tmp_path / "o" / "output.csv").is_file()

@@ -104,6 +104,7 @@ def _pseudo_probs(tiny_root, path):
     return int(confident.sum()), len(info)
 
 
+@pytest.mark.e2e
 def test_mask_only_photos_and_pseudo_labels_train_and_never_validate(tiny_root, tmp_path):
     voc = _voc_dir(tiny_root, tmp_path / "voc")
     folders = _folder_dir(tiny_root, tmp_path / "folders")

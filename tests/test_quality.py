@@ -115,6 +115,7 @@ def _infer(tiny_root, out, *args):
     return run("inference.py", "--data_dir", tiny_root / "eval", "--output_dir", out, *args)
 
 
+@pytest.mark.e2e
 def test_inference_applies_the_runs_offsets_and_none_is_plain_argmax(tiny_root, tiny_runs, tmp_path):
     rd = tmp_path / "run"
     shutil.copytree(tiny_runs["single"], rd)
@@ -132,6 +133,7 @@ def test_inference_applies_the_runs_offsets_and_none_is_plain_argmax(tiny_root, 
     assert np.array_equal(np.load(tmp_path / "fitted_probs.npy"), probs)  # probabilities stay raw for ensembling
 
 
+@pytest.mark.e2e
 def test_an_ensemble_of_cv_runs_fits_on_their_combined_oof(tiny_runs):
     own = read_offsets(tiny_runs["cv"])
     off, how = ensemble_offsets([tiny_runs["cv"], tiny_runs["cv"]], [1, 1], [own, own])

@@ -12,6 +12,7 @@ from voc import box_iou
 UTK = SHARED / "utkface_subset"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not UTK.is_dir(), reason="../shared/realdata/utkface_subset is absent")
 def test_real_face_dataset_end_to_end(tmp_path):
     root = tmp_path / "rf"

@@ -28,6 +28,7 @@ def _folders(d):
     return sorted(p for p in (d / "images").iterdir())
 
 
+@pytest.mark.e2e
 def test_bad_training_files_are_skipped_with_names_and_counts(data, tmp_path):
     f = _folders(data)
     (f[0] / "mask1.jpg").write_bytes(b"")  # zero bytes
@@ -45,6 +46,7 @@ def test_bad_training_files_are_skipped_with_names_and_counts(data, tmp_path):
     assert "skipped data (" in err and "unreadable image: 3" in err and "unknown file: 1" in err
 
 
+@pytest.mark.e2e
 def test_too_many_bad_images_fail_the_run(data, tmp_path):
     for folder in _folders(data)[:3]:
         for img in folder.iterdir():
@@ -71,6 +73,7 @@ def test_bad_csv_rows_are_skipped(data, tmp_path):
     assert t["people_path"].nunique() == len(_folders(data)) - 3
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case,needle", [
     ("no_dir", "not a directory"), ("no_csv", "train.csv not found"), ("columns", "missing columns"),
     ("empty", "no usable images"), ("escape", "outside the data directory")])
@@ -112,6 +115,7 @@ def test_odd_image_formats_are_converted(tmp_path):
             assert a[:10, :, 0].mean() > 200 and a[20:, :, 0].mean() < 60, name  # the red band is on top
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_with_a_clear_message(data, tmp_path):
     p = _train(data, tmp_path, "--lr", "1e30", "--optimizer", "sgd", "--scheduler", "constant")
     assert_clean_error(p, "loss became", "no checkpoint was saved yet", "--lr")  # epoch 1: no last.pth to name
@@ -122,6 +126,7 @@ class Payload:
         return (print, ("this ran on load",))
 
 
+@pytest.mark.e2e
 def test_pickled_code_checkpoint_is_refused(tiny_root, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -133,6 +138,7 @@ def test_pickled_code_checkpoint_is_refused(tiny_root, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.e2e
 def test_eval_paths_must_stay_inside(tiny_root, tiny_runs, tmp_path):
     ev = tmp_path / "eval"
     shutil.copytree(tiny_root / "eval", ev)
@@ -144,6 +150,7 @@ def test_eval_paths_must_stay_inside(tiny_root, tiny_runs, tmp_path):
     assert_clean_error(p, "outside")
 
 
+@pytest.mark.e2e
 def test_debug_flag_shows_the_traceback(tmp_path):
     p = run("evaluation.py", "--gt_dir", tmp_path, "--output_dir", tmp_path, "--debug", check=False)
     assert p.returncode != 0 and "Traceback" in p.stderr

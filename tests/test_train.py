@@ -1,6 +1,7 @@
 """train.py: every mode end to end with a tiny real timm model; CV coverage; resume; reproducibility."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY, run
+from conftest import BASE, REPO, TINY, assert_clean_error, run
 
 from checkpoint import load_checkpoint
 from dataset import Log, build_table
@@ -22,6 +23,7 @@ def _base(tiny_root, model_dir):
     return ["train.py", "--data_dir", tiny_root / "train", "--model_dir", model_dir, *TINY]
 
 
+@pytest.mark.e2e
 def test_single_run_writes_a_self_describing_run_folder(tiny_runs):
     d = tiny_runs["single"]
     for f in ("config.json", "best.pth", "last.pth", "metrics.json", "valid_preds.csv", "summary.json"):
@@ -39,6 +41,7 @@ def test_single_run_writes_a_self_describing_run_folder(tiny_runs):
     assert score(vp["label"], vp[[f"p{i}" for i in range(18)]].to_numpy().argmax(1))["f1"] == pytest.approx(m["best_f1"])
 
 
+@pytest.mark.e2e
 def test_cv_folds_are_person_disjoint_and_oof_covers_every_image_once(tiny_root, tiny_runs):
     d = tiny_runs["cv"]
     oof = pd.read_csv(d / "oof.csv")
@@ -55,6 +58,7 @@ def test_cv_folds_are_person_disjoint_and_oof_covers_every_image_once(tiny_root,
         assert (d / f"fold{i}" / "best.pth").is_file()
 
 
+@pytest.mark.e2e
 def test_multi_and_heads_runs_carry_the_years_head_where_asked(tiny_runs):
     for t in ("mask", "gender", "age"):
         meta = load_checkpoint(tiny_runs["multi"] / t / "best.pth")["meta"]
@@ -72,6 +76,7 @@ def test_multi_and_heads_runs_carry_the_years_head_where_asked(tiny_runs):
     assert score(vp["label"], combine_probs(probs).argmax(1).numpy())["f1"] == pytest.approx(m["best_f1"], abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_every_run_fits_its_decision_on_people_it_did_not_train_on(tiny_runs):
     for name in ("single", "cv"):
         rec = json.loads((tiny_runs[name] / "decision.json").read_text())
@@ -81,6 +86,7 @@ def test_every_run_fits_its_decision_on_people_it_did_not_train_on(tiny_runs):
     assert json.loads((tiny_runs["single"] / "decision.json").read_text())["n"] == len(vp)
 
 
+@pytest.mark.e2e
 def test_cv_false_means_false_and_runs_never_overwrite(tiny_root, tmp_path):
     run(*_base(tiny_root, tmp_path), "--cv", "False", "--epochs", "1")
     run(*_base(tiny_root, tmp_path), "--cv=false", "--epochs", "1")
@@ -88,6 +94,7 @@ def test_cv_false_means_false_and_runs_never_overwrite(tiny_root, tmp_path):
     assert not list((tmp_path / "exp").glob("fold*"))
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics(tiny_root, tmp_path):
     a = run(*_base(tiny_root, tmp_path), "--run_dir", tmp_path / "a", "--epochs", "1")
     b = run(*_base(tiny_root, tmp_path), "--run_dir", tmp_path / "b", "--epochs", "1")
@@ -99,6 +106,7 @@ def test_same_seed_same_metrics(tiny_root, tmp_path):
     assert a.returncode == b.returncode == 0
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_weights(tiny_root, tmp_path):
     args = [*_base(tiny_root, tmp_path), "--epochs", "4", "--augment", "strong", "--cutmix", "0.5", "--ema", "0.9"]
     run(*args, "--run_dir", tmp_path / "full")
@@ -129,6 +137,7 @@ def _wait_for_epoch(p, last, epoch):
         time.sleep(0.05)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_run_says_how_to_resume_and_leaves_no_temp_file(tiny_root, tmp_path, sig, status):
     # Ctrl-C, or a scheduler's SIGTERM at its time limit: one line with the command that continues the run
@@ -149,6 +158,7 @@ def test_interrupted_run_says_how_to_resume_and_leaves_no_temp_file(tiny_root, t
     assert json.loads((run_dir / "metrics.json").read_text())["history"][-1]["epoch"] == 8
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag,value,needle", [("--model", "efficientnet_b99", "efficientnet_b0"),
                                                ("--loss", "hinge", "label_smoothing"),
                                                ("--optimizer", "adamx", "adamw")])
@@ -157,6 +167,7 @@ def test_unknown_names_fail_listing_valid_ones(tiny_root, tmp_path, flag, value,
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.e2e
 def test_extra_data_only_trains(tiny_root, tmp_path):
     run("synthetic.py", "--out", tmp_path / "extra", "--people", "8", "--seed", "9")
     run(*_base(tiny_root, tmp_path), "--run_dir", tmp_path / "r", "--epochs", "1", "--extra_data", tmp_path / "extra" / "train")
@@ -168,9 +179,139 @@ def test_extra_data_only_trains(tiny_root, tmp_path):
     assert meta["train_people"] + meta["valid_people"] == n_main + n_extra
 
 
+@pytest.mark.e2e
 def test_age_bounds_train_labels_but_validate_officially(tiny_root, tmp_path):
     run(*_base(tiny_root, tmp_path), "--run_dir", tmp_path / "r", "--epochs", "1", "--age_bounds", "29", "58")
     vp = pd.read_csv(tmp_path / "r" / "valid_preds.csv")
     t = build_table(tiny_root / "train", log=Log(quiet=True)).set_index("path")
     assert (vp["label"].to_numpy() == t.loc[vp["path"], "label"].to_numpy()).all()  # official 30/60 labels
     assert load_checkpoint(tmp_path / "r" / "best.pth")["meta"]["age_bounds"] == [29, 58]
+
+
+@pytest.mark.e2e
+def test_original_train_command_line_with_the_crops_folder_as_channel(tiny_root, tmp_path):
+    """SM_CHANNEL_TRAIN at images/ (the original pointed it at the crops), and the original's flag names."""
+    env = {"SM_CHANNEL_TRAIN": str(tiny_root / "train" / "images"), "SM_MODEL_DIR": str(tmp_path / "model")}
+    p = run("train.py", "--model_name", "test_efficientnet", "--resize", "32", "32", "--criterion", "symmetric",
+            "--optimizer", "Adam", "--augmentation", "BaseAugmentation", "--name", "exp", "--pretrained", "False",
+            "--batch_size", "16", "--epochs", "1", "--progress", "False", env=env)
+    assert f"training on {tiny_root / 'train'} with --source images" in p.stdout
+    cfg = json.loads((tmp_path / "model" / "exp" / "config.json").read_text())
+    assert (cfg["model"], cfg["img_size"], cfg["loss"], cfg["optimizer"], cfg["augment"]) == \
+        ("test_efficientnet", [32, 32], "symmetric_ce", "adam", "none")
+    assert cfg["train_dir"] == str(tiny_root / "train") and cfg["source"] == "images"
+
+
+@pytest.mark.e2e
+def test_original_multi_2_is_three_models_with_cv_and_inference_reads_it_the_original_way(tiny_root, tmp_path):
+    md = tmp_path / "model"
+    run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *BASE, "--img_size", "32", "32",
+        "--multi", "2", "--k_folds", "2", "--name", "multi")
+    assert all((md / "multi" / f"fold{i}" / t / "best.pth").is_file() for i in (0, 1) for t in ("mask", "gender", "age"))
+    oof = __import__("pandas").read_csv(md / "multi" / "oof.csv")  # merge_cv joins the three tasks of each fold
+    assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
+    # --model_dir relative to ./model, --pth_name as a prefix, --multi_label, --model_name/--resize accepted
+    p = run(REPO / "inference.py", "--data_dir", tiny_root / "eval", "--model_dir", "multi", "--pth_name", "best",
+            "--multi_label", "True", "--cv", "True", "--model_name", "x", "--resize", "32", "32",
+            "--output_dir", tmp_path / "out", cwd=tmp_path)
+    assert "using model/multi" in p.stderr and (tmp_path / "out" / "output.csv").is_file()
+
+
+def test_best_epoch_after_a_resume_is_the_last_improvement():
+    from trainer import best_epoch_of
+    history = [{"epoch": 1, "best": True}, {"epoch": 2, "best": False}, {"epoch": 3, "best": True},
+               {"epoch": 4, "best": False}]
+    assert best_epoch_of(history)["epoch"] == 3
+
+
+@pytest.mark.e2e
+def test_resume_refuses_other_settings_and_empty_runs_and_reused_folders_refuse_stale_state(tiny_root, tmp_path):
+    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *BASE, "--img_size", "32", "32"]
+    run(*base, "--run_dir", tmp_path / "r")
+    assert_clean_error(run("train.py", "--resume", tmp_path / "r", "--epochs", "3", check=False), "--epochs differ")
+    (tmp_path / "r" / "metrics.json").unlink()  # as if killed after its first epoch
+    assert_clean_error(run(*base, "--run_dir", tmp_path / "r", check=False), "unfinished run", "--resume")
+    (tmp_path / "empty").mkdir()
+    shutil.copy(tmp_path / "r" / "config.json", tmp_path / "empty")
+    assert_clean_error(run("train.py", "--resume", tmp_path / "empty", check=False), "nothing to resume")
+
+
+@pytest.mark.e2e
+def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path):
+    p = run("train.py", "--data_dir", tmp_path / "missing", "--model_dir", tmp_path / "m", *BASE, check=False)
+    assert_clean_error(p, "missing")
+    assert not [d for d in (tmp_path / "m").glob("exp*")]
+
+
+@pytest.mark.e2e
+def test_extra_data_holding_the_training_photos_is_refused(tiny_root, tmp_path):
+    """The same folder (here through a link) as --data_dir and --extra_data put every person on both
+    sides of the split: trained on and validated on, a flattering validation F1, silently."""
+    (tmp_path / "link").symlink_to(tiny_root / "train")
+    p = run("train.py", "--data_dir", tiny_root / "train", "--extra_data", tmp_path / "link", "--model_dir",
+            tmp_path / "m", *BASE, "--img_size", "32", "32", check=False)
+    assert_clean_error(p, str(tmp_path / "link"), "--extra_data", "validated on")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.e2e
+def test_a_run_goes_on_only_with_the_people_it_started_with(tiny_root, tmp_path):
+    """Fold jobs (or --resume) on data that changed since the run started drew other folds: a fold's
+    validation people could have been trained on by another fold, silently."""
+    data = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", data)
+    cv = ["--data_dir", data, "--run_dir", tmp_path / "run", *BASE, "--img_size", "32", "32", "--cv", "True",
+          "--k_folds", "2"]
+    run("train.py", *cv, "--fold", "0")
+    assert json.loads((tmp_path / "run" / "people.json").read_text())["people"] > 0
+    shutil.rmtree(sorted((data / "images").iterdir())[0])  # one person gone
+    p = run("train.py", *cv, "--fold", "1", check=False)
+    assert_clean_error(p, str(tmp_path / "run"), "started on other data")
+    assert not (tmp_path / "run" / "fold1").exists()
+    shutil.rmtree(data)
+    shutil.copytree(tiny_root / "train", data)  # the data it started with: the fold job goes on
+    run("train.py", *cv, "--fold", "1")
+    assert (tmp_path / "run" / "oof.csv").is_file()
+
+
+@pytest.mark.e2e
+def test_runs_started_together_get_a_folder_each(tiny_root, tmp_path):
+    """Seeds launched together (`for s in 1 2; do python train.py --seed $s & done`) both chose the free
+    name exp, loaded their data, then trained into that one folder, each overwriting the other's
+    checkpoints. The new folder is now named when it is created, after the data has loaded, and claimed
+    with an exclusive mkdir (which closes what remains of the race)."""
+    from concurrent.futures import ThreadPoolExecutor
+    md = tmp_path / "model"
+    with ThreadPoolExecutor(2) as ex:
+        procs = list(ex.map(lambda s: run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *BASE,
+                                          "--img_size", "32", "32", "--seed", str(s)), (1, 2)))
+    runs = sorted(md.glob("exp*"))
+    assert [r.name for r in runs] == ["exp", "exp2"], runs
+    assert sorted(json.loads((r / "config.json").read_text())["seed"] for r in runs) == [1, 2]
+    assert all((r / "best.pth").is_file() and json.loads((r / "config.json").read_text())["run_dir"] == str(r)
+               for r in runs)
+    assert sorted(p.stdout.strip().splitlines()[-1].split("-> ")[-1] for p in procs) == [str(r) for r in runs]
+
+
+@pytest.mark.e2e
+def test_early_stopping_clip_grad_and_ema_run_and_resume(tiny_root, tmp_path):
+    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *TINY, "--epochs", "10",
+            "--patience", "1", "--clip_grad", "1.0", "--ema", "0.9", "--lr", "1e-6", "--run_dir", tmp_path / "r"]
+    p = run(*base)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    # lr 1e-6: the weights barely move, so validation F1 stops rising once BatchNorm's running statistics
+    # settle (it still rose for 3 epochs here), and patience 1 ends the run well before 10 epochs
+    assert "early stop" in p.stdout and len(metrics["history"]) < 10
+    last = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
+    assert {k.removeprefix("module.") for k in last["ema"]} == set(last["model"])  # EMA weights kept for --resume
+
+
+@pytest.mark.e2e
+def test_heads_cv_run_merges_its_out_of_fold_predictions(tiny_root, tmp_path):
+    run("train.py", "--data_dir", tiny_root / "train", "--model_dir", tmp_path, *BASE, "--img_size", "32", "32",
+        "--heads", "--cv", "True", "--k_folds", "2", "--run_dir", tmp_path / "h")
+    import pandas as pd
+    oof = pd.read_csv(tmp_path / "h" / "oof.csv")
+    from dataset import Log, build_table
+    assert sorted(oof["path"]) == sorted(build_table(tiny_root / "train", log=Log(quiet=True))["path"])
+    assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
