@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from gpu_codecs import _decode_chunk_gpu, _HostStaging
-from images import decode_bytes, one_cv2_thread, prepare, read_at, read_bytes, read_rgb
-from utils import UserError, atomic_path, nearest_existing
+from images import decode_bytes, one_cv2_thread, prepare, read_at, read_bytes, read_rgb, why_unreadable
+from utils import UserError, atomic_path, clean_stale_temps, nearest_existing
 
 
 def decode_many(paths, sizes_crops, workers=None, desc="decode", face_fn=None, chunk=256, device="cpu", out=None):
@@ -234,6 +234,7 @@ def cached_images(paths, keys, cache_dir, log=None, desc="caching images", devic
     """{(size, crop): ImageCache} over the same files; every key not cached yet is built from one
     decoding pass (on `device`: see decode_many). Undecodable files are named in `log` and marked in
     each cache's `ok`."""
+    clean_stale_temps(cache_dir)
     caches = {k: ImageCache(paths, k[0], k[1], cache_dir) for k in keys}
     missing = [k for k, c in caches.items() if not c.exists()]
     if missing:
@@ -243,7 +244,7 @@ def cached_images(paths, keys, cache_dir, log=None, desc="caching images", devic
             _, ok = decode_many(paths, missing, desc=desc, device=device, out=files)
         for p, good in zip(paths, ok):
             if not good and log:
-                log.warn("unreadable image", f"{p}: cannot be decoded, skipped")
+                log.warn("unreadable image", f"{p}: {why_unreadable(p)}, skipped")
         for k in missing:
             caches[k].finish(ok)
     return caches

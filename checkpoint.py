@@ -5,13 +5,14 @@ Not a script; imported by trainer.py, inference.py and predict.py.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from labels import OFFICIAL_AGE_BOUNDS
-from model import DEFAULT_TTA, clean_state_dict, create_model, safe_load
+from model import DEFAULT_TTA, clean_state_dict, create_model, nonfinite_tensor, safe_load
 from utils import UserError, atomic_path
 
 
@@ -58,11 +59,30 @@ def save_checkpoint(path, model, meta, **state):
     scheduler, scaler, ema, epoch, history). Atomic."""
     raw = getattr(model, "module", model)
     raw = getattr(raw, "_orig_mod", raw)
+    bad = nonfinite_tensor(raw)
+    if bad:  # a checkpoint is a promise of usable weights
+        raise UserError(f"{path}: not saved: {bad} holds nan or inf; lower --lr or enable --clip_grad")
     obj = {"model": raw.state_dict(), "meta": meta.to_dict()}
     for k, v in state.items():
         obj[k] = v.state_dict() if hasattr(v, "state_dict") else v
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError:  # torch's zip writer reports a full disk as RuntimeErrors, not OSError
+        need, free = _nbytes(obj), shutil.disk_usage(Path(path).parent).free
+        if free >= need:
+            raise
+        raise UserError(f"{Path(path).parent}: no space left to save {Path(path).name} (it needs about "
+                        f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free): free space, or choose another "
+                        "--run_dir") from None
+
+
+def _nbytes(obj):
+    if torch.is_tensor(obj):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    return sum(_nbytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
 
 
 def load_checkpoint(path):

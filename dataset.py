@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from images import IMG_EXTS, read_bytes, truncated_jpeg
+from images import IMG_EXTS, header_size, read_bytes, too_large, truncated_jpeg, why_unreadable
 from labels import OFFICIAL_AGE_BOUNDS, age_class, encode
+from outputs import check_outputs, record_written
 from utils import (Rising, UserError, check_ids, cli, demo_note, env_default, fraction, inside, load_dotenv_once,
                    make_parser, positive, write_csv_atomic)
 
@@ -30,6 +31,9 @@ DEFAULT_FIXES = REPO / "label_fixes.csv"
 # Crop of the face region used when training on images/ instead of faces/: the competition
 # photos are head-and-shoulders shots with the face in the upper middle.
 CENTER_REGION = (0.18, 0.12, 0.82, 0.72)  # x1, y1, x2, y2 as fractions of width/height
+
+
+PLAUSIBLE_AGES = (1, 120)  # years; anything else is a typo or a code, never a person's age
 
 
 class Log:
@@ -64,6 +68,19 @@ def read_fixes(path):
     return fixes
 
 
+def _age(value, where, log):
+    """A train.csv age in years, or None (warned) when it is not a number or not a plausible age."""
+    try:
+        age = int(float(str(value).strip()))
+    except (ValueError, OverflowError):
+        log.warn("bad age", f"{where}: age {value!r} is not a number, person skipped")
+        return None
+    if not PLAUSIBLE_AGES[0] <= age <= PLAUSIBLE_AGES[1]:
+        log.warn("bad age", f"{where}: age {value!r} is not a plausible age in years, person skipped")
+        return None
+    return age
+
+
 def read_people(data_dir, fixes_path=DEFAULT_FIXES, log=None):
     """One row per valid person: id, gender (0/1), race, age_years, people_path, mask_swap."""
     data_dir = Path(data_dir)
@@ -96,10 +113,8 @@ def read_people(data_dir, fixes_path=DEFAULT_FIXES, log=None):
         if gender is None:
             log.warn("bad gender", f"{where}: gender {r.gender!r} is not male/female, person skipped")
             continue
-        try:
-            age = int(float(str(r.age).strip()))
-        except ValueError:
-            log.warn("bad age", f"{where}: age {r.age!r} is not a number, person skipped")
+        age = _age(r.age, where, log)
+        if age is None:
             continue
         inside(img_root, folder)  # refuses '../' escapes
         if folder not in folders:
@@ -131,9 +146,9 @@ def image_ok(path, log=None) -> bool:
         data = read_bytes(path)
         if data.size == 0 or truncated_jpeg(data):
             return False
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as im:  # the bytes already read: no second open
-            w, h = im.size
+        w, h = header_size(io.BytesIO(data))  # the bytes already read: no second open
+        if too_large((w, h)):
+            return False
         if min(w, h) < 32 and log:
             log.warn("tiny image", f"{path}: only {w}x{h} pixels; it will be enlarged to the input size")
         return True
@@ -164,7 +179,7 @@ def build_table(data_dir, age_bounds=OFFICIAL_AGE_BOUNDS, fixes_path=DEFAULT_FIX
             total += 1
             if check_images and not image_ok(f, log):
                 bad += 1
-                log.warn("unreadable image", f"{f}: unreadable or empty image, skipped")
+                log.warn("unreadable image", f"{f}: {why_unreadable(f)}, skipped")
                 continue
             stems[f.stem] = f
         if len(stems) != len(MASK_STEMS):
@@ -239,10 +254,12 @@ def main(argv):
     if not data_dir.is_dir():
         raise UserError(f"{data_dir} is not a directory: pass --train_dir or set SM_CHANNEL_TRAIN "
                         "(run 'python synthetic.py' to make the demo dataset)")
+    out = Path(args.output) if args.output else data_dir / "perfect_train.csv"
+    check_outputs(out.parent, [out.name], "--output", inputs=[data_dir / "train.csv", args.fixes], say_replaced=False)
     log = Log()
     table = build_table(data_dir, tuple(args.age_bounds), args.fixes, args.max_bad, log)
     log.summary()
-    out = Path(args.output) if args.output else data_dir / "perfect_train.csv"
+    record_written(out.parent, [out.name], "dataset.py")
     write_csv_atomic(table[TABLE_COLUMNS], out)
     n_people = table["people_path"].nunique()
     print(f"wrote {out}: {len(table)} images of {n_people} people; labels per class: "

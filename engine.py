@@ -19,7 +19,7 @@ from labels import MULTI_TASKS, TASKS, YEARS, band_spread, task_targets
 from loaders import to_device
 from loss import create_loss, mask_marginal_loss, years_loss
 from model import (TTA_VIEWS, Precision, choose_precision, combine_probs, create_model, joint_marginal,
-                   soft_age_marginal, split_heads, task_probs, view_average)
+                   nonfinite_tensor, soft_age_marginal, split_heads, task_probs, view_average)
 from optimizer import create_optimizer, create_scheduler, top_lr
 from utils import UserError, seed_everything
 
@@ -213,10 +213,12 @@ def train_one_epoch(model, loader, loop, epoch):
         loop.bar.report(step, lambda: _running_figures(loop, total, logits_all, ys))
     distributed.sync_state(loop.raw_model)
     distributed.sync_state(loop.ema.module)
-    if not finite.item():
-        last = loop.out / "last.pth"
+    bad = nonfinite_tensor(loop.raw_model) or nonfinite_tensor(loop.ema.module)  # BatchNorm can overflow alone
+    if not finite.item() or bad:
+        last = loop.out / "last.pth"  # saved only from finite epochs, so it is good
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-        raise UserError(f"loss became nan or inf in epoch {epoch + 1}; {where}; lower --lr or enable --clip_grad")
+        what = "loss" if not finite.item() else f"weights ({bad})"
+        raise UserError(f"{what} became nan or inf in epoch {epoch + 1}; {where}; lower --lr or enable --clip_grad")
     logits, y = _fully_labelled(logits_all, ys)
     m = unit_metrics(loop.tasks, task_probs(logits, loop.tasks), y.numpy())
     return {"loss": float(total) / max(sum(len(v) for v in ys), 1), "f1": m["f1"], "accuracy": m["accuracy"],

@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from labels import MASK_NAMES, class_names, decode
+from outputs import check_outputs, record_written
 from utils import (UserError, add_bool, atomic_path, check_ids, cli, demo_note, env_default, load_dotenv_once,
                    make_parser, positive, write_json_atomic)
 from voc import match_boxes, read_voc
@@ -181,6 +182,8 @@ def main(argv):
     if args.boxes:
         pred_dir = args.output_dir or "predictions"
         res = score_boxes(args.boxes, pred_dir, args.min_face)
+        check_outputs(pred_dir, ["boxes_scores.json"], "--output_dir", say_replaced=False)  # scored again: no news
+        record_written(pred_dir, ["boxes_scores.json"], "evaluation.py")
         write_json_atomic(Path(pred_dir) / "boxes_scores.json", res)
         print_boxes(res)
         return
@@ -188,6 +191,9 @@ def main(argv):
     out_dir = Path(args.output_dir or env_default("SM_OUTPUT_DATA_DIR", "output"))
     y_true, y_pred = evaluate_files(Path(args.eval_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
     result = {**score(y_true, y_pred), "n": int(len(y_true)), "per_class": per_class(y_true, y_pred)}
+    names = [f"{args.output_name}_scores.json", f"{args.output_name}_confusion.png"]
+    check_outputs(out_dir, names, "--output_dir or --output_name", [Path(args.eval_dir) / args.gt_name], False)
+    record_written(out_dir, names, "evaluation.py")
     write_json_atomic(out_dir / f"{args.output_name}_scores.json", result)
     fig = confusion_figure(y_true, y_pred, f"macro F1 {result['f1']:.4f}, accuracy {result['accuracy']:.4f}")
     with atomic_path(out_dir / f"{args.output_name}_confusion.png") as tmp:

@@ -15,6 +15,9 @@ IMG_EXTS = (".jpg", ".jpeg", ".png")
 # Crop of the face region used when training on images/ instead of faces/: the competition
 # photos are head-and-shoulders shots with the face in the upper middle.
 CENTER_REGION = (0.18, 0.12, 0.82, 0.72)  # x1, y1, x2, y2 as fractions of width/height
+# the one size limit of every decode path (training's checks, the cache, prediction): 1.2 GB as RGB
+MAX_MEGAPIXELS = 400
+LARGE_FILE = 8 << 20  # bytes: a file this big may hold a photo over the limit, so its header is read first
 
 
 def read_bytes(path):
@@ -68,18 +71,52 @@ def truncated_jpeg(data):
     return True
 
 
+def too_large(size):
+    """(width, height) over the decode limit, MAX_MEGAPIXELS."""
+    return size[0] * size[1] > MAX_MEGAPIXELS * 1_000_000
+
+
+def header_size(source):
+    """(width, height) from a photo's header (a path or a file object), without decoding it."""
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb limit would refuse what MAX_MEGAPIXELS allows
+    with Image.open(source) as im:
+        return im.size
+
+
+def why_unreadable(path):
+    """Why a photo did not decode, for the message naming it."""
+    try:
+        w, h = header_size(path)
+    except Exception:
+        w = h = 0
+    if too_large((w, h)):
+        return f"too large ({w}x{h}, {w * h / 1e6:.0f} megapixels; the limit is {MAX_MEGAPIXELS}): downscale it"
+    return "unreadable or empty image"
+
+
 def decode_bytes(data, path):
     if data.size == 0 or truncated_jpeg(data):
+        return None
+    if data.size > LARGE_FILE and _too_large_bytes(data):  # refused before a decoder allocates it
         return None
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 16->8 bit
     if img is None:
         try:  # CMYK and a few exotic JPEGs: PIL converts them
             from PIL import Image, ImageOps
             with Image.open(path) as im:
-                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+                return None if too_large(im.size) else np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
         except Exception:
             return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return None if too_large(img.shape[1::-1]) else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _too_large_bytes(data):
+    import io
+    try:
+        return too_large(header_size(io.BytesIO(data)))
+    except Exception:
+        return False  # the decoder decides
 
 
 def exif_rotated(data):

@@ -29,8 +29,10 @@ from checkpoint import model_from_checkpoint
 from dataset import has_faces, read_eval
 from decision import decide, fit_decision, read_offsets
 from faces import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
+from images import why_unreadable
 from loaders import pinned_batches, to_device
 from model import TTA_VIEWS, choose_precision, combine_probs, view_average
+from outputs import check_outputs, record_written
 from runs import chosen_run, resolve_run_path
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser,
                    positive, str2bool, writable_dir, write_csv_atomic)
@@ -169,8 +171,9 @@ def load_eval_images(eval_dir, metas, source, cache_dir, decode_on="cpu", recipe
             checks.append((paths, ok))
     for paths, ok in checks:
         if not ok.all():
-            raise UserError(f"{paths[int(np.flatnonzero(~ok)[0])]}: eval image cannot be decoded ({int((~ok).sum())} "
-                            "such); a submission must cover every ImageID: replace the file")
+            bad = paths[int(np.flatnonzero(~ok)[0])]
+            raise UserError(f"{bad}: eval image {why_unreadable(bad)} ({int((~ok).sum())} such); a submission must "
+                            "cover every ImageID: replace the file")
     return arrays
 
 
@@ -327,6 +330,8 @@ def main(argv):
     if len(weights) != len(runs) or sum(weights) <= 0:
         raise UserError(f"--weights needs {len(runs)} values, not all 0 (got {len(weights)})")
     info, _ = read_eval(args.eval_dir)
+    names = [f"{args.output_name}.csv", f"{args.output_name}_probs.npy"]
+    check_outputs(out, names, "--output_dir or --output_name", inputs=[Path(args.eval_dir) / "info.csv"])
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
     models = load_models([g for gs in run_groups_ for g in gs], device)
     metas = [meta for _, meta in models.values()]
@@ -339,6 +344,7 @@ def main(argv):
     offsets, how = ensemble_offsets(runs, weights, run_offsets) if args.decision == "fitted" else (None, "argmax")
     probs, ans = vote(run_probs, weights, args.vote, offsets, run_offsets)
     sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})
+    record_written(out, names, "inference.py")
     with atomic_path(out / f"{args.output_name}_probs.npy") as tmp:
         np.save(tmp, probs.astype(np.float32))
     write_csv_atomic(sub, out / f"{args.output_name}.csv")

@@ -267,6 +267,14 @@ if __name__ == "__main__":
     main()
 
 
+def nonfinite_tensor(module):
+    """The name of the first floating tensor (weight, buffer) holding nan or inf, or None."""
+    for name, v in module.state_dict().items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            return name
+    return None
+
+
 def clean_state_dict(sd):
     """Strip the 'module.' (DDP) and '_orig_mod.' (torch.compile) prefixes."""
     out = {}

@@ -19,12 +19,14 @@ from PIL import Image, ImageDraw
 import distributed
 from decision import decide, read_offsets
 from faces import DETECTORS, CropRecipe, crop_for_model
-from images import IMG_EXTS, prepare, read_rgb
+from images import IMG_EXTS, prepare, read_rgb, why_unreadable
 from inference import eval_crop_recipe, find_groups, load_models, run_groups, run_tta
 from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from model import TTA_VIEWS
+from outputs import check_outputs, record_written, written_here
 from runs import chosen_run
-from utils import UserError, atomic_path, cli, env_default, fraction, make_parser, positive, writable_dir, write_json_atomic
+from utils import (UserError, atomic_path, cli, env_default, fraction, make_parser, positive, writable_dir,
+                   write_json_atomic)
 
 # detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
 MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2}
@@ -40,8 +42,9 @@ def collect(inputs):
     files = []
     for s in inputs:
         p = Path(s)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in PHOTO_EXTS and not f.name.startswith("."))
+        if p.is_dir():  # not the annotations the toolkit wrote there (a folder predicted into itself)
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in PHOTO_EXTS and not f.name.startswith(".")
+                            and f.name not in written_here(f.parent))
         elif p.is_file():
             files.append(p)
         else:
@@ -117,7 +120,7 @@ class Predictor:
         for f in files:
             img = read_rgb(f)
             if img is None:
-                print(f"error: {f}: cannot be read as an image, skipped", file=sys.stderr)
+                print(f"error: {f}: {why_unreadable(f)}, skipped", file=sys.stderr)
                 unreadable.append(f)
                 continue
             boxes, scores, _ = self.det.detect([img])[0]
@@ -214,9 +217,12 @@ def main(argv):
     args = build_parser().parse_args(argv)
     device = distributed.setup(args.device).device
     out = writable_dir(args.output_dir, "--output_dir")
-    pred = make_predictor(args, device)
     files = collect(args.photos)
     names = output_names(files)
+    outputs = [n for f in files for n in (f"{names[f]}_pred.jpg", f"{names[f]}.json")]
+    check_outputs(out, outputs, "--output_dir", inputs=files)
+    pred = make_predictor(args, device)
+    record_written(out, outputs, "predict.py")
     n_photos, n_faces, unreadable = 0, 0, []
     for s in range(0, len(files), CHUNK):
         photos, faces, bad = predict_chunk(pred, files[s:s + CHUNK], out, names)

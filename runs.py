@@ -4,8 +4,10 @@ Not a script; imported by train.py, inference.py and predict.py.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -77,6 +79,18 @@ def create_run_dir(run_dir, cfg, config, dist):
     distributed.barrier()
     distributed.check_shared_dir(run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def removed_if_it_fails_empty(run_dir, named_here, dist):
+    """A run folder this run named (exp, exp2, ...) that fails before its first checkpoint is removed: it
+    holds nothing to resume and would bump the next run's name. A --run_dir given is kept (fold jobs share it)."""
+    try:
+        yield
+    except BaseException:
+        if named_here and dist.is_main and not any(Path(run_dir).rglob("*.pth")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def resolve_run_path(path):

@@ -216,6 +216,23 @@ def given_flags(argv, doc=""):
     return vars(ap.parse_args(argv))
 
 
+# what may differ between the jobs that share one run folder (fold jobs), besides the machine settings
+PER_JOB = ("fold", "run_dir", "world_size")
+
+
+def check_same_run(run_dir, cfg):
+    """A --run_dir reused without --resume holds a run of the same settings (fold jobs, a finished run
+    asked again), or it is an error naming what differs: the folder would mix two runs."""
+    if run_dir is None or cfg.resume or not (Path(run_dir) / "config.json").is_file():
+        return
+    saved, now = asdict(read_run_config(run_dir)), asdict(cfg)
+    changed = [k for k in now if k not in MACHINE_SETTINGS + PER_JOB and k in saved and saved[k] != now[k]]
+    if changed:
+        diff = ", ".join(f"--{k} {saved[k]} there, {now[k]} here" for k in changed[:4])
+        raise UserError(f"{run_dir} holds a run with other settings ({diff}{', ...' if len(changed) > 4 else ''}): "
+                        "choose another --run_dir for a new run, or --resume it with its own settings")
+
+
 def settings(args, argv, doc=""):
     """The run's settings: this command line's, or with --resume the run's own config.json (upgraded)
     with this command line's machine settings."""

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dataset import MASK_STEMS
 from labels import age_class, encode
+from outputs import foreign_files, read_manifest, record_written
 from utils import UserError, cli, fraction, make_parser, positive
 
 W, H = 384, 512
@@ -175,17 +176,19 @@ def drawn_people(n, seed):
         yield from pool.imap(draw_person, [(seed, i) for i in range(n)], chunksize=4)
 
 
-# written into every dataset this script makes: only such a folder is replaced by a later run
-MADE_HERE = ".made-by-synthetic"
-
-
 def check_replaceable(out):
-    """--output_dir is replaced whole, so it must be new, empty, or made by this script: a mistyped one naming
-    real data (or a home folder) would otherwise be deleted."""
+    """--output_dir is replaced whole, so it must be new, empty, or made by this script and hold only files
+    the toolkit wrote (its manifest lists them): real data or a user's file in it would otherwise be deleted."""
     out = Path(out)
-    if out.exists() and not (out.is_dir() and ((out / MADE_HERE).is_file() or not any(out.iterdir()))):
-        raise UserError(f"{out} exists and was not made by synthetic.py (no {MADE_HERE} in it), so it is not "
-                        "replaced: choose another --output_dir, or delete it yourself")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir() or read_manifest(out)[0] != "synthetic.py":
+        raise UserError(f"{out} exists and was not made by synthetic.py (no list of its files in it), so it is "
+                        "not replaced: choose another --output_dir, or delete it yourself")
+    foreign = foreign_files(out)
+    if foreign:
+        raise UserError(f"{out} holds {len(foreign)} file(s) synthetic.py did not write ({foreign[0]}), so it is "
+                        "not replaced: move them, choose another --output_dir, or delete it yourself")
 
 
 def write_dataset(people, out, eval_ratio, seed):
@@ -224,7 +227,7 @@ def write_dataset(people, out, eval_ratio, seed):
     ev.to_csv(tmp / "eval" / "gt.csv", index=False)
     if boxes:
         pd.DataFrame(boxes).to_csv(tmp / "faces_gt.csv", index=False)
-    (tmp / MADE_HERE).write_text("python synthetic.py made this folder; a later run may replace it\n")
+    record_written(tmp, [f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file()], "synthetic.py")
     try:
         check_replaceable(out)  # again: it may have appeared while the people were drawn
     except UserError:

@@ -27,8 +27,8 @@ from distributed import log_main
 from labels import MULTI_TASKS
 from model import choose_precision
 from oof import fit_run_decision, merge_cv, unit_preds
-from runs import check_same_people, create_run_dir, given_run_dir, interrupted_hint
-from settings import build_parser, run_config, settings
+from runs import check_same_people, create_run_dir, given_run_dir, interrupted_hint, removed_if_it_fails_empty
+from settings import build_parser, check_same_run, run_config, settings
 from sources import load_data, resolve_data_dir
 from splits import plan_units
 from trainer import run_fold
@@ -36,7 +36,8 @@ from utils import UserError, cli, load_dotenv_once, writable_dir, write_json_ato
 
 
 def run_units(units, cfg, table, images, run_dir, dist):
-    results = {}
+    """-> (results per unit, whether any unit trained)."""
+    results, trained = {}, False
     for unit in units:
         out = run_dir / unit.subdir
         done = distributed.broadcast_object(json.loads((out / "metrics.json").read_text())
@@ -45,8 +46,8 @@ def run_units(units, cfg, table, images, run_dir, dist):
             log_main(f"[{unit.name}] already finished, skipped")
             results[unit.subdir] = done
             continue
-        results[unit.subdir] = run_fold(unit, cfg, table, images, run_dir, dist)
-    return results
+        results[unit.subdir], trained = run_fold(unit, cfg, table, images, run_dir, dist), True
+    return results, trained
 
 
 @cli
@@ -67,20 +68,26 @@ def main(argv):
         if cfg.cache_dir:  # the default, <model_dir>/.cache, is checked with --model_dir
             writable_dir(cfg.cache_dir, "--cache_dir")
         run_dir = given_run_dir(cfg)
+        check_same_run(run_dir, cfg)
         log = Log(quiet=not dist.is_main)
         log_main(f"device {dist.device} x {dist.world} process(es), {choose_precision(dist.device, cfg.amp).name}"
                  f"{', channels_last' if cfg.channels_last else ''}")
         table, images = load_data(cfg, log, str(dist.device) if cfg.gpu_decode else "cpu")
         units = plan_units(cfg, table)
+        named_here = run_dir is None
         run_dir = create_run_dir(run_dir, cfg, lambda d: run_config(cfg, d), dist)
-        check_same_people(run_dir, table)
         t0 = time.time()
         try:
-            results = run_units(units, cfg, table, images, run_dir, dist)
+            with removed_if_it_fails_empty(run_dir, named_here, dist):
+                check_same_people(run_dir, table)
+                results, trained = run_units(units, cfg, table, images, run_dir, dist)
         except KeyboardInterrupt:
             if dist.is_main:
                 print(interrupted_hint(run_dir), file=sys.stderr)
             raise
+        if not trained:  # its results stand as they were written
+            log_main(f"nothing to train: {run_dir} is finished")
+            return
         summary = {u or "run": {"best_f1": r["best_f1"], "best_epoch": r["best_epoch"]} for u, r in results.items()}
         if cfg.cv and dist.is_main:
             cv = merge_cv(run_dir, cfg.k_folds, quiet_missing=True)

@@ -9,9 +9,12 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import os
 import random
+import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -190,6 +193,8 @@ def positive(kind=float, minimum=0, inclusive=False):
             x = kind(v)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {v!r}")
+        if not math.isfinite(x):  # nan passes every comparison, inf every lower bound
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {v}")
         if x < minimum or (x == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum}, got {v}")
         return x
@@ -267,6 +272,30 @@ def load_dotenv_once():
         load_dotenv(path, override=False)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40]
+_UMASK = os.umask(0o022)  # read once (the call sets it), then put back
+os.umask(_UMASK)
+
+
+def clean_stale_temps(folder):
+    """Remove the temp files of writers on this host that died (kill -9) before they renamed them."""
+    for f in Path(folder).glob(".tmp-*~*~*~*"):
+        _, pid, host, _ = f.name.rsplit("~", 3)
+        if host == _HOST and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temp path next to `path`; on success rename it over `path`, on failure delete it.
@@ -277,7 +306,9 @@ def atomic_path(path, suffix=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix, dir=path.parent)
+    # the writer's pid and host in the name: a later run can tell a dead writer's file (clean_stale_temps)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}~{os.getpid()}~{_HOST}~", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: results are for the user's group and containers too
     os.close(fd)
     try:
         yield Path(tmp)

@@ -115,3 +115,31 @@ def test_cache_rows_read_back_and_a_cut_cache_file_is_named(tiny_root, tmp_path)
     cache.read_into(0, out)  # rows before the cut still read
     with pytest.raises(UserError, match="cache file is shorter than its metadata says; delete it"):
         cache.read_into(2, out)
+
+
+def test_temp_files_of_a_killed_run_are_cleaned_by_the_next_and_a_live_ones_kept(tiny_root, tmp_path):
+    """A kill -9 while decoding left .tmp-images-*.u8 in the cache forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from cache import cached_images
+    cache = tmp_path / "cache"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from utils import atomic_path\n"
+            "with atomic_path(sys.argv[2]) as t:\n"
+            "    t.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(cache / "images-abc.u8")],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    from utils import atomic_path
+    with atomic_path(cache / "images-live.u8") as live:  # this process's, still being written
+        live.write_bytes(b"y")
+        assert len(list(cache.glob(".tmp-images-*"))) == 2
+        paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:3]
+        cached_images(paths, [((32, 32), "center")], cache)
+        assert [f.name for f in cache.glob(".tmp-images-*")] == [live.name]

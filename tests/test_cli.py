@@ -27,6 +27,12 @@ from conftest import BASE, REPO, assert_clean_error, run
     ("synthetic.py", ["--eval_ratio", "1.5"], "--eval_ratio"),
     ("train.py", ["--age_bounds", "60", "30"], "--age_bounds"),
     ("dataset.py", ["--age_bounds", "30", "30"], "--age_bounds"),
+    # nan passed every range check and inf every lower bound
+    ("train.py", ["--max_bad", "nan"], "--max_bad"),
+    ("train.py", ["--lr", "inf"], "--lr"),
+    ("face_image.py", ["--margin", "nan", "0.1", "0.1"], "--margin"),
+    ("synthetic.py", ["--eval_ratio", "nan"], "--eval_ratio"),
+    ("predict.py", ["x.jpg", "--min_score", "nan"], "--min_score"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(script, args, needle):
     assert_clean_error(run(script, *args, check=False), needle)

@@ -117,3 +117,33 @@ def test_image_ids_must_be_present_and_unique_in_info_csv_and_in_answers(tmp_pat
                 read()
     (tmp_path / "info.csv").write_text("ImageID,ans\na.jpg,0\nb.jpg,1\n")
     assert len(read_eval(tmp_path)[1]) == 2 and len(read_answers(tmp_path / "info.csv", "x")) == 2
+
+
+@pytest.mark.e2e
+def test_the_label_table_never_replaces_train_csv_or_a_users_file(tiny_root, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", train)
+    before = (train / "train.csv").read_bytes()
+    for target, needle in ((train / "train.csv", "input"), (train / "images", "folder")):
+        assert_clean_error(run("dataset.py", "--data_dir", train, "--out", target, check=False), str(target), needle)
+    assert (train / "train.csv").read_bytes() == before
+    (tmp_path / "table.csv").write_text("my own table\n")
+    assert_clean_error(run("dataset.py", "--data_dir", train, "--out", tmp_path / "table.csv", check=False),
+                       "not written by this toolkit")
+    assert (tmp_path / "table.csv").read_text() == "my own table\n"
+    for _ in range(2):  # its own table is written again
+        run("dataset.py", "--data_dir", train)
+    assert pd.read_csv(train / "perfect_train.csv").shape[0] == 7 * len(pd.read_csv(train / "train.csv"))
+
+
+@pytest.mark.parametrize("age", ["-5", "999", "0"])
+def test_implausible_ages_are_bad_rows(tiny_root, tmp_path, age, capsys):
+    train = tmp_path / "train"
+    shutil.copytree(tiny_root / "train", train)
+    csv = pd.read_csv(train / "train.csv", dtype=str)
+    csv.loc[0, "age"] = age
+    csv.to_csv(train / "train.csv", index=False)
+    log = Log()
+    t = build_table(train, log=log)
+    assert csv.loc[0, "path"] not in set(t["people_path"]) and len(t) == 7 * (len(csv) - 1)
+    assert log.counts.get("bad age") == 1 and f"age {age!r}" in capsys.readouterr().err

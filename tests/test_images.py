@@ -45,3 +45,20 @@ def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
         pass
     else:
         raise AssertionError("a missing file must raise")
+
+
+def test_one_size_rule_for_training_and_prediction_and_too_large_says_so(tmp_path, monkeypatch):
+    """A valid 225-megapixel photo was dropped in training as 'unreadable or empty' (Pillow's decompression
+    -bomb error swallowed) while inference decoded it."""
+    from PIL import Image
+
+    import images
+    from dataset import image_ok
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (15000, 15000), (120, 90, 60)).save(big, quality=50)
+    assert image_ok(big) and images.read_rgb(big).shape == (15000, 15000, 3)
+    monkeypatch.setattr(images, "MAX_MEGAPIXELS", 200)  # the same photo over a lower limit: refused by both paths
+    assert not image_ok(big) and images.read_rgb(big) is None
+    assert "too large" in images.why_unreadable(big) and "225 megapixels" in images.why_unreadable(big)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert "too large" not in images.why_unreadable(tmp_path / "empty.jpg")

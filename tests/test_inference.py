@@ -251,3 +251,22 @@ def test_an_interrupted_faces_folder_is_not_used_by_inference(tiny_root, tiny_ru
     shutil.copy(next((data / "images").iterdir()), data / "faces")  # one crop written, then the run stopped
     run("inference.py", "--data_dir", data, "--model_dir", tmp_path / "r", "--output_dir", tmp_path / "o")
     assert (tmp_path / "o" / "output.csv").is_file()
+
+
+@pytest.mark.e2e
+def test_inference_and_evaluation_never_replace_the_answers_or_a_users_file(tiny_root, tiny_runs, tmp_path):
+    ev = tmp_path / "eval"
+    shutil.copytree(tiny_root / "eval", ev)
+    answers = (ev / "gt.csv").read_bytes()
+    p = run("inference.py", "--data_dir", ev, "--model_dir", tiny_runs["single"], "--output_dir", ev,
+            "--output_name", "gt", check=False)  # it used to overwrite gt.csv: evaluation then said accuracy 1.0
+    assert_clean_error(p, "gt.csv", "not written by this toolkit")
+    assert (ev / "gt.csv").read_bytes() == answers
+    out = tmp_path / "out"
+    args = ("inference.py", "--data_dir", ev, "--model_dir", tiny_runs["single"], "--output_dir", out)
+    assert "replacing" not in run(*args).stderr
+    assert "replacing 2 earlier result file(s)" in run(*args).stderr
+    (out / "output_confusion.png").write_bytes(b"my figure")  # a file the user made where evaluation writes
+    p = run("evaluation.py", "--gt_dir", ev, "--pred_dir", out, check=False)
+    assert_clean_error(p, "output_confusion.png")
+    assert (out / "output_confusion.png").read_bytes() == b"my figure"

@@ -1,5 +1,10 @@
 """predict.py: photos in, faces and labels out."""
+import os
+import shutil
+
 import numpy as np
+import pytest
+from conftest import assert_clean_error, run
 
 
 def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
@@ -22,3 +27,30 @@ def test_annotation_numbers_faces_inside_the_photo_and_lists_them_below():
     line = (out.size[1] - 300 - 8) // 4
     assert all((legend[4 + k * line:4 + (k + 1) * line] < 200).any() for k in range(4))  # text on every line
     assert np.asarray(out)[10:40, 380:400].any()  # the edge face's box and tag are drawn inside the photo
+
+
+@pytest.mark.e2e
+def test_predict_never_replaces_an_input_or_a_users_file_and_says_when_it_replaces_its_own(tiny_root, tiny_runs,
+                                                                                          tmp_path):
+    run_dir = tiny_runs["single"]
+    src = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[0]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(src, photos / "x.jpg")
+    shutil.copy(src, photos / "x_pred.jpg")  # the user's own photo, named like x.jpg's annotation
+    before = (photos / "x_pred.jpg").read_bytes()
+    assert_clean_error(run("predict.py", photos, "--run_dir", run_dir, "--out", photos, check=False), "x_pred.jpg")
+    assert (photos / "x_pred.jpg").read_bytes() == before and sorted(os.listdir(photos)) == ["x.jpg", "x_pred.jpg"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "x.json").write_text("my notes")  # a file the user made where an output would go
+    assert_clean_error(run("predict.py", photos / "x.jpg", "--run_dir", run_dir, "--out", mine, check=False),
+                       "x.json", "not written by this toolkit")
+    assert (mine / "x.json").read_text() == "my notes"
+    here = tmp_path / "here"
+    here.mkdir()
+    shutil.copy(src, here / "y.jpg")
+    first = run("predict.py", here, "--run_dir", run_dir, "--out", here)
+    assert "replacing" not in first.stderr and (here / "y_pred.jpg").is_file()
+    again = run("predict.py", here, "--run_dir", run_dir, "--out", here)  # its own annotation is not a new photo
+    assert "replacing 2 earlier result file(s)" in again.stderr and "1 photo(s)" in again.stderr

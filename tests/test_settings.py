@@ -110,3 +110,34 @@ def test_prediction_uses_the_newest_run_and_says_which(tmp_path, capsys):
     assert chosen_run(tmp_path, tmp_path / "exp10") == tmp_path / "exp10"
     with pytest.raises(UserError, match="no run in it"):
         chosen_run(tmp_path / ".cache")
+
+
+def _float_flags(parser):
+    """(flag, nargs) of every option whose type turns '0.5' into a float."""
+    flags = []
+    for a in parser._actions:
+        if a.option_strings and callable(a.type) and a.help != argparse.SUPPRESS:
+            try:
+                is_float = isinstance(a.type("0.5"), float)
+            except (argparse.ArgumentTypeError, ValueError, TypeError):
+                is_float = False
+            if is_float:
+                flags.append((a.option_strings[0], a.nargs))
+    return flags
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+@pytest.mark.parametrize("make", [lambda: build_parser(train.__doc__), inference.build_parser, predict.build_parser,
+                                  evaluation.build_parser], ids=["train", "inference", "predict", "evaluation"])
+def test_every_float_flag_refuses_nan_and_inf_at_parse_time(make, value):
+    """nan passed every range check (--max_bad nan trained on broken images), inf every lower bound."""
+    parser = make()
+    flags = _float_flags(parser)
+    assert flags or make is evaluation.build_parser
+    for flag, nargs in flags:
+        pre = ["x.jpg"] if make is predict.build_parser else []
+        given = [f"{flag}={value}"] if nargs is None else [flag, *[value] * (nargs if isinstance(nargs, int) else 1)]
+        if value.startswith("-") and nargs is not None:
+            continue  # argparse reads a lone -inf as a flag
+        with pytest.raises(UserError, match=f"argument {flag}.*finite"):  # one error line, exit 2
+            parser.parse_args([*pre, *given])

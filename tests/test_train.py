@@ -315,3 +315,56 @@ def test_heads_cv_run_merges_its_out_of_fold_predictions(tiny_root, tmp_path):
     from dataset import Log, build_table
     assert sorted(oof["path"]) == sorted(build_table(tiny_root / "train", log=Log(quiet=True))["path"])
     assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
+
+
+def _all_finite(path):
+    """Every floating tensor in a checkpoint (weights, BatchNorm statistics, optimizer state) is finite."""
+    def walk(v):
+        if torch.is_tensor(v):
+            return not v.is_floating_point() or bool(torch.isfinite(v).all())
+        if isinstance(v, dict):
+            return all(walk(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return all(walk(x) for x in v)
+        return True
+    return walk(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@pytest.mark.e2e
+def test_a_nan_stop_names_a_checkpoint_whose_tensors_are_all_finite(tiny_root, tmp_path):
+    """With lite0 at --lr 1e3 the loss stays finite while BatchNorm statistics overflow: the run used to end
+    'done', its last.pth holding inf (and a NaN stop to name such a file 'the last good checkpoint')."""
+    run_dir = tmp_path / "r"
+    p = run("train.py", "--data_dir", tiny_root / "train", "--run_dir", run_dir, *BASE, "--img_size", "32", "32",
+            "--model", "efficientnet_lite0", "--epochs", "4", "--lr", "1e3", check=False)
+    assert_clean_error(p, "nan or inf")
+    line = next(x for x in p.stderr.splitlines() if x.startswith("error:"))
+    assert "last good checkpoint is" in line or "no checkpoint was saved yet" in line, line
+    saved = list(run_dir.rglob("*.pth"))
+    assert all(_all_finite(f) for f in saved), [f for f in saved if not _all_finite(f)]
+    if "last good checkpoint is" in line:
+        assert _all_finite(line.split("last good checkpoint is ")[1].split(";")[0])
+
+
+@pytest.mark.e2e
+def test_a_finished_run_folder_reused_with_other_settings_is_an_error(tiny_root, tmp_path):
+    """It used to print 'already finished, skipped', exit 0 and rewrite summary.json with wall_time_s 0.0."""
+    run_dir = tmp_path / "r"
+    args = ["train.py", "--data_dir", tiny_root / "train", "--run_dir", run_dir, *BASE, "--img_size", "32", "32"]
+    run(*args)
+    summary = (run_dir / "summary.json").read_bytes()
+    assert_clean_error(run(*args, "--lr", "0.01", check=False), str(run_dir), "--lr")
+    assert (run_dir / "summary.json").read_bytes() == summary
+    again = run(*args)  # the same settings: nothing to do, and nothing rewritten
+    assert "already finished" in again.stdout and (run_dir / "summary.json").read_bytes() == summary
+
+
+@pytest.mark.e2e
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tiny_root, tmp_path):
+    """Such folders (config.json and people.json only) used to bump the next run to exp2."""
+    md = tmp_path / "m"
+    args = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *BASE, "--img_size", "32", "32"]
+    assert_clean_error(run(*args, "--lr", "1e6", check=False), "no checkpoint was saved yet")
+    assert not list(md.glob("exp*"))
+    run(*args)
+    assert [d.name for d in md.glob("exp*")] == ["exp"]
