@@ -18,6 +18,8 @@ Measures in one run, side by side (images per second, or seconds):
   face_batched        face_image.py: MTCNN on batches of downscaled copies, threaded decoding
   face_plain          one image at a time at full resolution; box IoU of the two reported
   face_ssd_mtcnn      face_image.py --detector ssd_mtcnn (OpenCV's SSD, then MTCNN), batched as face_batched
+  infer_cpu_torch     CPU inference through the one prediction path, torch (same batches and size as below)
+  infer_cpu_onnxruntime  the same network exported to ONNX (export.py's exporter), run by onnxruntime
   peak_rss_mib        peak resident memory of the process
 Ratios, not absolute times, are the targets: shared machines are noisy. Writes the figures as JSON.
 """
@@ -154,7 +156,7 @@ def bench_infer(args, dev, eval_dir, raw, loop):
     from cache import cached_images
     from checkpoint import CheckpointMeta
     from dataset import read_eval
-    from inference import predict_probs
+    from prediction import predict_probs
     info, paths = read_eval(eval_dir)
     paths = paths[:args.eval_images]
     n = len(paths)
@@ -202,6 +204,8 @@ def bench_infer(args, dev, eval_dir, raw, loop):
 
     if "cv5" not in args.skip:
         res.update(bench_cv5(args, dev, paths[:args.cv5_images], raw, loop, meta, opts, fresh))
+    if "onnx" not in args.skip:
+        res.update(bench_onnx(args, raw, meta, n))
     res["eval_images"] = n
     return res
 
@@ -209,7 +213,7 @@ def bench_infer(args, dev, eval_dir, raw, loop):
 def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
     """CV-5 + flip TTA: decode once then 10 passes, against 5 passes that each decode again (seconds)."""
     from cache import cached_images
-    from inference import predict_probs
+    from prediction import predict_probs
     n, key = len(paths), (tuple(args.img_size), "center")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     res = {"cv5_images": n}
@@ -275,6 +279,25 @@ def bench_faces(args, dev, face_dir):
     return res
 
 
+def bench_onnx(args, raw, meta, n):
+    """CPU inference of the same network, batches and input size: torch against onnxruntime (export.py's file)."""
+    import tempfile
+
+    from onnx_backend import OnnxModel, export_onnx
+    from prediction import predict_probs
+    x = np.random.default_rng(1).integers(0, 255, (n,) + tuple(args.img_size) + (3,), dtype=np.uint8)
+    model = raw.to("cpu").eval()
+    out = Path(tempfile.mkdtemp(dir=args.cache_dir)) / "model.onnx"
+    with torch.no_grad():
+        diff, _ = export_onnx(model.to(memory_format=torch.contiguous_format), args.img_size, out)
+    res = {"onnx_max_abs_diff": diff}
+    for name, net in (("torch", model), ("onnxruntime", OnnxModel(out, "cpu"))):
+        run = lambda: predict_probs(net, meta, x, batch_size=args.batch_size, device="cpu", amp=False)  # noqa: E731
+        run()  # warm-up
+        res[f"infer_cpu_{name}"], _ = _timeit(run, n, args.repeat)
+    return res
+
+
 def report(r):
     rows = [("train: model only (ceiling)", r.get("train_model_only"), "img/s"),
             ("train: toolkit end to end", r.get("train_toolkit"), "img/s"),
@@ -289,6 +312,8 @@ def report(r):
             ("infer: toolkit, eval cache warm", r.get("infer_toolkit_warm"), "img/s"),
             ("CV-5 + flip TTA: toolkit", r.get("cv5_tta_toolkit_s"), "s"),
             ("CV-5 + flip TTA: re-decode per model", r.get("cv5_tta_redecode_s"), "s"),
+            ("infer on CPU: torch", r.get("infer_cpu_torch"), "img/s"),
+            ("infer on CPU: onnxruntime", r.get("infer_cpu_onnxruntime"), "img/s"),
             ("faces: batched, downscaled", r.get("face_batched"), "img/s"),
             ("faces: one at a time, full res", r.get("face_plain"), "img/s"),
             ("faces: --detector ssd_mtcnn, batched", r.get("face_ssd_mtcnn"), "img/s"),
@@ -307,6 +332,7 @@ def ratios(r):
              ("infer toolkit / model only, cache warm (target >= 0.90)", "infer_toolkit_warm", "infer_model_only"),
              ("CV-5+TTA re-decode / toolkit (target >= 2)", "cv5_tta_redecode_s", "cv5_tta_toolkit_s"),
              ("faces batched / plain (target >= 3)", "face_batched", "face_plain"),
+             ("onnxruntime / torch, CPU inference", "infer_cpu_onnxruntime", "infer_cpu_torch"),
              ("faces: share of boxes at IoU >= 0.9 with plain", "face_iou_ge_0_9", None)]
     return {name: r[a] / (r[b] if b else 1.0) for name, a, b in pairs if r.get(a) is not None and (b is None or b in r)}
 
@@ -336,7 +362,7 @@ def main(argv):
     ap.add_argument("--repeat", type=count, default=1, help="repeat each timing, keep the best")
     add_bool(ap, "--profile", False, "print where the toolkit's training epoch and inference spend their time")
     ap.add_argument("--cv5_images", type=count, default=200, help="eval images for the CV-5 + TTA comparison")
-    ap.add_argument("--skip", nargs="*", default=[], choices=("train", "plain", "infer", "cv5", "faces"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("train", "plain", "infer", "cv5", "faces", "onnx"))
     ap.add_argument("--cache_dir", default="bench/.cache", help="where the run's temporary image caches go")
     ap.add_argument("--output", "--out", dest="output", default="bench/benchmark.json", help="where the figures go (JSON)")
     args = ap.parse_args(argv)

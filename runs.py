@@ -14,7 +14,7 @@ from pathlib import Path
 import distributed
 from labels import MULTI_TASKS
 from splits import split_people
-from utils import UserError, increment_dir, writable_dir, write_json_atomic
+from utils import UserError, env_default, increment_dir, writable_dir, write_json_atomic
 
 
 def check_same_people(run_dir, table):
@@ -115,6 +115,13 @@ def newest_run(model_dir):
     runs = [d for d in Path(model_dir).iterdir() if d.is_dir() and not d.name.startswith(".") and is_run(d)]
     started = lambda d: ((d / "config.json") if (d / "config.json").is_file() else d).stat().st_mtime  # noqa: E731
     return max(runs, key=lambda d: (started(d), d.name)) if runs else None
+
+
+def add_run_flags(ap):
+    """--model_dir and --run_dir as every script that uses a trained run takes them."""
+    ap.add_argument("--model_dir", default=env_default("SM_CHANNEL_MODEL", "model"),
+                    help="folder of runs: its newest run is used; a run folder itself also works (env SM_CHANNEL_MODEL)")
+    ap.add_argument("--run_dir", default=None, help="this run instead of the newest in --model_dir")
 
 
 def chosen_run(model_dir, run_dir=None):

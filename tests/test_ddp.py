@@ -13,8 +13,8 @@ from cache import decode_many
 from checkpoint import model_from_checkpoint
 from dataset import Log, build_table
 from evaluation import score
-from inference import predict_probs
 from model import DEFAULT_TTA
+from prediction import predict_probs
 
 CHECK = """
 import sys, torch, torch.distributed as dist

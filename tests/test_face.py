@@ -122,7 +122,7 @@ def test_union_detector_recall_on_real_masked_photos():
     IoU >= 0.5. Measured recall 0.890, precision 0.747 (ssd_mtcnn: 0.853, 0.822; MTCNN at its score >= 0.9:
     0.761, 0.879). The recall floor is the detection issue's: 0.88."""
     from faces import create_detector
-    from predict import MIN_SCORE
+    from predictor import MIN_SCORE
     res = score_detection(KAGGLE, create_detector("union", "cpu", 1024), min_face=32, min_score=MIN_SCORE["union"])
     print(res)
     assert res["faces"] == 573 and res["recall"] >= 0.88 and res["precision"] >= 0.7

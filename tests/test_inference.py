@@ -14,7 +14,8 @@ from cache import decode_many
 from checkpoint import load_checkpoint, model_from_checkpoint
 from dataset import read_eval
 from decision import decide, read_offsets
-from inference import find_groups, load_models, predict_probs, run_groups
+from onnx_backend import load_torch_models
+from prediction import find_groups, predict_probs, run_groups
 
 
 def _infer(tiny_root, out, *args, check=True):
@@ -56,7 +57,7 @@ def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
     for (ck,) in groups:
         m, meta = model_from_checkpoint(ck)
         per_fold.append(predict_probs(m, meta, x)["label"].numpy())
-    assert np.allclose(run_groups(groups, arrays, load_models(groups, "cpu"), batch_size=64), np.mean(per_fold, 0), atol=1e-6)
+    assert np.allclose(run_groups(groups, arrays, load_torch_models(groups, "cpu"), batch_size=64), np.mean(per_fold, 0), atol=1e-6)
     mgroups = find_groups(tiny_runs["multi"])
     parts = {}
     for ck in mgroups[0]:
@@ -65,7 +66,7 @@ def test_cv_average_and_multi_product_by_hand(tiny_root, tiny_runs):
     assert "years" in parts  # the age model's training aid is predicted, and takes no part in the decision
     hand = np.stack([parts["mask"][:, c // 6] * parts["gender"][:, (c // 3) % 2] * parts["age"][:, c % 3]
                      for c in range(18)], 1)
-    assert np.allclose(run_groups(mgroups, arrays, load_models(mgroups, "cpu"), batch_size=64), hand, atol=1e-6)
+    assert np.allclose(run_groups(mgroups, arrays, load_torch_models(mgroups, "cpu"), batch_size=64), hand, atol=1e-6)
 
 
 @pytest.mark.e2e
@@ -126,7 +127,7 @@ def test_mismatched_checkpoint_exits_2_and_writes_nothing(tiny_root, tiny_runs, 
 def test_a_cv_run_with_a_fold_unfinished_or_not_started_is_refused(tiny_runs, tmp_path):
     """Inference while fold jobs still ran averaged whatever folds had a best.pth (a fold in training has
     one from its best epoch so far), silently fewer or weaker models than the run has."""
-    from inference import find_groups
+    from prediction import find_groups
     from utils import UserError
     run = tmp_path / "cv"
     shutil.copytree(tiny_runs["cv"], run)

@@ -1,10 +1,14 @@
 """predict.py: photos in, faces and labels out."""
+import json
 import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import assert_clean_error, run
+
+from utils import UserError
 
 
 def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
@@ -17,7 +21,7 @@ def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
 
 
 def test_annotation_numbers_faces_inside_the_photo_and_lists_them_below():
-    from predict import annotate
+    from predictor import annotate
     img = np.zeros((300, 400, 3), np.uint8)
     faces = [dict(box=[b, 10, b + 30, 40], mask=k % 3, mask_name="wear", gender_name="male", age_name="<30",
                   probs=[0.9] + [0.1 / 17] * 17) for k, b in enumerate((0, 20, 40, 380))]  # crowded, one at the edge
@@ -54,3 +58,50 @@ def test_predict_never_replaces_an_input_or_a_users_file_and_says_when_it_replac
     assert "replacing" not in first.stderr and (here / "y_pred.jpg").is_file()
     again = run("predict.py", here, "--run_dir", run_dir, "--out", here)  # its own annotation is not a new photo
     assert "replacing 2 earlier result file(s)" in again.stderr and "1 photo(s)" in again.stderr
+
+
+@pytest.mark.e2e
+def test_the_python_api_gives_the_rows_predict_py_writes(tiny_root, tiny_runs, tmp_path):
+    from images import read_rgb
+    from predictor import Predictor
+    photos = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:4]
+    run("predict.py", *photos, "--run_dir", tiny_runs["single"], "--output_dir", tmp_path)
+    p = Predictor.from_run(tiny_runs["single"], device="cpu")
+    found = 0
+    for f in photos:
+        written = json.loads((tmp_path / f"{f.stem}.json").read_text())["faces"]
+        assert p.predict(f) == written == p.predict(read_rgb(f))  # a path or an RGB array
+        found += len(written)
+        for face in written:
+            assert set(face) >= {"box", "score", "label", "mask", "gender", "age", "mask_name", "gender_name",
+                                 "age_name", "probs"}
+    assert found
+    with pytest.raises(UserError, match="RGB uint8"):
+        p.predict(np.zeros((8, 8), np.uint8))
+
+
+@pytest.mark.e2e
+def test_a_video_gets_an_annotated_copy_and_a_row_per_face_per_sampled_frame(tiny_root, tiny_runs, tmp_path):
+    import cv2
+    photos = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:6]
+    frames = [cv2.imread(str(f)) for f in photos for _ in range(2)]  # each photo at an even frame too
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5, frames[0].shape[1::-1])
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    out = tmp_path / "out"
+    run("predict.py", clip, "--run_dir", tiny_runs["single"], "--output_dir", out)
+    every = pd.read_csv(out / "clip.csv")
+    assert len(every) and list(every.columns[:7]) == ["frame", "time", "x1", "y1", "x2", "y2", "score"]
+    assert np.allclose(every["time"], every["frame"] / 5)
+    run("predict.py", clip, "--run_dir", tiny_runs["single"], "--output_dir", out, "--every", "2")
+    sampled = pd.read_csv(out / "clip.csv")
+    assert len(sampled) and sampled.equals(every[every["frame"] % 2 == 0].reset_index(drop=True))
+    annotated = cv2.VideoCapture(str(out / "clip_pred.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    p = run("predict.py", broken, "--run_dir", tiny_runs["single"], "--output_dir", out, check=False)
+    assert_clean_error(p, "broken.mp4", "cannot be read as a video")
+    assert not (out / "broken_pred.mp4").exists() and not (out / "broken.csv").exists()

@@ -8,7 +8,7 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 60
 MODULES = {p.stem: p for p in sorted(REPO.glob("*.py"))}
 # the commands a user runs, that nothing else may build on (evaluation, dataset and model are scripts
 # too, but their functions are shared below them)
-ENTRY_POINTS = {"train", "inference", "predict", "benchmark", "synthetic", "face_image"}
+ENTRY_POINTS = {"train", "inference", "predict", "benchmark", "synthetic", "face_image", "export", "serve"}
 # predict.py shares inference.py's prediction path, and benchmark.py times it
 ALLOWED_UP = {("predict", "inference"), ("benchmark", "inference")}
 

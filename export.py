@@ -1,0 +1,65 @@
+"""Export a trained run to ONNX, checked against torch with onnxruntime.
+
+    python export.py                                  # the newest run in model/
+    python export.py --run_dir model/exp [--out exp.onnx] [--opset 17]
+
+Writes model.onnx beside each checkpoint of the run (a single run: <run>/model.onnx; a CV run: one per
+fold, fold<i>/model.onnx; --multi: one per task), each with model.json describing its input (size,
+normalisation) and outputs. Each file is checked on a batch against the checkpoint it came from: the
+largest absolute difference of the logits is printed, and a file that disagrees is not kept.
+`predict.py --backend onnx` runs them.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from checkpoint import model_from_checkpoint
+from onnx_backend import describe, export_onnx, onnx_path
+from outputs import check_outputs, record_written
+from prediction import find_groups
+from runs import add_run_flags, chosen_run
+from utils import UserError, atomic_path, cli, load_dotenv_once, make_parser, positive, write_json_atomic
+
+TOLERANCE = 1e-3  # largest |logit difference| accepted between onnxruntime and torch, relative to logits over 1
+
+
+def export_one(ckpt, out, opset):
+    """One checkpoint -> an ONNX file at `out` (dynamic batch), checked with onnxruntime -> max |diff|."""
+    model, meta = model_from_checkpoint(ckpt, "cpu")
+    description = describe(meta, ckpt)
+    with atomic_path(out) as tmp:
+        diff, scale = export_onnx(model, meta.img_size, tmp, opset)
+        if not diff <= TOLERANCE * max(1.0, scale):
+            raise UserError(f"{ckpt}: onnxruntime disagrees with torch by {diff:.2e} (logits up to {scale:.2g}); "
+                            "the file is not kept: try another --opset")
+    write_json_atomic(Path(out).with_suffix(".json"), description)
+    return diff
+
+
+@cli
+def main(argv):
+    load_dotenv_once()
+    ap = make_parser(__doc__)
+    add_run_flags(ap)
+    ap.add_argument("--pth_name", default="best.pth", help="checkpoint file in each run/fold/task folder")
+    ap.add_argument("--out", default=None, help="output file for a run of one checkpoint (unset: beside it, "
+                    "model.onnx); CV and --multi runs always write one file beside each checkpoint")
+    ap.add_argument("--opset", type=positive(int, 7, inclusive=True), default=17, help="ONNX opset version")
+    args = ap.parse_args(argv)
+    run = chosen_run(args.model_dir, args.run_dir)
+    ckpts = [ck for g in find_groups(run, args.pth_name) for ck in g]
+    if args.out and len(ckpts) > 1:
+        raise UserError(f"{run} holds {len(ckpts)} checkpoints (CV folds or tasks): --out names one file; leave "
+                        "it out to write model.onnx beside each")
+    outs = [Path(args.out)] if args.out else [onnx_path(ck) for ck in ckpts]
+    for out in outs:
+        check_outputs(out.parent, [out.name, out.with_suffix(".json").name], "--out")
+    for ck, out in zip(ckpts, outs):
+        record_written(out.parent, [out.name, out.with_suffix(".json").name], "export.py")
+        diff = export_one(ck, out, args.opset)
+        print(f"{ck} -> {out}: onnxruntime against torch, max abs difference {diff:.2e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
