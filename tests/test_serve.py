@@ -22,8 +22,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny_runs):
+@pytest.fixture(scope="module")
+def server(tiny_runs):  # one server for the module's tests: it loads the run and the detector once
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--run_dir", str(tiny_runs["single"]),
