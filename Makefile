@@ -243,6 +243,8 @@ detector-scores: realface-data
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector union
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.2 --detector ssd_mtcnn
 	$(PY) face_image.py --score $(KAGGLE) --detect_size 1024 --min_score 0.9 --detector mtcnn
+	for s in 0.5 0.2 0.1 0; do $(PY) face_image.py --score $(KAGGLE) --min_score $$s --detector retinaface; \
+	  $(PY) face_image.py --score realface_fitted --min_score $$s --detector retinaface; done
 
 # The real-mask models (flat + each split's Kaggle train photos) reading the test photos' faces as MTCNN and
 # as --detector union find them (docs/results.md, Real masks: finding more faces).

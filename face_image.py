@@ -146,7 +146,8 @@ def main(argv):
                     help="mtcnn: MTCNN (the best CV macro F1 of models trained on its crops); ssd_mtcnn: OpenCV's SSD, "
                     "then MTCNN where it finds no face (finds the most masked faces); mtcnn_ssd: MTCNN's first pass, "
                     "then the SSD, then MTCNN's second pass; ssd: the SSD alone; union: the SSD and MTCNN's first pass on "
-                    "every photo, their faces merged, then MTCNN's second pass (finds the most faces in street photos); "
+                    "every photo, their faces merged, then MTCNN's second pass (finds many street faces); retinaface: "
+                    "RetinaFace MobileNet-0.25 (ONNX) at up to 1024 px (as many street faces as union, faster); "
                     "docs/detectors.md")
     ap.add_argument("--thresholds", type=fraction, nargs=3, default=list(MTCNN_THRESHOLDS), metavar=("P", "R", "O"),
                     help="MTCNN stage thresholds; lower finds more masked faces and more false ones")

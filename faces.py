@@ -133,13 +133,18 @@ def _ssd(device, detect_size, thresholds, second_pass):
     return SSDFaceDetector(device)
 
 
+def _retina(detect_size):
+    from face_retina import RetinaFaceDetector
+    return RetinaFaceDetector()  # its own size: at MTCNN's 256 px it misses most masked faces (docs/detectors.md)
+
+
 def _retry(device, detect_size, second_pass):
     """MTCNN's relaxed second pass as a cascade's last stage (none when it is off)."""
     return [_mtcnn(device, detect_size, RETRY_THRESHOLDS, False)] if second_pass else []
 
 
 # --detector: name -> factory(device, detect_size, MTCNN thresholds, MTCNN second pass); the SSD always
-# sees 300x300 copies, so detect_size and the thresholds only concern MTCNN. mtcnn_ssd keeps MTCNN's boxes
+# sees 300x300 copies and RetinaFace photos of up to 1024 px, so detect_size and the thresholds only concern MTCNN. mtcnn_ssd keeps MTCNN's boxes
 # wherever its first pass finds a face and asks the SSD before MTCNN's relaxed second pass. union runs the
 # SSD and MTCNN's first pass on every photo (street photos hold faces that only one of them finds), keeps
 # the SSD's box where both find a face, and asks MTCNN's second pass where neither finds one.
@@ -151,6 +156,7 @@ DETECTORS = {
         _mtcnn(dev, size, thr, False), _ssd(dev, size, thr, second), *_retry(dev, size, second)),
     "union": lambda dev, size, thr, second: CascadeDetector(
         UnionDetector(_ssd(dev, size, thr, second), _mtcnn(dev, size, thr, False)), *_retry(dev, size, second)),
+    "retinaface": lambda dev, size, thr, second: _retina(size),
 }
 
 

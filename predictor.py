@@ -22,7 +22,7 @@ from prediction import eval_crop_recipe, find_groups, run_groups, run_tta
 from utils import UserError
 
 # detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
-MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2}
+MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2, "retinaface": 0.5}
 
 
 # whole-photo models see a window framed around the face, whichever detector found it, so they get the one
