@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,23 +64,38 @@ def assert_clean_error(p, *needles):
         assert str(n) in lines[0], (n, lines[0])
 
 
+def _built_once(tmp_path_factory, name, build):
+    """A folder built once per test session, shared by pytest-xdist's workers (each used to build its own)."""
+    from filelock import FileLock  # a dependency of torch
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, not a worker's
+    target = base / name
+    with FileLock(str(target) + ".lock"):
+        if not (target / ".built").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            (target / ".built").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """30 drawn people (about 24 train, 6 eval), rendered once per session."""
-    root = tmp_path_factory.mktemp("tiny") / "data"
-    run("synthetic.py", "--out", root, "--people", "30", "--seed", "3")
-    return root
+    built = _built_once(tmp_path_factory, "tiny", lambda d: run("synthetic.py", "--out", d / "data", "--people", "30",
+                                                                "--seed", "3"))
+    return built / "data"
+
+
+RUN_MODES = {"single": [], "cv": ["--cv", "True", "--k_folds", "3", "--years_weight", "1"],
+             "multi": ["--multi=True", "--years_weight", "1"], "heads": ["--heads", "--years_weight", "1"]}
 
 
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_root, tmp_path_factory):
-    """Tiny runs of every training mode, shared by the inference tests."""
-    md = tmp_path_factory.mktemp("runs")
-    base = ["train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY]
-    runs = {}
-    years = ["--years_weight", "1"]  # the age-in-years head, in every mode but the plain single run
-    for name, extra in {"single": [], "cv": ["--cv", "True", "--k_folds", "3", *years], "multi": ["--multi=True", *years],
-                        "heads": ["--heads", *years]}.items():
-        run(*base, "--run_dir", md / name, *extra)
-        runs[name] = md / name
-    return runs
+    """Tiny runs of every training mode (the years head in all but the plain single run), shared by the
+    inference tests, which only read them."""
+    def build(md):
+        for name, extra in RUN_MODES.items():
+            run("train.py", "--data_dir", tiny_root / "train", "--model_dir", md, *TINY, "--run_dir", md / name, *extra)
+    md = _built_once(tmp_path_factory, "runs", build)
+    return {name: md / name for name in RUN_MODES}

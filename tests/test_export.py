@@ -1,5 +1,6 @@
 """export.py and the onnx backend: a run exported to ONNX, checked against torch, predicting the same."""
 import json
+import shutil
 
 import pytest
 from conftest import assert_clean_error, run
@@ -7,7 +8,8 @@ from conftest import assert_clean_error, run
 
 @pytest.mark.e2e
 def test_a_cv_run_exports_one_checked_file_per_fold_and_onnx_predicts_as_torch(tiny_root, tiny_runs, tmp_path):
-    cv = tiny_runs["cv"]
+    cv = tmp_path / "cv"
+    shutil.copytree(tiny_runs["cv"], cv)  # the shared runs are only read
     p = run("export.py", "--run_dir", cv)
     folds = sorted(cv.glob("fold*/model.onnx"))
     assert len(folds) == 3 and p.stderr.count("max abs difference") == 3
