@@ -9,6 +9,7 @@ probabilities. The run may be single, CV (folds averaged) or multi-task: it is d
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def collect(inputs):
     for s in inputs:
         p = Path(s)
         if p.is_dir():  # not the annotations the toolkit wrote there (a folder predicted into itself)
+            ours = functools.lru_cache(maxsize=None)(written_here)  # each folder's list read once
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in PHOTO_EXTS + VIDEO_EXTS
-                            and not f.name.startswith(".") and f.name not in written_here(f.parent))
+                            and not f.name.startswith(".") and f.name not in ours(f.parent))
         elif p.is_file():
             files.append(p)
         else:

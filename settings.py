@@ -220,13 +220,18 @@ def given_flags(argv, doc=""):
 PER_JOB = ("fold", "run_dir", "world_size")
 
 
+def _differing(saved, now, names):
+    """The settings among `names` (machine settings aside) whose saved value is not today's."""
+    return [k for k in names if k not in MACHINE_SETTINGS and k in saved and saved[k] != now[k]]
+
+
 def check_same_run(run_dir, cfg):
     """A --run_dir reused without --resume holds a run of the same settings (fold jobs, a finished run
     asked again), or it is an error naming what differs: the folder would mix two runs."""
     if run_dir is None or cfg.resume or not (Path(run_dir) / "config.json").is_file():
         return
     saved, now = asdict(read_run_config(run_dir)), asdict(cfg)
-    changed = [k for k in now if k not in MACHINE_SETTINGS + PER_JOB and k in saved and saved[k] != now[k]]
+    changed = _differing(saved, now, [k for k in now if k not in PER_JOB])
     if changed:
         diff = ", ".join(f"--{k} {saved[k]} there, {now[k]} here" for k in changed[:4])
         raise UserError(f"{run_dir} holds a run with other settings ({diff}{', ...' if len(changed) > 4 else ''}): "
@@ -247,8 +252,7 @@ def settings(args, argv, doc=""):
         raise UserError(f"{Path(cfg.resume) / 'config.json'} not found: --resume takes a run folder written by train.py")
     saved = asdict(read_run_config(cfg.resume))
     now = asdict(cfg)
-    changed = sorted(k for k in given_flags(argv, doc) if k not in MACHINE_SETTINGS and k in saved
-                     and saved[k] != now[k])
+    changed = sorted(_differing(saved, now, given_flags(argv, doc)))
     if changed:
         raise UserError(f"--resume continues {cfg.resume} with its own settings, and "
                         f"{', '.join('--' + k for k in changed)} differ from its config.json: start a new run for "

@@ -13,10 +13,11 @@ import cv2
 import pandas as pd
 from tqdm import tqdm
 
+from predictor import COLOURS
 from utils import UserError, atomic_path, write_csv_atomic
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".webm", ".mkv")
-COLOURS_BGR = {0: (80, 200, 40), 1: (30, 170, 250), 2: (50, 50, 230)}  # by mask state, as the photos'
+COLOURS_BGR = {m: c[::-1] for m, c in COLOURS.items()}  # the photos' colours, for OpenCV's BGR frames
 CSV_COLUMNS = ["frame", "time", "x1", "y1", "x2", "y2", "score", "label", "mask_name", "gender_name", "age_name",
                "probability"]
 
