@@ -9,7 +9,7 @@ DEMO_ARGS := --train_dir $(DEMO)/train --model_dir model --img_size 112 96 --pro
 
 .PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
   realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
-  realface-epochs
+  realface-epochs realface-age-screens realface-grouping
 
 install: $(STAMP)
 
@@ -205,6 +205,38 @@ realface-recipe-screens: realface-faces
 # above (docs/results.md, Real faces, 5-fold CV: training length); compare with realface-cv-faces' rfcvf_defaults.
 realface-epochs: realface-faces
 	for s in $(SEEDS); do $(RFF_CV) --run_dir model/rfcvf_ep10_s$$s --seed $$s --epochs 10; done
+	for s in 1 2; do $(RFF_CV) --run_dir model/rfcvf_ep15_s$$s --seed $$s --epochs 15; done
+	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# Age on unseen people and RetinaFace crops (docs/results.md, Age levers): the defaults then, eye-aligned crops
+# (face_image.py --align), RetinaFace crops, boundary ages teaching mask only, soft age bands; seed 1 each,
+# the soft bands seeds 2 and 3 too. Runs went two at a time, one thread each (OMP_NUM_THREADS=1).
+realface-age-screens: realface-data
+	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RF)/eval $(RFF)/two/ && \
+	  $(PY) face_image.py --data_root $(RFF)/two --detector mtcnn)
+	test -d $(RFF)/align/train/faces || (mkdir -p $(RFF)/align && cp -r $(RF)/train $(RF)/eval $(RFF)/align/ && \
+	  $(PY) face_image.py --data_root $(RFF)/align --detector mtcnn --align True)
+	test -d $(RFF)/retina/train/faces || (mkdir -p $(RFF)/retina && cp -r $(RF)/train $(RF)/eval $(RFF)/retina/ && \
+	  $(PY) face_image.py --data_root $(RFF)/retina --detector retinaface)
+	$(RFF_CV) --run_dir model/rfcvf_base_s1 --seed 1 --age_sigma 0
+	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/align/train --source faces --cv True --run_dir model/rfcvf_align_s1 --seed 1 --age_sigma 0
+	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/retina/train --source faces --cv True --run_dir model/rfcvf_retina_s1 --seed 1 --age_sigma 0
+	$(RFF_CV) --run_dir model/rfcvf_bound2_s1 --seed 1 --age_sigma 0 --boundary_years 2
+	for s in $(SEEDS); do $(RFF_CV) --run_dir model/rfcvf_sigma3_s$$s --seed $$s --age_sigma 3; done
+	@for r in model/rfcvf_base_s1 model/rfcvf_align_s1 model/rfcvf_retina_s1 model/rfcvf_bound2_s1 model/rfcvf_sigma3_s*; do \
+	  printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# Person pooling (inference.py --group_people) on the eval split of a build whose photos share background and
+# shirt per person, and of the usual build (per photo), with the first run above (docs/results.md, Person pooling)
+realface-grouping: realface-data
+	test -d realface_scene || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --output_dir realface_scene \
+	  --masks flat --scene person
+	for d in realface_scene $(RF); do \
+	  $(PY) inference.py --eval_dir $$d/eval --run_dir model/rfcvf_base_s1 --output_dir output/pool_$$d --output_name none; \
+	  for t in 4 6 8; do $(PY) inference.py --eval_dir $$d/eval --run_dir model/rfcvf_base_s1 --output_dir output/pool_$$d \
+	    --output_name g$$t --group_people True --group_distance $$t; done; \
+	  for n in none g4 g6 g8; do echo "$$d $$n"; $(PY) evaluation.py --eval_dir $$d/eval --output_dir output/pool_$$d \
+	    --output_name $$n --per_class False; done; done
 	for s in 1 2; do $(RFF_CV) --run_dir model/rfcvf_ep15_s$$s --seed $$s --epochs 15; done
 	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 

@@ -61,8 +61,8 @@ def crop_split(split_dir, recipe=CropRecipe(), detector=None, batch_size=32, wor
             good = [(r, im) for r, im in zip(chunk, imgs) if im is not None]
             bad += [r for r, im in zip(chunk, imgs) if im is None]
             results = best_boxes(detector, [im for _, im in good]) if good else []
-            for (rel, im), (box, score, found) in zip(good, results):
-                write_image(dst / rel, face_or_center(im, box, found, recipe.margin))
+            for (rel, im), (box, score, found, marks) in zip(good, results):
+                write_image(dst / rel, face_or_center(im, box, found, recipe.margin, marks if recipe.align else None))
                 line = f"{rel},{box[0]:.2f},{box[1]:.2f},{box[2]:.2f},{box[3]:.2f},{score:.5f},{int(found)}"
                 done[rel] = line
                 log.write(line + "\n")
@@ -153,6 +153,8 @@ def main(argv):
                     help="MTCNN stage thresholds; lower finds more masked faces and more false ones")
     add_bool(ap, "--second_pass", True, f"look again with thresholds {' '.join(map(str, RETRY_THRESHOLDS))} in "
              "the photos where no face was found (most are masked faces)")
+    add_bool(ap, "--align", False, "turn each crop so the eyes sit level (from the detector's landmarks; the SSD "
+             "gives none); recorded in crop.json, so inference and predict.py cut faces the same way")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where MTCNN runs")
     ap.add_argument("--workers", type=positive(int, 1, inclusive=True), default=None, help="decoding threads")
     ap.add_argument("--score", nargs="+", default=None, metavar="ROOT", help="score detection against known face "
@@ -163,7 +165,7 @@ def main(argv):
                     "(predict.py's)")
     args = ap.parse_args(argv)
     recipe = CropRecipe(args.detector, args.detect_size or None, tuple(args.thresholds), args.second_pass,
-                        tuple(args.margin))
+                        tuple(args.margin), args.align)
     det = recipe.create_detector(args.device)
     if args.score:
         for root in args.score:

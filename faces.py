@@ -185,10 +185,12 @@ class CropRecipe:
     thresholds: tuple = MTCNN_THRESHOLDS
     second_pass: bool = True
     margin: tuple = DEFAULT_MARGIN
+    align: bool = False  # turn each crop so the eyes sit level (crop_face); absent from older recipes: off
 
     @classmethod
     def from_dict(cls, d):
-        return cls(d["detector"], d["detect_size"], tuple(d["thresholds"]), bool(d["second_pass"]), tuple(d["margin"]))
+        return cls(d["detector"], d["detect_size"], tuple(d["thresholds"]), bool(d["second_pass"]), tuple(d["margin"]),
+                   bool(d.get("align", False)))
 
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -199,7 +201,7 @@ class CropRecipe:
     def describe(self):
         return (f"--detector {self.detector} --detect_size {self.detect_size or 0} --thresholds "
                 f"{' '.join(map(str, self.thresholds))} --second_pass {self.second_pass} --margin "
-                f"{' '.join(map(str, self.margin))}")
+                f"{' '.join(map(str, self.margin))} --align {self.align}")
 
 
 def read_crop_recipe(faces_dir):
@@ -243,10 +245,30 @@ def crop_box(box, w, h, margin=DEFAULT_MARGIN):
             min(w, math.ceil(x2 + side * bw)), min(h, math.ceil(y2 + bottom * bw)))
 
 
-def crop_face(img, box, margin=DEFAULT_MARGIN):
-    """The shared crop: face_image.py, predict.py and inference on raw photos all call this."""
-    x1, y1, x2, y2 = crop_box(box, img.shape[1], img.shape[0], margin)
-    return img[y1:y2, x1:x2]
+MAX_TILT = 45  # degrees; a steeper eye line is a landmark error, not a head that tilted
+
+
+def eye_tilt(marks):
+    """Degrees the line from the left to the right eye (landmarks (5, 2), the eyes first) falls."""
+    (lx, ly), (rx, ry) = marks[0], marks[1]
+    return float(np.clip(math.degrees(math.atan2(ry - ly, rx - lx)), -MAX_TILT, MAX_TILT))
+
+
+def crop_face(img, box, margin=DEFAULT_MARGIN, marks=None):
+    """The shared crop: face_image.py, predict.py and inference on raw photos all call this. marks (a
+    face's five landmarks, for recipes with align): the crop turned about the box centre by the eye
+    line's tilt and cut upright, the eyes level; where it leaves the photo, the edge pixels repeat."""
+    if marks is None:
+        x1, y1, x2, y2 = crop_box(box, img.shape[1], img.shape[0], margin)
+        return img[y1:y2, x1:x2]
+    x1, y1, x2, y2 = box
+    bw, (top, side, bottom) = x2 - x1, margin
+    w, h = bw * (1 + 2 * side), (y2 - y1) + (top + bottom) * bw
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), eye_tilt(marks), 1.0)
+    m[:, 2] -= (cx - w / 2, y1 - top * bw)
+    return cv2.warpAffine(img, m, (max(1, math.ceil(w)), max(1, math.ceil(h))), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 # Where the face sits in a competition photo (about 200 px wide in a 384x512 photo, centred a little above
@@ -268,28 +290,35 @@ def center_like_box(box, w, h):
             min(w, math.ceil(bx + (rx2 - fx) * s)), min(h, math.ceil(by + (ry2 - fy) * s)))
 
 
-def crop_for_model(img, box, crop, margin=DEFAULT_MARGIN):
-    """What a model sees of a face found in any photo: its face crop ('none', trained on faces/; margin:
-    its recipe's) or the centre-like window ('center', trained on whole competition photos)."""
+def crop_for_model(img, box, crop, margin=DEFAULT_MARGIN, marks=None):
+    """What a model sees of a face found in any photo: its face crop ('none', trained on faces/; margin
+    and marks: its recipe's) or the centre-like window ('center', trained on whole competition photos)."""
     if crop == "center":
         x1, y1, x2, y2 = center_like_box(box, img.shape[1], img.shape[0])
         return img[y1:y2, x1:x2]
-    return crop_face(img, box, margin)
+    return crop_face(img, box, margin, marks)
 
 
-def face_or_center(img, box, found, margin=DEFAULT_MARGIN):
+def face_or_center(img, box, found, margin=DEFAULT_MARGIN, marks=None):
     """The crop every path uses (face_image.py, inference on raw photos): the face with its margins, or
     the centre region of the photo when no face was found."""
-    return crop_face(img, box, margin) if found else center_crop(img)
+    return crop_face(img, box, margin, marks) if found else center_crop(img)
+
+
+def landmarks_of(marks, k):
+    """Face k's five landmarks, or None where the detector gives none (the SSD: zeros)."""
+    m = None if marks is None or len(marks) <= k else np.asarray(marks[k], float)
+    return m if m is not None and m.shape == (5, 2) and np.isfinite(m).all() and np.abs(m).sum() > 0 else None
 
 
 def best_boxes(detector, images):
-    """-> per image (box, score, detected): the chosen face, or the centre region when none."""
+    """-> per image (box, score, detected, landmarks or None): the chosen face, or the centre region."""
     out = []
-    for im, (boxes, scores, _) in zip(images, detector.detect(images)):
+    for im, (boxes, scores, marks) in zip(images, detector.detect(images)):
         h, w = im.shape[:2]
         k = select_face(boxes, scores, w, h)
-        out.append((tuple(center_region(w, h)), 0.0, False) if k is None else (tuple(boxes[k]), float(scores[k]), True))
+        out.append((tuple(center_region(w, h)), 0.0, False, None) if k is None else
+                   (tuple(boxes[k]), float(scores[k]), True, landmarks_of(marks, k)))
     return out
 
 

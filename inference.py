@@ -28,6 +28,7 @@ from images import why_unreadable
 from model import TTA_VIEWS
 from onnx_backend import load_torch_models
 from outputs import check_outputs, record_written
+from people import SCENE_DISTANCE, NoPooling, ScenePooling
 from prediction import eval_crop_recipe, find_groups, run_groups, run_tta, trained_crop_recipe
 from runs import add_run_flags, chosen_run, resolve_run_path
 from utils import (UserError, add_bool, atomic_path, cli, demo_note, env_default, load_dotenv_once, make_parser,
@@ -90,7 +91,8 @@ def _face_fn(recipe=CropRecipe()):
 
     def fn(imgs):
         found = best_boxes(det, imgs)
-        return [face_or_center(im, box, ok, recipe.margin) for im, (box, _, ok) in zip(imgs, found)]
+        return [face_or_center(im, box, ok, recipe.margin, marks if recipe.align else None)
+                for im, (box, _, ok, marks) in zip(imgs, found)]
     return fn
 
 
@@ -173,6 +175,10 @@ def build_parser():
                     help="unset: 32 on CPU, 256 on CUDA")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     add_bool(ap, "--amp", True, "bf16 (fp16 on older GPUs) autocast on CUDA; False: fp32. No-op on CPU")
+    add_bool(ap, "--group_people", False, "photos that share a background and clothes (the competition's) are "
+             "grouped as one person's: each keeps its mask state, gender and age are decided over the group")
+    ap.add_argument("--group_distance", type=positive(float), default=SCENE_DISTANCE,
+                    help="how alike two photos' surroundings must be to group them (mean Lab difference, 0-255)")
     add_bool(ap, "--gpu_decode", False, "on CUDA, decode JPEGs on the GPU (nvImageCodec where installed, else "
              "nvJPEG); no-op on CPU")
     return ap
@@ -201,7 +207,7 @@ def main(argv):
     weights = args.weights or [1.0] * len(runs)
     if len(weights) != len(runs) or sum(weights) <= 0:
         raise UserError(f"--weights needs {len(runs)} values, not all 0 (got {len(weights)})")
-    info, _ = read_eval(args.eval_dir)
+    info, photos = read_eval(args.eval_dir)
     names = [f"{args.output_name}.csv", f"{args.output_name}_probs.npy"]
     check_outputs(out, names, "--output_dir or --output_name", inputs=[Path(args.eval_dir) / "info.csv"])
     run_groups_ = [find_groups(r, args.pth_name, args.cv, args.multi) for r in runs]
@@ -210,7 +216,8 @@ def main(argv):
     arrays = load_eval_images(args.eval_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
                               device if args.gpu_decode else "cpu", eval_crop_recipe(metas, args.detector))
     ttas = [args.tta or run_tta(gs, models) for gs in run_groups_]
-    run_probs = [run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp)
+    pool = ScenePooling(photos, args.group_distance) if args.group_people else NoPooling()
+    run_probs = [pool(run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp))
                  for gs, tta in zip(run_groups_, ttas)]
     run_offsets = [read_offsets(r) if args.decision == "fitted" else None for r in runs]
     offsets, how = ensemble_offsets(runs, weights, run_offsets) if args.decision == "fitted" else (None, "argmax")
@@ -223,7 +230,7 @@ def main(argv):
     n_models = sum(len(g) for gs in run_groups_ for g in gs)
     views = ",".join(dict.fromkeys(ttas))
     print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={views}, vote={args.vote}, "
-          f"decision {how if args.vote == 'soft' else 'per run'} -> {out / (args.output_name + '.csv')}", file=sys.stderr)
+          f"decision {how if args.vote == 'soft' else 'per run'}, people grouped: {pool.describe()} -> {out / (args.output_name + '.csv')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

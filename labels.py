@@ -35,6 +35,12 @@ def age_class(age_years, bounds=OFFICIAL_AGE_BOUNDS):
     return (a >= bounds[0]).astype(int) + (a >= bounds[1]).astype(int)
 
 
+def near_bound(age_years, bounds=OFFICIAL_AGE_BOUNDS, years=0):
+    """True for ages at most `years` below a band's first age (years 2, bounds 30 60: 28, 29, 58, 59)."""
+    a = np.asarray(age_years)
+    return np.any([(a >= b - years) & (a < b) for b in bounds], axis=0) if years > 0 else np.zeros(a.shape, bool)
+
+
 def year_index(age_years):
     """Age in years -> index of the years head (ages outside 18-60 clipped)."""
     return np.clip(np.asarray(age_years).astype(int), AGE_MIN, AGE_MAX) - AGE_MIN

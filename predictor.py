@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 import distributed
 from decision import decide, read_offsets
-from faces import CropRecipe, crop_for_model
+from faces import CropRecipe, crop_for_model, landmarks_of
 from images import prepare, read_rgb, why_unreadable
 from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from onnx_backend import load_backend
@@ -108,12 +108,12 @@ class Predictor:
         return face_rows(faces, probs, labels)
 
     def faces_in(self, img):
-        """[(box, score)] of the faces the detector finds at min_score or more."""
-        boxes, scores, _ = self.det.detect([img])[0]
-        return [(boxes[i], scores[i]) for i in range(len(boxes)) if scores[i] >= self.min_score]
+        """[(box, score, landmarks or None)] of the faces the detector finds at min_score or more."""
+        boxes, scores, marks = self.det.detect([img])[0]
+        return [(boxes[i], scores[i], landmarks_of(marks, i)) for i in range(len(boxes)) if scores[i] >= self.min_score]
 
     def find(self, files):
-        """-> [(file, image, [(box, score)])] for the readable photos, and the unreadable files."""
+        """-> [(file, image, [(box, score, landmarks)])] for the readable photos, and the unreadable files."""
         found, unreadable = [], []
         for f in files:
             img = read_rgb(f)
@@ -130,19 +130,19 @@ class Predictor:
     def classify(self, found):
         """Every face of the photos in one pass per model; each face cut as its model was trained (face
         crop or centre-like window) and prepared once per input size -> (probabilities, labels)."""
-        crops = [(img, box) for _, img, faces in found for box, _ in faces]
+        crops = [(img, box, marks if self.recipe.align else None) for _, img, faces in found for box, _, marks in faces]
         if not crops:
             return np.zeros((0, 18)), np.zeros(0, int)
         keys = {m.input_key for _, m in self.models.values()}
-        arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], self.recipe.margin), k[0], "none")
-                               for im, box in crops]) for k in keys}
+        arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], self.recipe.margin, marks), k[0], "none")
+                               for im, box, marks in crops]) for k in keys}
         probs = run_groups(self.groups, arrays, self.models, tta=self.tta, batch_size=32, device=self.device)
         return probs, decide(probs, self.offsets)
 
 
 def face_rows(faces, probs, labels):
     rows = []
-    for (box, score), p, label in zip(faces, probs, labels):
+    for (box, score, _), p, label in zip(faces, probs, labels):
         m, g, a = (int(v) for v in decode(int(label)))
         rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=int(label),
                          mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],

@@ -213,20 +213,26 @@ def create_mask_renderer(name):
     return MASK_RENDERERS[name]
 
 
-def compose(face, box, lm, rng, state, draw):
+def draw_scene(rng):
+    """A background's two gradient colours and a shirt colour."""
+    return rng.integers(50, 230, (2, 3)).astype(np.float32), tuple(int(v) for v in rng.integers(20, 230, 3))
+
+
+def compose(face, box, lm, rng, state, draw, scene=None):
     """One 384x512 photo of the person: background, shoulders, the face (feathered), maybe a mask
     drawn by `draw` (a MASK_RENDERERS function, the builder's choice; unused for state "none").
+    scene: draw_scene's colours, shared by a person's photos (None: drawn for this photo).
     -> (JPEG bytes, the face box on the photo: the source photo's MTCNN box, its centre carried by
     the same warp and its size by the warp's scale; the small rotation is left out, as a detector's
     upright box leaves it out)."""
     m = _affine(rng, box)
-    bgc = rng.integers(50, 230, (2, 3)).astype(np.float32)
+    bgc = scene[0] if scene else rng.integers(50, 230, (2, 3)).astype(np.float32)
     canvas = np.linspace(bgc[0], bgc[1], H, dtype=np.float32)[:, None, :].repeat(W, 1)
     canvas += rng.normal(0, 5, canvas.shape).astype(np.float32)
     img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     b = _apply(m, [(box[0], box[1]), (box[2], box[3])])
     cx, bottom = (b[0, 0] + b[1, 0]) / 2, b[1, 1]
-    shirt = tuple(int(v) for v in rng.integers(20, 230, 3))
+    shirt = scene[1] if scene else tuple(int(v) for v in rng.integers(20, 230, 3))
     ImageDraw.Draw(img).polygon([(cx - 180, H), (cx - 160, bottom + 70), (cx - 50, bottom + 30), (cx + 50, bottom + 30),
                                  (cx + 160, bottom + 70), (cx + 180, H)], fill=shirt)
     canvas = np.asarray(img, np.float32)
@@ -251,9 +257,10 @@ def compose(face, box, lm, rng, state, draw):
     return buf.tobytes(), tuple(round(float(v), 1) for v in face_box)
 
 
-def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
+def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted", scene="photo"):
     """Yields (person, {stem: jpeg bytes}) for each photo whose face MTCNN finds; counts the rest.
-    masks: the mask renderer (MASK_RENDERERS)."""
+    masks: the mask renderer (MASK_RENDERERS); scene: "photo" (background and shirt drawn per photo) or
+    "person" (one per person, as in the competition's photos: what grouping a person's photos needs)."""
     draw = create_mask_renderer(masks)
     from faces import FaceDetector, select_face
     df = list_faces(faces_dir, faces_csv)
@@ -273,10 +280,12 @@ def real_people(faces_dir, faces_csv=None, seed=0, limit=None, masks="fitted"):
                 continue
             i = int(r.Index)
             rng = np.random.default_rng([seed, i, 11])
+            look = draw_scene(np.random.default_rng([seed, i, 13])) if scene == "person" else None
             person = dict(id=f"{i + 1:06d}", gender=int(r.gender), age=int(r.age), race=r.race)
-            made = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear", draw) for j in range(1, 6)}
-            made["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin", draw)
-            made["normal"] = compose(im, boxes[k], lms[k], rng, "none", draw)
+            made = {f"mask{j}": compose(im, boxes[k], lms[k], rng, "wear", draw, look) for j in range(1, 6)}
+            made["incorrect_mask"] = compose(im, boxes[k], lms[k], rng, "nose" if rng.random() < 0.7 else "chin", draw,
+                                             look)
+            made["normal"] = compose(im, boxes[k], lms[k], rng, "none", draw, look)
             person["boxes"] = {stem: b for stem, (_, b) in made.items()}  # the true face box of each photo
             yield person, {stem: data for stem, (data, _) in made.items()}
     print(f"{len(df)} real faces: {len(df) - skipped} people written, {skipped} skipped (no face found or "

@@ -67,6 +67,8 @@ class RunSettings:
     age_bounds: tuple = opt(OFFICIAL_AGE_BOUNDS, "data", "first ages of the middle and old class for training labels; "
                             "validation always uses the official 30 60", type=COUNT, nargs=2, action=Rising,
                             metavar=("LOW", "HIGH"))
+    boundary_years: int = opt(0, "data", "photos of people this many years or less below an age bound (29 for "
+                              "30 at 1) teach their mask state only, not gender and age (0: off)", type=INT_0)
     extra_data: tuple = opt((), "data", "other training dirs (competition layout, or mask-only folders): on the "
                             "training side of every split, never validated on", nargs="*")
     extra_min_face: int = opt(32, "data", "mask-only extra data with boxes: smallest face used (shorter side, px)",

@@ -253,11 +253,14 @@ def main(argv):
                     help="with --faces: use at most N photos")
     ap.add_argument("--masks", default="fitted", help="with --faces: how masks are drawn: fitted (follows the face, "
                     "lit like the photo) or flat (the first builder; docs/results.md compares them)")
+    ap.add_argument("--scene", choices=("photo", "person"), default="photo", help="with --faces: background and "
+                    "shirt drawn per photo, or shared by a person's photos as in the competition's (inference.py "
+                    "--group_people can then find a person's photos)")
     args = ap.parse_args(argv)
     check_replaceable(args.output_dir)  # before any drawing
     if args.faces:
         from realfaces import real_people
-        people = real_people(args.faces, args.faces_csv, args.seed, args.limit, args.masks)
+        people = real_people(args.faces, args.faces_csv, args.seed, args.limit, args.masks, args.scene)
     else:
         people = drawn_people(args.people, args.seed)
     n_train, n_eval = write_dataset(people, args.output_dir, args.eval_ratio, args.seed)

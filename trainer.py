@@ -19,7 +19,7 @@ from checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from distributed import log_main
 from engine import NullWriter, build_training, evaluate, train_one_epoch
 from evaluation import confusion_figure
-from labels import MULTI_TASKS, loss_targets
+from labels import MULTI_TASKS, loss_targets, near_bound
 from loaders import BatchDataset, make_loader
 from model import combine_probs
 from oof import prob_columns
@@ -32,7 +32,9 @@ def make_loaders(cfg, table, images, tr_rows, va_rows, dist):
     cache_rows = table["cache_row"].to_numpy()
     train_labels = table["label"].to_numpy()[tr_rows]
     # targets: the 18-class label (metrics, sampler) and the class x year index (the loss)
-    targets = loss_targets(table["label"], table["age_years"], table["full"])
+    # --boundary_years: ages just under a band edge are the noisiest age labels; they still teach the mask
+    full = table["full"].to_numpy() & ~near_bound(table["age_years"], tuple(cfg.age_bounds), cfg.boundary_years)
+    targets = loss_targets(table["label"], table["age_years"], full)
     ds_tr = BatchDataset(images, cache_rows[tr_rows], targets[tr_rows])
     ds_va = BatchDataset(images, cache_rows[va_rows], targets[va_rows])
     cuda = dist.device.type == "cuda"

@@ -11,7 +11,10 @@ import torch
 from conftest import TINY, assert_clean_error, run
 from PIL import Image
 
-RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1"]  # not the defaults (mtcnn, 0.3 0.15 0.15)
+from faces import CropRecipe
+
+# not the defaults (mtcnn, 0.3 0.15 0.15, no alignment); the photos MTCNN finds (its landmarks) are turned upright
+RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1", "--align", "True"]
 
 
 @pytest.mark.e2e
@@ -22,7 +25,9 @@ def test_faces_folder_records_its_recipe_and_refuses_another(tmp_path):
     faces = tmp_path / "eval" / "faces"
     recipe = json.loads((faces / "crop.json").read_text())
     assert recipe == {"detector": "ssd_mtcnn", "detect_size": 256, "thresholds": [0.6, 0.7, 0.7], "second_pass": True,
-                      "margin": [0.2, 0.1, 0.1]}
+                      "margin": [0.2, 0.1, 0.1], "align": True}
+    del recipe["align"]  # a recipe recorded before alignment existed reads as unaligned, so its runs still predict
+    assert CropRecipe.from_dict(recipe) == CropRecipe("ssd_mtcnn", 256, (0.6, 0.7, 0.7), True, (0.2, 0.1, 0.1), False)
     before = {p.name: p.read_bytes() for p in faces.iterdir()}
     p = run("face_image.py", "--data_dir", tmp_path, check=False)  # the defaults would mix two kinds of crops
     assert_clean_error(p, str(faces), "--detector ssd_mtcnn", "--margin 0.2 0.1 0.1")
@@ -64,6 +69,7 @@ def recipe_run(tiny_root, tmp_path_factory):
 def test_inference_and_predict_cut_eval_photos_as_the_training_crops_were_cut(recipe_run, tiny_root, tmp_path):
     meta = torch.load(recipe_run / "best.pth", map_location="cpu", weights_only=False)["meta"]
     assert meta["face_crop"]["detector"] == "ssd_mtcnn" and meta["face_crop"]["margin"] == [0.2, 0.1, 0.1]
+    assert meta["face_crop"]["align"]
     ev = _eval_dir(tmp_path, tiny_root)
     infer = ["inference.py", "--model_dir", recipe_run, "--data_dir", ev, "--output_dir", tmp_path / "o"]
     run(*infer, "--output_name", "on_the_fly")  # no eval faces/: found and cut on the fly, by the recorded recipe

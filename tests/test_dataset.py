@@ -147,3 +147,11 @@ def test_implausible_ages_are_bad_rows(tiny_root, tmp_path, age, capsys):
     t = build_table(train, log=log)
     assert csv.loc[0, "path"] not in set(t["people_path"]) and len(t) == 7 * (len(csv) - 1)
     assert log.counts.get("bad age") == 1 and f"age {age!r}" in capsys.readouterr().err
+
+
+def test_boundary_years_are_the_ages_just_under_each_band_edge():
+    from labels import near_bound
+    ages = np.arange(18, 61)
+    assert ages[near_bound(ages, (30, 60), 2)].tolist() == [28, 29, 58, 59]
+    assert ages[near_bound(ages, (29, 58), 1)].tolist() == [28, 57]
+    assert not near_bound(ages, (30, 60), 0).any()

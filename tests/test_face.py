@@ -22,7 +22,8 @@ KAGGLE = SHARED / "kaggle_facemask"
 def test_astronaut_crop_contains_the_face():
     import skimage.data
     img = skimage.data.astronaut()
-    (box, score, found), = best_boxes(FaceDetector(detect_size=None), [img])
+    (box, score, found, marks), = best_boxes(FaceDetector(detect_size=None), [img])
+    assert marks.shape == (5, 2)
     assert found and score > 0.95
     x1, y1, x2, y2 = crop_box(box, 512, 512)
     # her eyes are near (205, 105) and (245, 105), her mouth near (225, 150), her chin near (225, 175)
@@ -30,6 +31,24 @@ def test_astronaut_crop_contains_the_face():
         assert x1 <= px <= x2 and y1 <= py <= y2
     crop = crop_face(img, box)
     assert 100 < crop.shape[0] < 260 and 90 < crop.shape[1] < 200  # the face, not the whole photo
+
+
+def test_aligned_crop_sets_a_tilted_face_upright():
+    """--align: the crop is turned by the eye line's tilt, so MTCNN finds the eyes level in it; the plain
+    crop of the same tilted photo keeps the tilt."""
+    import cv2
+    import skimage.data
+
+    from faces import eye_tilt
+    img = cv2.warpAffine(skimage.data.astronaut(), cv2.getRotationMatrix2D((225, 140), -15, 1.0), (512, 512),
+                         borderMode=cv2.BORDER_REPLICATE)  # her face turned 15 degrees clockwise
+    det = FaceDetector(detect_size=None)
+    (box, _, found, marks), = best_boxes(det, [img])
+    assert found and eye_tilt(marks) > 12  # her head already leans a few degrees
+    plain, aligned = crop_face(img, box), crop_face(img, box, marks=marks)
+    tilts = [eye_tilt(best_boxes(det, [c])[0][3]) for c in (plain, aligned)]
+    assert tilts[0] > 12 and abs(tilts[1]) < 3, tilts
+    assert abs(aligned.shape[0] - plain.shape[0]) <= 2 and abs(aligned.shape[1] - plain.shape[1]) <= 2
 
 
 def test_most_plausible_face_is_chosen_not_the_first():
@@ -183,7 +202,7 @@ def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
     from images import center_crop
     from inference import _face_fn
     img = np.full((512, 384, 3), 128, np.uint8)
-    (box, _, found), = best_boxes(create_detector(device="cpu"), [img])
+    (box, _, found, _), = best_boxes(create_detector(device="cpu"), [img])
     assert not found
     assert _face_fn()([img])[0].shape == center_crop(img).shape == face_or_center(img, box, found).shape
 

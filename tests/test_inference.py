@@ -271,3 +271,18 @@ def test_inference_and_evaluation_never_replace_the_answers_or_a_users_file(tiny
     p = run("evaluation.py", "--gt_dir", ev, "--pred_dir", out, check=False)
     assert_clean_error(p, "output_confusion.png")
     assert (out / "output_confusion.png").read_bytes() == b"my figure"
+
+
+@pytest.mark.e2e
+def test_group_people_decides_gender_and_age_over_each_group(tiny_root, tiny_runs, tmp_path):
+    """--group_people: each photo keeps its mask distribution; gender x age is its group's mean (a distance
+    that joins every photo: one group, so every photo gets the same gender x age distribution)."""
+    from people import pool_people
+    base = ["--model_dir", tiny_runs["single"], "--decision", "none"]
+    _infer(tiny_root, tmp_path, *base, "--output_name", "alone")
+    p = _infer(tiny_root, tmp_path, *base, "--output_name", "pooled", "--group_people", "True", "--group_distance", "1000")
+    assert "people grouped:" in p.stderr and "in 1 groups" in p.stderr, p.stderr
+    alone, pooled = (np.load(tmp_path / f"{n}_probs.npy") for n in ("alone", "pooled"))
+    assert np.allclose(pooled, pool_people(alone, np.zeros(len(alone), int)), atol=1e-5)
+    person = pooled.reshape(-1, 3, 6).sum(1)
+    assert np.allclose(person, person[0], atol=1e-5) and not np.allclose(alone, pooled)
