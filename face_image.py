@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from faces import (DEFAULT_DETECTOR, DEFAULT_MARGIN, DETECT_SIZE, DETECTORS, MTCNN_THRESHOLDS, RETRY_THRESHOLDS,
-                   CropRecipe, best_boxes, face_or_center, list_images, record_crop_recipe, write_image)
+                   CropRecipe, best_boxes, list_images, record_crop_recipe, write_image)
 from images import read_rgb
 from labels import MASK_NAMES
 from utils import (UserError, add_bool, cli, demo_note, env_default, fraction, load_dotenv_once, make_parser,
@@ -62,7 +62,7 @@ def crop_split(split_dir, recipe=CropRecipe(), detector=None, batch_size=32, wor
             bad += [r for r, im in zip(chunk, imgs) if im is None]
             results = best_boxes(detector, [im for _, im in good]) if good else []
             for (rel, im), (box, score, found, marks) in zip(good, results):
-                write_image(dst / rel, face_or_center(im, box, found, recipe.margin, marks if recipe.align else None))
+                write_image(dst / rel, recipe.cut(im, box, found, marks))
                 line = f"{rel},{box[0]:.2f},{box[1]:.2f},{box[2]:.2f},{box[3]:.2f},{score:.5f},{int(found)}"
                 done[rel] = line
                 log.write(line + "\n")

@@ -195,6 +195,10 @@ class CropRecipe:
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def cut(self, img, box, found, marks=None):
+        """face_or_center by this recipe: its margins, and the face turned upright when it aligns."""
+        return face_or_center(img, box, found, self.margin, marks if self.align else None)
+
     def create_detector(self, device="auto"):
         return create_detector(self.detector, device, self.detect_size, self.thresholds, self.second_pass)
 

@@ -23,7 +23,7 @@ import distributed
 from cache import cached_images, decode_many
 from dataset import has_faces, read_eval
 from decision import decide, fit_decision, read_offsets
-from faces import DETECTORS, CropRecipe, best_boxes, face_or_center, read_crop_recipe
+from faces import DETECTORS, CropRecipe, best_boxes, read_crop_recipe
 from images import why_unreadable
 from model import TTA_VIEWS
 from onnx_backend import load_torch_models
@@ -91,8 +91,7 @@ def _face_fn(recipe=CropRecipe()):
 
     def fn(imgs):
         found = best_boxes(det, imgs)
-        return [face_or_center(im, box, ok, recipe.margin, marks if recipe.align else None)
-                for im, (box, _, ok, marks) in zip(imgs, found)]
+        return [recipe.cut(im, box, ok, marks) for im, (box, _, ok, marks) in zip(imgs, found)]
     return fn
 
 
@@ -230,7 +229,8 @@ def main(argv):
     n_models = sum(len(g) for gs in run_groups_ for g in gs)
     views = ",".join(dict.fromkeys(ttas))
     print(f"{len(sub)} images, {n_models} checkpoint(s) from {len(runs)} run(s), tta={views}, vote={args.vote}, "
-          f"decision {how if args.vote == 'soft' else 'per run'}, people grouped: {pool.describe()} -> {out / (args.output_name + '.csv')}", file=sys.stderr)
+          f"decision {how if args.vote == 'soft' else 'per run'}, people grouped: {pool.describe()} -> "
+          f"{out / (args.output_name + '.csv')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -213,9 +213,17 @@ def create_mask_renderer(name):
     return MASK_RENDERERS[name]
 
 
+def _background(rng):
+    return rng.integers(50, 230, (2, 3)).astype(np.float32)  # the gradient's top and bottom colours
+
+
+def _shirt(rng):
+    return tuple(int(v) for v in rng.integers(20, 230, 3))
+
+
 def draw_scene(rng):
     """A background's two gradient colours and a shirt colour."""
-    return rng.integers(50, 230, (2, 3)).astype(np.float32), tuple(int(v) for v in rng.integers(20, 230, 3))
+    return _background(rng), _shirt(rng)
 
 
 def compose(face, box, lm, rng, state, draw, scene=None):
@@ -226,13 +234,13 @@ def compose(face, box, lm, rng, state, draw, scene=None):
     the same warp and its size by the warp's scale; the small rotation is left out, as a detector's
     upright box leaves it out)."""
     m = _affine(rng, box)
-    bgc = scene[0] if scene else rng.integers(50, 230, (2, 3)).astype(np.float32)
+    bgc = scene[0] if scene else _background(rng)
     canvas = np.linspace(bgc[0], bgc[1], H, dtype=np.float32)[:, None, :].repeat(W, 1)
     canvas += rng.normal(0, 5, canvas.shape).astype(np.float32)
     img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     b = _apply(m, [(box[0], box[1]), (box[2], box[3])])
     cx, bottom = (b[0, 0] + b[1, 0]) / 2, b[1, 1]
-    shirt = scene[1] if scene else tuple(int(v) for v in rng.integers(20, 230, 3))
+    shirt = scene[1] if scene else _shirt(rng)
     ImageDraw.Draw(img).polygon([(cx - 180, H), (cx - 160, bottom + 70), (cx - 50, bottom + 30), (cx + 50, bottom + 30),
                                  (cx + 160, bottom + 70), (cx + 180, H)], fill=shirt)
     canvas = np.asarray(img, np.float32)
