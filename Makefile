@@ -67,8 +67,9 @@ clean:
 # Every run is scored on the same person-disjoint eval split of the real-face dataset (with the backbone
 # and lr of the defaults when this table was measured: efficientnet_lite0, 1e-3).
 RF := realface_data
-# --source images: whole photos, even after face_image.py has cropped the folder (realface-cv-faces uses copies)
-RF_ARGS := --model_dir model --img_size 96 80 --epochs 5 --progress False --source images
+# --source images: whole photos, even after face_image.py has cropped the folder (realface-cv-faces uses copies);
+# --age_sigma 0: every table before soft age bands became the default was measured with hard bands
+RF_ARGS := --model_dir model --img_size 96 80 --epochs 5 --progress False --source images --age_sigma 0
 # the batch of every recipe before batch 16 became the default
 B32 := --batch_size 32
 ORIGINAL := --loss symmetric_ce --cutmix 0.8 --optimizer adam --lr 1e-3 --scheduler cyclic --augment basic
@@ -209,8 +210,9 @@ realface-epochs: realface-faces
 	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Age on unseen people and RetinaFace crops (docs/results.md, Age levers): the defaults then, eye-aligned crops
-# (face_image.py --align), RetinaFace crops, boundary ages teaching mask only, soft age bands; seed 1 each,
-# the soft bands seeds 2 and 3 too. Runs went two at a time, one thread each (OMP_NUM_THREADS=1).
+# (face_image.py --align), RetinaFace crops, boundary ages teaching mask only, soft age bands (the defaults
+# since); seed 1 each, the hard and soft bands seeds 2 and 3 too. Runs went two at a time, one thread each
+# (OMP_NUM_THREADS=1).
 realface-age-screens: realface-data
 	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RF)/eval $(RFF)/two/ && \
 	  $(PY) face_image.py --data_root $(RFF)/two --detector mtcnn)
@@ -223,7 +225,11 @@ realface-age-screens: realface-data
 	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/retina/train --source faces --cv True --run_dir model/rfcvf_retina_s1 --seed 1 --age_sigma 0
 	$(RFF_CV) --run_dir model/rfcvf_bound2_s1 --seed 1 --age_sigma 0 --boundary_years 2
 	for s in $(SEEDS); do $(RFF_CV) --run_dir model/rfcvf_sigma3_s$$s --seed $$s --age_sigma 3; done
-	@for r in model/rfcvf_base_s1 model/rfcvf_align_s1 model/rfcvf_retina_s1 model/rfcvf_bound2_s1 model/rfcvf_sigma3_s*; do \
+	for s in 2 3; do $(RFF_CV) --run_dir model/rfcvf_base_s$$s --seed $$s --age_sigma 0; done
+	$(RFF_CV) --run_dir model/rfcvf_ep10base_s1 --seed 1 --epochs 10 --age_sigma 0
+	$(RFF_CV) --run_dir model/rfcvf_ep10sigma3_s1 --seed 1 --epochs 10 --age_sigma 3
+	@for r in model/rfcvf_base_s* model/rfcvf_align_s1 model/rfcvf_retina_s1 model/rfcvf_bound2_s1 model/rfcvf_sigma3_s* \
+	  model/rfcvf_ep10*; do \
 	  printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Person pooling (inference.py --group_people) on the eval split of a build whose photos share background and
@@ -278,14 +284,14 @@ detector-scores: realface-data
 	for s in 0.5 0.2 0.1 0; do $(PY) face_image.py --score $(KAGGLE) --min_score $$s --detector retinaface; \
 	  $(PY) face_image.py --score realface_fitted --min_score $$s --detector retinaface; done
 
-# The real-mask models (flat + each split's Kaggle train photos) reading the test photos' faces as MTCNN and
-# as --detector union find them (docs/results.md, Real masks: finding more faces).
+# The real-mask models (flat + each split's Kaggle train photos) reading the test photos' faces as MTCNN,
+# --detector union and --detector retinaface find them (docs/results.md, Real masks: finding more faces).
 realmask-detectors: realface-data
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
 	for s in 0 1 2; do \
 	  test -f model/rm_kaggle_s$$s/best.pth || $(PY) train.py $(RM_ARGS) --train_dir $(RF)/train \
 	    --extra_data realmask/split$$s/train --mask_only_weight 1.0 --run_dir model/rm_kaggle_s$$s; \
-	  for d in mtcnn union; do \
+	  for d in mtcnn union retinaface; do \
 	    $(PY) predict.py realmask/split$$s/test/images --run_dir model/rm_kaggle_s$$s --tta none --detector $$d \
 	      --output_dir output/rm/kaggle_s$${s}_$$d > /dev/null && \
 	    printf "%-6s split %s " $$d $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rm/kaggle_s$${s}_$$d | head -1; \
@@ -293,7 +299,7 @@ realmask-detectors: realface-data
 
 RMSEED ?= 1
 MOW ?= 1.0
-RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED) --tta none
+RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED) --tta none --age_sigma 0
 realmask-bench: realface-data
 	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --output_dir realface_fitted --masks fitted
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done

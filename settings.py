@@ -99,7 +99,7 @@ class RunSettings:
                              "many years", type=POS)
     tta: str = opt(DEFAULT_TTA, "mode", "views averaged when validating, so the epoch choice and fitted decisions "
                    "see what prediction sees", choices=sorted(TTA_VIEWS))
-    age_sigma: float = opt(0.0, "mode", "soft age bands: targets spread each age by a Gaussian of this many years "
+    age_sigma: float = opt(3.0, "mode", "soft age bands: targets spread each age by a Gaussian of this many years "
                            "before cutting it into bands (0: hard bands)", type=AT_LEAST_0)
     resume: str | None = opt(None, "mode", "continue the interrupted run in this folder", metavar="RUN_DIR")
 
@@ -155,7 +155,7 @@ REFUSED = {
     "--features": "use --multi True for one model per task (mask, gender, age)",
 }
 # what a config.json written before a setting existed meant by its absence, where that is not today's default
-OLD_MEANINGS = {"tta": "none"}
+OLD_MEANINGS = {"tta": "none", "age_sigma": 0.0}
 RENAMED = {"data_dir": "train_dir"}  # config.json keys of older runs -> today's
 
 

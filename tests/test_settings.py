@@ -88,6 +88,7 @@ def test_an_older_config_json_is_upgraded_in_one_place(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(old))
     cfg = read_run_config(tmp_path)
     assert cfg.train_dir == "/d/train" and cfg.tta == "none" and cfg.img_size == (64, 48) and cfg.lr == 0.01
+    assert cfg.age_sigma == 0.0 and RunSettings().age_sigma > 0  # trained with hard bands, whatever today's default
     assert cfg.epochs == RunSettings().epochs  # a setting the file lacks: today's default
     assert upgrade_config({"tta": "flip"})["tta"] == "flip"
 
