@@ -228,6 +228,10 @@ realface-age-screens: realface-data
 	for s in 2 3; do $(RFF_CV) --run_dir model/rfcvf_base_s$$s --seed $$s --age_sigma 0; done
 	$(RFF_CV) --run_dir model/rfcvf_ep10base_s1 --seed 1 --epochs 10 --age_sigma 0
 	$(RFF_CV) --run_dir model/rfcvf_ep10sigma3_s1 --seed 1 --epochs 10 --age_sigma 3
+	for r in base sigma3; do for s in $(SEEDS); do \
+	  $(PY) inference.py --eval_dir $(RFF)/two/eval --run_dir model/rfcvf_$${r}_s$$s --output_dir output/evalsplit \
+	    --output_name $${r}_s$$s > /dev/null && printf "%s seed %s " $$r $$s && \
+	  $(PY) evaluation.py --eval_dir $(RFF)/two/eval --output_dir output/evalsplit --output_name $${r}_s$$s --per_class False; done; done
 	@for r in model/rfcvf_base_s* model/rfcvf_align_s1 model/rfcvf_retina_s1 model/rfcvf_bound2_s1 model/rfcvf_sigma3_s* \
 	  model/rfcvf_ep10*; do \
 	  printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
