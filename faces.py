@@ -195,9 +195,13 @@ class CropRecipe:
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def landmarks(self, marks):
+        """The landmarks the crop turns by: the face's where this recipe aligns, else None (upright)."""
+        return marks if self.align else None
+
     def cut(self, img, box, found, marks=None):
         """face_or_center by this recipe: its margins, and the face turned upright when it aligns."""
-        return face_or_center(img, box, found, self.margin, marks if self.align else None)
+        return face_or_center(img, box, found, self.margin, self.landmarks(marks))
 
     def create_detector(self, device="auto"):
         return create_detector(self.detector, device, self.detect_size, self.thresholds, self.second_pass)

@@ -130,7 +130,7 @@ class Predictor:
     def classify(self, found):
         """Every face of the photos in one pass per model; each face cut as its model was trained (face
         crop or centre-like window) and prepared once per input size -> (probabilities, labels)."""
-        crops = [(img, box, marks if self.recipe.align else None) for _, img, faces in found for box, _, marks in faces]
+        crops = [(img, box, self.recipe.landmarks(marks)) for _, img, faces in found for box, _, marks in faces]
         if not crops:
             return np.zeros((0, 18)), np.zeros(0, int)
         keys = {m.input_key for _, m in self.models.values()}
