@@ -15,7 +15,9 @@ Measures in one run, side by side (images per second, or seconds):
   infer_toolkit_warm  the same with the eval-image cache left by an earlier run
   cv5_tta_toolkit     5 models x flip TTA, images decoded once
   cv5_tta_redecode    5 separate passes that each decode the images again (the original's way)
-  face_batched        face_image.py: MTCNN on batches of downscaled copies, threaded decoding
+  face_retinaface     face_image.py's default detector (RetinaFace, ONNX, each photo at up to 1024 px),
+                      batched and decoded as face_batched
+  face_batched        face_image.py --detector mtcnn: MTCNN on batches of downscaled copies, threaded decoding
   face_plain          one image at a time at full resolution; box IoU of the two reported
   face_ssd_mtcnn      face_image.py --detector ssd_mtcnn (OpenCV's SSD, then MTCNN), batched as face_batched
   infer_cpu_torch     CPU inference through the one prediction path, torch (same batches and size as below)
@@ -248,7 +250,7 @@ def bench_faces(args, dev, face_dir):
         raise UserError(f"{face_dir}: no images for the face-cropping benchmark")
     paths = [Path(face_dir) / r for r in rels]
     batched, plain = FaceDetector(str(dev), detect_size=256), FaceDetector(str(dev), detect_size=None)
-    ssd = create_detector("ssd_mtcnn", str(dev))
+    ssd, retina = create_detector("ssd_mtcnn", str(dev)), create_detector("retinaface", str(dev))
     from concurrent.futures import ThreadPoolExecutor
     out_b, out_p = [], []
 
@@ -265,15 +267,18 @@ def bench_faces(args, dev, face_dir):
             out_p.extend(best_boxes(plain, [np.asarray(Image.open(p).convert("RGB"))]))
     best_boxes(batched, [read_rgb(paths[0])])  # warm-up
     best_boxes(ssd, [read_rgb(paths[0])])
+    best_boxes(retina, [read_rgb(paths[0])])
     res = {}
+    res["face_retinaface"], _ = _timeit(lambda: run_batched(retina), len(paths), args.repeat)
+    found_retina = int(sum(a[2] for a in out_b))
     res["face_ssd_mtcnn"], _ = _timeit(lambda: run_batched(ssd), len(paths), args.repeat)
     found_ssd = int(sum(a[2] for a in out_b))
     res["face_batched"], _ = _timeit(run_batched, len(paths), args.repeat)
     res["face_plain"], _ = _timeit(run_plain, len(paths), args.repeat)
     both = [(a[0], b[0]) for a, b in zip(out_b, out_p) if a[2] and b[2]]
     ious = np.diag(box_iou([a for a, _ in both], [b for _, b in both])) if both else np.zeros(0)
-    res.update(face_images=len(paths), faces_found_ssd_mtcnn=found_ssd, faces_found_batched=int(sum(a[2] for a in out_b)),
-               faces_found_plain=int(sum(b[2] for b in out_p)),
+    res.update(face_images=len(paths), faces_found_retinaface=found_retina, faces_found_ssd_mtcnn=found_ssd,
+               faces_found_batched=int(sum(a[2] for a in out_b)), faces_found_plain=int(sum(b[2] for b in out_p)),
                face_iou_median=float(np.median(ious)) if len(ious) else None,
                face_iou_ge_0_9=float((ious >= 0.9).mean()) if len(ious) else None)
     return res
@@ -314,7 +319,8 @@ def report(r):
             ("CV-5 + flip TTA: re-decode per model", r.get("cv5_tta_redecode_s"), "s"),
             ("infer on CPU: torch", r.get("infer_cpu_torch"), "img/s"),
             ("infer on CPU: onnxruntime", r.get("infer_cpu_onnxruntime"), "img/s"),
-            ("faces: batched, downscaled", r.get("face_batched"), "img/s"),
+            ("faces: RetinaFace (the default)", r.get("face_retinaface"), "img/s"),
+            ("faces: MTCNN batched, downscaled", r.get("face_batched"), "img/s"),
             ("faces: one at a time, full res", r.get("face_plain"), "img/s"),
             ("faces: --detector ssd_mtcnn, batched", r.get("face_ssd_mtcnn"), "img/s"),
             ("peak resident memory", r.get("peak_rss_mib"), "MiB")]

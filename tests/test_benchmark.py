@@ -13,8 +13,8 @@ def test_benchmark_runs_on_a_tiny_input(tiny_root, tmp_path):
             "--cache_dir", tmp_path / "cache", "--out", out)
     r = json.loads(out.read_text())
     for k in ("train_model_only", "train_toolkit", "train_plain", "infer_model_only", "infer_toolkit", "infer_toolkit_warm",
-              "cv5_tta_toolkit_s", "cv5_tta_redecode_s", "face_batched", "face_plain", "face_ssd_mtcnn", "peak_rss_mib",
-              "infer_cpu_torch", "infer_cpu_onnxruntime"):
+              "cv5_tta_toolkit_s", "cv5_tta_redecode_s", "face_batched", "face_plain", "face_ssd_mtcnn", "face_retinaface",
+              "peak_rss_mib", "infer_cpu_torch", "infer_cpu_onnxruntime"):
         assert r[k] > 0, k
     assert r["onnx_max_abs_diff"] < 1e-3 and "onnxruntime / torch, CPU inference" in r["ratios"]
     assert "train toolkit / model only (target >= 0.90)" in r["ratios"]
