@@ -8,7 +8,7 @@ DEMO := demo_data
 DEMO_ARGS := --train_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
+  realface-faces realface-cv-faces realface-cv-retina realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
   realface-epochs realface-age-screens realface-grouping
 
 install: $(STAMP)
@@ -219,7 +219,7 @@ realface-age-screens: realface-data
 	test -d $(RFF)/align/train/faces || (mkdir -p $(RFF)/align && cp -r $(RF)/train $(RF)/eval $(RFF)/align/ && \
 	  $(PY) face_image.py --data_root $(RFF)/align --detector mtcnn --align True)
 	test -d $(RFF)/retina/train/faces || (mkdir -p $(RFF)/retina && cp -r $(RF)/train $(RF)/eval $(RFF)/retina/ && \
-	  $(PY) face_image.py --data_root $(RFF)/retina --detector retinaface)
+	  $(PY) face_image.py --data_root $(RFF)/retina --detector retinaface --margin 0.3 0.15 0.15)
 	$(RFF_CV) --run_dir model/rfcvf_base_s1 --seed 1 --age_sigma 0
 	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/align/train --source faces --cv True --run_dir model/rfcvf_align_s1 --seed 1 --age_sigma 0
 	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/retina/train --source faces --cv True --run_dir model/rfcvf_retina_s1 --seed 1 --age_sigma 0
@@ -234,6 +234,24 @@ realface-age-screens: realface-data
 	  $(PY) evaluation.py --eval_dir $(RFF)/two/eval --output_dir output/evalsplit --output_name $${r}_s$$s --per_class False; done; done
 	@for r in model/rfcvf_base_s* model/rfcvf_align_s1 model/rfcvf_retina_s1 model/rfcvf_bound2_s1 model/rfcvf_sigma3_s* \
 	  model/rfcvf_ep10*; do \
+	  printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
+
+# RetinaFace crops with its own margins, face_image.py's defaults (docs/detectors.md, RetinaFace the default):
+# 5-fold CV, 3 seeds, today's train.py defaults, against realface-age-screens' rfcvf_sigma3 (MTCNN's crops);
+# RetinaFace's box with MTCNN's margins on seed 1; the eval split through each seed's fold models.
+realface-cv-retina: realface-data
+	test -d $(RFF)/retina_m/train/faces || (mkdir -p $(RFF)/retina_m && cp -r $(RF)/train $(RF)/eval $(RFF)/retina_m/ && \
+	  $(PY) face_image.py --data_root $(RFF)/retina_m)
+	test -d $(RFF)/retina/train/faces || (mkdir -p $(RFF)/retina && cp -r $(RF)/train $(RF)/eval $(RFF)/retina/ && \
+	  $(PY) face_image.py --data_root $(RFF)/retina --detector retinaface --margin 0.3 0.15 0.15)
+	for s in $(SEEDS); do $(PY) train.py $(RF_ARGS) --age_sigma 3 --train_dir $(RFF)/retina_m/train --source faces --cv True \
+	  --run_dir model/rfcvf_retinam_s$$s --seed $$s; done
+	$(PY) train.py $(RF_ARGS) --age_sigma 3 --train_dir $(RFF)/retina/train --source faces --cv True \
+	  --run_dir model/rfcvf_retinasoft_s1 --seed 1
+	for s in $(SEEDS); do $(PY) inference.py --eval_dir $(RFF)/retina_m/eval --run_dir model/rfcvf_retinam_s$$s \
+	  --output_dir output/evalsplit --output_name retinam_s$$s > /dev/null && printf "retinam seed %s " $$s && \
+	  $(PY) evaluation.py --eval_dir $(RFF)/retina_m/eval --output_dir output/evalsplit --output_name retinam_s$$s --per_class False; done
+	@for r in model/rfcvf_retinam_s* model/rfcvf_retinasoft_s1 model/rfcvf_sigma3_s*; do \
 	  printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
 # Person pooling (inference.py --group_people) on the eval split of a build whose photos share background and

@@ -1,4 +1,4 @@
-"""Crop faces with MTCNN (or OpenCV's SSD face detector: --detector): batched, resumable.
+"""Crop faces with RetinaFace (or MTCNN, OpenCV's SSD, their unions: --detector): batched, resumable.
 
     python face_image.py                           # demo_data/{train,eval}/images -> .../faces
     python face_image.py --data_root /data         # /data/train and /data/eval
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from faces import (DEFAULT_DETECTOR, DEFAULT_MARGIN, DETECT_SIZE, DETECTORS, MTCNN_THRESHOLDS, RETRY_THRESHOLDS,
+from faces import (DEFAULT_DETECTOR, DEFAULT_MARGIN, DETECT_SIZE, DETECTORS, MARGINS, MTCNN_THRESHOLDS, RETRY_THRESHOLDS,
                    CropRecipe, best_boxes, list_images, record_crop_recipe, write_image)
 from images import read_rgb
 from labels import MASK_NAMES
@@ -129,6 +129,9 @@ def score_detection(root, detector, min_face=32, min_score=0.9):
     return {"faces": len(gt), "recall": float(hits.mean()), "precision": float(hits.sum() / max(dets, hits.sum(), 1)),
             "by_mask": out, "photos": int(gt["photo"].nunique()), "images_per_s": gt["photo"].nunique() / secs}
 
+MARGIN_HELP = "crop margins as fractions of the face box width, each detector boxing a face its own way (unset: " + \
+    ", ".join(f"{' '.join(map(str, m))} for {d}" for d, m in {**MARGINS, "the others": DEFAULT_MARGIN}.items()) + ")"
+
 
 @cli
 def main(argv):
@@ -139,15 +142,15 @@ def main(argv):
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=32, help="images per MTCNN call")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE,
                     help="longest side seen by MTCNN (0: full)")
-    ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=list(DEFAULT_MARGIN),
+    ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=None,
                     metavar=("TOP", "SIDES", "BOTTOM"),
-                    help="crop margins as fractions of the face box width")
+                    help=MARGIN_HELP)
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
-                    help="mtcnn: MTCNN (the best CV macro F1 of models trained on its crops); ssd_mtcnn: OpenCV's SSD, "
+                    help="retinaface: RetinaFace MobileNet-0.25 (ONNX) at up to 1024 px (finds the most street faces "
+                    "of the fast detectors); mtcnn: MTCNN (the earlier default); ssd_mtcnn: OpenCV's SSD, "
                     "then MTCNN where it finds no face (finds the most masked faces); mtcnn_ssd: MTCNN's first pass, "
                     "then the SSD, then MTCNN's second pass; ssd: the SSD alone; union: the SSD and MTCNN's first pass on "
-                    "every photo, their faces merged, then MTCNN's second pass (finds many street faces); retinaface: "
-                    "RetinaFace MobileNet-0.25 (ONNX) at up to 1024 px (as many street faces as union, faster); "
+                    "every photo, their faces merged, then MTCNN's second pass (finds many street faces); "
                     "docs/detectors.md")
     ap.add_argument("--thresholds", type=fraction, nargs=3, default=list(MTCNN_THRESHOLDS), metavar=("P", "R", "O"),
                     help="MTCNN stage thresholds; lower finds more masked faces and more false ones")
@@ -165,7 +168,7 @@ def main(argv):
                     "(predict.py's)")
     args = ap.parse_args(argv)
     recipe = CropRecipe(args.detector, args.detect_size or None, tuple(args.thresholds), args.second_pass,
-                        tuple(args.margin), args.align)
+                        tuple(args.margin) if args.margin else None, args.align)
     det = recipe.create_detector(args.device)
     if args.score:
         for root in args.score:

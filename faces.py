@@ -21,6 +21,13 @@ from voc import box_iou
 # margins around the detected box, as fractions of the box width: close to the original's 30 px at the
 # sides and bottom and 60 px on top for a ~200 px face in a 384x512 photo, and right for any face size
 DEFAULT_MARGIN = (0.3, 0.15, 0.15)  # top, sides, bottom
+# RetinaFace's box is larger than MTCNN's and reaches lower (over the mask): these margins cut about the
+# region DEFAULT_MARGIN cuts around MTCNN's box on the same face (docs/detectors.md)
+MARGINS = {"retinaface": (0.25, 0.1, 0.05)}
+
+
+def default_margin(detector):
+    return MARGINS.get(detector, DEFAULT_MARGIN)
 
 
 DETECT_SIZE = 256  # longest side of the copy that MTCNN sees in face_image.py
@@ -160,9 +167,9 @@ DETECTORS = {
 }
 
 
-# models trained on MTCNN's crops scored the best CV macro F1 on real faces, though the SSD finds more
-# masked faces (docs/detectors.md: detectors side by side)
-DEFAULT_DETECTOR = "mtcnn"
+# finds the most real street faces of the fast detectors, with the best precision, and models trained on
+# its crops score level with MTCNN's in CV (docs/detectors.md)
+DEFAULT_DETECTOR = "retinaface"
 
 
 def create_detector(name=DEFAULT_DETECTOR, device="auto", detect_size=DETECT_SIZE, thresholds=MTCNN_THRESHOLDS,
@@ -184,8 +191,12 @@ class CropRecipe:
     detect_size: int | None = DETECT_SIZE
     thresholds: tuple = MTCNN_THRESHOLDS
     second_pass: bool = True
-    margin: tuple = DEFAULT_MARGIN
+    margin: tuple | None = None  # None: the detector's default_margin
     align: bool = False  # turn each crop so the eyes sit level (crop_face); absent from older recipes: off
+
+    def __post_init__(self):
+        if self.margin is None:
+            object.__setattr__(self, "margin", default_margin(self.detector))
 
     @classmethod
     def from_dict(cls, d):
@@ -210,6 +221,10 @@ class CropRecipe:
         return (f"--detector {self.detector} --detect_size {self.detect_size or 0} --thresholds "
                 f"{' '.join(map(str, self.thresholds))} --second_pass {self.second_pass} --margin "
                 f"{' '.join(map(str, self.margin))} --align {self.align}")
+
+
+# crops cut before faces/crop.json existed were MTCNN's with its margins, whatever today's default is
+LEGACY_RECIPE = CropRecipe("mtcnn")
 
 
 def read_crop_recipe(faces_dir):

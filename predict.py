@@ -13,12 +13,12 @@ import functools
 import sys
 from pathlib import Path
 
-from faces import DETECTORS
+from faces import DEFAULT_DETECTOR, DETECTORS
 from images import IMG_EXTS
 from model import TTA_VIEWS
 from onnx_backend import BACKENDS
 from outputs import check_outputs, record_written, written_here
-from predictor import MIN_SCORE, WHOLE_PHOTO_DETECTOR, Predictor, annotate, face_rows
+from predictor import MIN_SCORE, Predictor, annotate, face_rows
 from runs import add_run_flags, chosen_run
 from utils import UserError, atomic_path, cli, fraction, make_parser, positive, writable_dir, write_json_atomic
 from video import VIDEO_EXTS, predict_video
@@ -93,8 +93,8 @@ def build_parser():
                     help="views averaged per photo (unset: the run's own, as inference.py)")
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
                     help="face detector, as face_image.py's (unset: the one the run's training crops were cut "
-                    f"with, recorded in its checkpoints, else mtcnn; {WHOLE_PHOTO_DETECTOR} for models trained on whole "
-                    "photos); union and ssd_mtcnn find more faces in street photos (docs/detectors.md)")
+                    f"with, recorded in its checkpoints, else mtcnn; {DEFAULT_DETECTOR} for models trained on whole "
+                    "photos; docs/detectors.md)")
     ap.add_argument("--min_score", type=fraction, default=None, help="minimum face detection score (unset: "
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from augment import BatchTransform
-from faces import CropRecipe
+from faces import LEGACY_RECIPE, CropRecipe
 from loaders import pinned_batches, to_device
 from model import TTA_VIEWS, choose_precision, combine_probs, view_average
 from utils import UserError
@@ -111,8 +111,8 @@ def trained_crop_recipe(metas):
 
 def eval_crop_recipe(metas, detector=None):
     """How eval photos are cut on the fly: as the models' training crops were (trained_crop_recipe; today's
-    defaults when not recorded), with --detector's detector when given."""
-    recipe = trained_crop_recipe(metas) or CropRecipe()
+    MTCNN's when not recorded: LEGACY_RECIPE), with --detector's detector when given."""
+    recipe = trained_crop_recipe(metas) or LEGACY_RECIPE
     return replace(recipe, detector=detector) if detector else recipe
 
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 import distributed
 from decision import decide, read_offsets
-from faces import CropRecipe, crop_for_model, landmarks_of
+from faces import DEFAULT_DETECTOR, CropRecipe, crop_for_model, landmarks_of
 from images import prepare, read_rgb, why_unreadable
 from labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from onnx_backend import load_backend
@@ -23,11 +23,6 @@ from utils import UserError
 
 # detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
 MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2, "retinaface": 0.5}
-
-
-# whole-photo models see a window framed around the face, whichever detector found it, so they get the one
-# that finds the most street faces (docs/results.md, Real masks); face-crop models keep their crops' own
-WHOLE_PHOTO_DETECTOR = "union"
 
 
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
@@ -88,7 +83,8 @@ class Predictor:
         models = load_backend(backend, groups, device)
         metas = [meta for _, meta in models.values()]
         # found as the training crops were found and cut with their margins, at predict.py's own detection size
-        default = None if any(m.crop == "none" for m in metas) else WHOLE_PHOTO_DETECTOR
+        # whole-photo models see a window framed around the face, whichever detector found it
+        default = None if any(m.crop == "none" for m in metas) else DEFAULT_DETECTOR
         recipe = replace(eval_crop_recipe(metas, detector or default), detect_size=detect_size or None)
         return cls(det=recipe.create_detector(device),
                    min_score=MIN_SCORE[recipe.detector] if min_score is None else min_score,

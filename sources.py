@@ -17,7 +17,7 @@ import distributed
 from cache import cached_images
 from dataset import build_table, has_faces, read_eval
 from distributed import log_main
-from faces import create_detector, crop_for_model, list_images, read_crop_recipe, select_face, write_image
+from faces import DEFAULT_MARGIN, CropRecipe, crop_for_model, list_images, read_crop_recipe, select_face, write_image
 from images import read_rgb
 from labels import AGE_MIN, age_class, decode, encode
 from utils import UserError, write_csv_atomic
@@ -211,13 +211,15 @@ def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
     """One crop per labelled face of a mask-only dataset, cut by the shared crop function as the main
     model sees faces (crop 'none': the face crop; 'center': the centre-like window), written once as
     PNG under out_dir with faces.csv (file, mask, found). 'boxes': the annotated faces of at least
-    min_face px; 'folders': the most plausible face MTCNN finds in each photo, else the whole photo
-    (most such photos are face crops already). -> DataFrame(file, mask, found)."""
+    min_face px, with DEFAULT_MARGIN; 'folders': the most plausible face the default detector finds in each
+    photo, with its margins, else the whole photo (most such photos are face crops already).
+    -> DataFrame(file, mask, found)."""
     out_dir = Path(out_dir)
     if (out_dir / "faces.csv").is_file():
         return pd.read_csv(out_dir / "faces.csv")
     layout = mask_only_layout(data_dir)
-    detector = create_detector() if layout == "folders" else None
+    recipe = CropRecipe() if layout == "folders" else CropRecipe(margin=DEFAULT_MARGIN)
+    detector = recipe.create_detector() if layout == "folders" else None
     rows = []
     for n, (photo, box, mask) in enumerate(_labelled_faces(data_dir, layout, min_face)):
         img = read_rgb(photo)
@@ -233,7 +235,7 @@ def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
             found = k is not None
             box = tuple(boxes[k]) if found else (0, 0, w, h)
         file = out_dir / f"{n:06d}.png"
-        write_image(file, crop_for_model(img, box, crop))
+        write_image(file, crop_for_model(img, box, crop, recipe.margin))
         rows.append(dict(file=str(file), mask=int(mask), found=bool(found)))
     if not rows:
         raise UserError(f"{data_dir}: no labelled face to train on (faces smaller than --extra_min_face {min_face} px "

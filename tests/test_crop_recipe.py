@@ -13,8 +13,24 @@ from PIL import Image
 
 from faces import CropRecipe
 
-# not the defaults (mtcnn, 0.3 0.15 0.15, no alignment); the photos MTCNN finds (its landmarks) are turned upright
+# not the defaults (retinaface, 0.25 0.1 0.05, no alignment); the photos MTCNN finds (its landmarks) are turned upright
 RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1", "--align", "True"]
+
+
+def test_each_detector_cuts_with_its_own_margins_and_unrecorded_crops_read_as_mtcnn():
+    """RetinaFace's box reaches lower than MTCNN's, so its default margins differ; checkpoints trained on
+    crops cut before crop.json existed (MTCNN's) keep being served MTCNN's crops, whatever the default."""
+    from types import SimpleNamespace
+
+    from faces import DEFAULT_DETECTOR, DEFAULT_MARGIN, MARGINS
+    from prediction import eval_crop_recipe
+    assert CropRecipe().detector == DEFAULT_DETECTOR == "retinaface"
+    assert CropRecipe().margin == MARGINS["retinaface"] != DEFAULT_MARGIN
+    assert CropRecipe("mtcnn").margin == CropRecipe("union").margin == DEFAULT_MARGIN
+    assert CropRecipe("mtcnn", margin=(0.1, 0.1, 0.1)).margin == (0.1, 0.1, 0.1)
+    unrecorded = [SimpleNamespace(crop="none", face_crop=None)]
+    assert eval_crop_recipe(unrecorded) == CropRecipe("mtcnn", margin=DEFAULT_MARGIN)
+    assert eval_crop_recipe(unrecorded, "retinaface").margin == DEFAULT_MARGIN  # the margins the model trained with
 
 
 @pytest.mark.e2e
@@ -91,5 +107,5 @@ def test_eval_crops_cut_otherwise_than_the_training_crops_are_refused(recipe_run
     ev = _eval_dir(tmp_path, tiny_root)
     run("face_image.py", "--data_dir", tmp_path)  # eval cut with the defaults
     p = run("inference.py", "--model_dir", recipe_run, "--data_dir", ev, "--output_dir", tmp_path / "o", check=False)
-    assert_clean_error(p, str(ev / "faces"), "--detector mtcnn", "--detector ssd_mtcnn", "--source images")
+    assert_clean_error(p, str(ev / "faces"), "--detector retinaface", "--detector ssd_mtcnn", "--source images")
     assert not (tmp_path / "o" / "output.csv").exists()

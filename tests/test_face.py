@@ -85,7 +85,7 @@ def _tree(root):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("flags", [[], ["--detector", "union"]], ids=["mtcnn", "union"])
+@pytest.mark.parametrize("flags", [[], ["--detector", "union"]], ids=["retinaface", "union"])
 def test_interrupted_run_resumes_to_the_same_files(flags, tiny_root, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
@@ -172,10 +172,9 @@ def test_a_foreign_retinaface_module_is_one_clear_line(tmp_path):
 
 @pytest.mark.e2e
 def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp_path):
-    """face_image.py, inference on raw photos and predict.py, with the same detector (MTCNN) and detection
-    size, find the same face in the same photo and cut it with the same function (another detector and
-    margins, taken from the run: tests/test_crop_recipe.py). A run trained on whole photos gets union
-    in predict.py unless told."""
+    """face_image.py, inference on raw photos and predict.py, with the default detector (RetinaFace), find
+    the same face in the same photo and cut it with the same function (MTCNN and other margins, taken from
+    the run: tests/test_crop_recipe.py). A run trained on whole photos gets the same default in predict.py."""
     import skimage.data
 
     from faces import write_image
@@ -186,12 +185,12 @@ def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp
     written = np.asarray(Image.open(tmp_path / "eval" / "faces" / "a.png").convert("RGB"))
     assert np.array_equal(written, _face_fn(CropRecipe())([img])[0])
     box = pd.read_csv(tmp_path / "eval" / "faces" / "boxes.csv").iloc[0]
-    # predict.py shows MTCNN up to 1024 px of a street photo by default; at face_image.py's 256 px it finds this box
-    predict = ["predict.py", tmp_path / "eval" / "images" / "a.png", "--model_dir", tiny_runs["single"], "--detect_size", "256"]
-    run(*predict, "--out", tmp_path / "default")
-    assert json.loads((tmp_path / "default" / "a.json").read_text())["detector"] == "union"
-    run(*predict, "--out", tmp_path / "p", "--detector", "mtcnn")
-    face, = json.loads((tmp_path / "p" / "a.json").read_text())["faces"]
+    recipe = json.loads((tmp_path / "eval" / "faces" / "crop.json").read_text())
+    assert recipe["detector"] == "retinaface" and recipe["margin"] == [0.25, 0.1, 0.05]
+    run("predict.py", tmp_path / "eval" / "images" / "a.png", "--model_dir", tiny_runs["single"], "--out", tmp_path / "p")
+    out = json.loads((tmp_path / "p" / "a.json").read_text())
+    face, = out["faces"]
+    assert out["detector"] == "retinaface"
     assert np.allclose(face["box"], box[["x1", "y1", "x2", "y2"]].to_numpy(float), atol=0.06)  # rounded to 0.1 and 0.01
 
 
