@@ -8,7 +8,7 @@ DEMO := demo_data
 DEMO_ARGS := --train_dir $(DEMO)/train --model_dir model --img_size 112 96 --progress False
 
 .PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
-  realface-faces realface-cv-faces realface-cv-retina realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
+  realface-faces realface-cv-faces realface-cv-retina realmask-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
   realface-epochs realface-age-screens realface-grouping
 
 install: $(STAMP)
@@ -318,6 +318,22 @@ realmask-detectors: realface-data
 	      --output_dir output/rm/kaggle_s$${s}_$$d > /dev/null && \
 	    printf "%-6s split %s " $$d $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rm/kaggle_s$${s}_$$d | head -1; \
 	  done; done
+
+# Face-crop models on real street masks (docs/detectors.md, RetinaFace the default): trained on RetinaFace's
+# crops (the defaults) and on MTCNN's, each with a split's Kaggle train photos, reading its test photos
+# through their own recipe (predict.py's default).
+realmask-faces: realface-data
+	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	test -d $(RFF)/retina_m/train/faces || (mkdir -p $(RFF)/retina_m && cp -r $(RF)/train $(RF)/eval $(RFF)/retina_m/ && \
+	  $(PY) face_image.py --data_root $(RFF)/retina_m)
+	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RF)/eval $(RFF)/two/ && \
+	  $(PY) face_image.py --data_root $(RFF)/two --detector mtcnn)
+	for c in retina_m two; do for s in 0 1 2; do \
+	  $(PY) train.py $(RM_ARGS) --age_sigma 3 --train_dir $(RFF)/$$c/train --source faces --extra_data realmask/split$$s/train \
+	    --mask_only_weight 1.0 --run_dir model/rmf_$${c}_s$$s && \
+	  $(PY) predict.py realmask/split$$s/test/images --run_dir model/rmf_$${c}_s$$s --tta none --output_dir output/rmf/$${c}_s$$s > /dev/null && \
+	  printf "%-9s split %s " $$c $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rmf/$${c}_s$$s | head -1; \
+	done; done
 
 RMSEED ?= 1
 MOW ?= 1.0
