@@ -141,7 +141,7 @@ def main(argv):
                     "eval/ (unset: the SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set, else demo_data)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=32, help="images per MTCNN call")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE,
-                    help="longest side seen by MTCNN (0: full)")
+                    help="longest side seen by MTCNN (0: full; RetinaFace and the SSD keep their own sizes)")
     ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=None,
                     metavar=("TOP", "SIDES", "BOTTOM"),
                     help=MARGIN_HELP)

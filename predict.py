@@ -98,7 +98,7 @@ def build_parser():
     ap.add_argument("--min_score", type=fraction, default=None, help="minimum face detection score (unset: "
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024,
-                    help="longest side MTCNN sees (0: full)")
+                    help="longest side MTCNN sees (0: full; RetinaFace and the SSD keep their own sizes)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")
