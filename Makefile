@@ -209,17 +209,19 @@ realface-epochs: realface-faces
 	for s in 1 2; do $(RFF_CV) --run_dir model/rfcvf_ep15_s$$s --seed $$s --epochs 15; done
 	@for r in model/rfcvf_ep1*; do printf "%-28s " $$r; $(CV_SUMMARY) $$r/cv.json; done
 
+# $(call RF_CROPS,NAME,FLAGS): a copy of the real-face train and eval photos under $(RFF)/NAME, cut once by
+# face_image.py FLAGS
+RF_CROPS = test -d $(RFF)/$(1)/train/faces || (mkdir -p $(RFF)/$(1) && cp -r $(RF)/train $(RF)/eval $(RFF)/$(1)/ && \
+  $(PY) face_image.py --data_root $(RFF)/$(1) $(2))
+
 # Age on unseen people and RetinaFace crops (docs/results.md, Age levers): the defaults then, eye-aligned crops
 # (face_image.py --align), RetinaFace crops, boundary ages teaching mask only, soft age bands (the defaults
 # since); seed 1 each, the hard and soft bands seeds 2 and 3 too. Runs went two at a time, one thread each
 # (OMP_NUM_THREADS=1).
 realface-age-screens: realface-data
-	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RF)/eval $(RFF)/two/ && \
-	  $(PY) face_image.py --data_root $(RFF)/two --detector mtcnn)
-	test -d $(RFF)/align/train/faces || (mkdir -p $(RFF)/align && cp -r $(RF)/train $(RF)/eval $(RFF)/align/ && \
-	  $(PY) face_image.py --data_root $(RFF)/align --detector mtcnn --align True)
-	test -d $(RFF)/retina/train/faces || (mkdir -p $(RFF)/retina && cp -r $(RF)/train $(RF)/eval $(RFF)/retina/ && \
-	  $(PY) face_image.py --data_root $(RFF)/retina --detector retinaface --margin 0.3 0.15 0.15)
+	$(call RF_CROPS,two,--detector mtcnn)
+	$(call RF_CROPS,align,--detector mtcnn --align True)
+	$(call RF_CROPS,retina,--detector retinaface --margin 0.3 0.15 0.15)
 	$(RFF_CV) --run_dir model/rfcvf_base_s1 --seed 1 --age_sigma 0
 	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/align/train --source faces --cv True --run_dir model/rfcvf_align_s1 --seed 1 --age_sigma 0
 	$(PY) train.py $(RF_ARGS) --train_dir $(RFF)/retina/train --source faces --cv True --run_dir model/rfcvf_retina_s1 --seed 1 --age_sigma 0
@@ -240,10 +242,8 @@ realface-age-screens: realface-data
 # 5-fold CV, 3 seeds, today's train.py defaults, against realface-age-screens' rfcvf_sigma3 (MTCNN's crops);
 # RetinaFace's box with MTCNN's margins on seed 1; the eval split through each seed's fold models.
 realface-cv-retina: realface-data
-	test -d $(RFF)/retina_m/train/faces || (mkdir -p $(RFF)/retina_m && cp -r $(RF)/train $(RF)/eval $(RFF)/retina_m/ && \
-	  $(PY) face_image.py --data_root $(RFF)/retina_m)
-	test -d $(RFF)/retina/train/faces || (mkdir -p $(RFF)/retina && cp -r $(RF)/train $(RF)/eval $(RFF)/retina/ && \
-	  $(PY) face_image.py --data_root $(RFF)/retina --detector retinaface --margin 0.3 0.15 0.15)
+	$(call RF_CROPS,retina_m,)
+	$(call RF_CROPS,retina,--detector retinaface --margin 0.3 0.15 0.15)
 	for s in $(SEEDS); do $(PY) train.py $(RF_ARGS) --age_sigma 3 --train_dir $(RFF)/retina_m/train --source faces --cv True \
 	  --run_dir model/rfcvf_retinam_s$$s --seed $$s; done
 	$(PY) train.py $(RF_ARGS) --age_sigma 3 --train_dir $(RFF)/retina/train --source faces --cv True \
@@ -324,10 +324,8 @@ realmask-detectors: realface-data
 # through their own recipe (predict.py's default).
 realmask-faces: realface-data
 	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
-	test -d $(RFF)/retina_m/train/faces || (mkdir -p $(RFF)/retina_m && cp -r $(RF)/train $(RF)/eval $(RFF)/retina_m/ && \
-	  $(PY) face_image.py --data_root $(RFF)/retina_m)
-	test -d $(RFF)/two/train/faces || (mkdir -p $(RFF)/two && cp -r $(RF)/train $(RF)/eval $(RFF)/two/ && \
-	  $(PY) face_image.py --data_root $(RFF)/two --detector mtcnn)
+	$(call RF_CROPS,retina_m,)
+	$(call RF_CROPS,two,--detector mtcnn)
 	for c in retina_m two; do for s in 0 1 2; do \
 	  $(PY) train.py $(RM_ARGS) --age_sigma 3 --train_dir $(RFF)/$$c/train --source faces --extra_data realmask/split$$s/train \
 	    --mask_only_weight 1.0 --run_dir model/rmf_$${c}_s$$s && \

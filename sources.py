@@ -218,8 +218,8 @@ def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
     if (out_dir / "faces.csv").is_file():
         return pd.read_csv(out_dir / "faces.csv")
     layout = mask_only_layout(data_dir)
-    recipe = CropRecipe() if layout == "folders" else CropRecipe(margin=DEFAULT_MARGIN)
-    detector = recipe.create_detector() if layout == "folders" else None
+    recipe = CropRecipe()
+    detector, margin = (recipe.create_detector(), recipe.margin) if layout == "folders" else (None, DEFAULT_MARGIN)
     rows = []
     for n, (photo, box, mask) in enumerate(_labelled_faces(data_dir, layout, min_face)):
         img = read_rgb(photo)
@@ -235,7 +235,7 @@ def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
             found = k is not None
             box = tuple(boxes[k]) if found else (0, 0, w, h)
         file = out_dir / f"{n:06d}.png"
-        write_image(file, crop_for_model(img, box, crop, recipe.margin))
+        write_image(file, crop_for_model(img, box, crop, margin))
         rows.append(dict(file=str(file), mask=int(mask), found=bool(found)))
     if not rows:
         raise UserError(f"{data_dir}: no labelled face to train on (faces smaller than --extra_min_face {min_face} px "
