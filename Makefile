@@ -15,11 +15,14 @@ install: $(STAMP)
 
 # facenet-pytorch 2.6.0 declares torch<2.3 and numpy<2, which would downgrade the pinned torch:
 # its MTCNN works with the torch pinned here, so it goes in a separate --no-deps step.
-$(STAMP): requirements.txt requirements-nodeps.txt
+# The package itself goes in editable (`from masktk import Predictor` from any folder in this venv); the
+# scripts also run without it, from the repository's root.
+$(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 test: install
@@ -309,7 +312,7 @@ detector-scores: realface-data
 # The real-mask models (flat + each split's Kaggle train photos) reading the test photos' faces as MTCNN,
 # --detector union and --detector retinaface find them (docs/results.md, Real masks: finding more faces).
 realmask-detectors: realface-data
-	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	for s in 0 1 2; do $(PY) -c "from masktk.data.voc import split_by_photo; split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
 	for s in 0 1 2; do \
 	  test -f model/rm_kaggle_s$$s/best.pth || $(PY) train.py $(RM_ARGS) --train_dir $(RF)/train \
 	    --extra_data realmask/split$$s/train --mask_only_weight 1.0 --run_dir model/rm_kaggle_s$$s; \
@@ -323,7 +326,7 @@ realmask-detectors: realface-data
 # crops (the defaults) and on MTCNN's, each with a split's Kaggle train photos, reading its test photos
 # through their own recipe (predict.py's default).
 realmask-faces: realface-data
-	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	for s in 0 1 2; do $(PY) -c "from masktk.data.voc import split_by_photo; split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
 	$(call RF_CROPS,retina_m,)
 	$(call RF_CROPS,two,--detector mtcnn)
 	for c in retina_m two; do for s in 0 1 2; do \
@@ -338,7 +341,7 @@ MOW ?= 1.0
 RM_ARGS := --model_dir model --model efficientnet_lite0 --img_size 96 80 --batch_size 32 --epochs 5 --progress False --seed $(RMSEED) --tta none --age_sigma 0
 realmask-bench: realface-data
 	test -d realface_fitted || $(PY) synthetic.py --faces ../shared/realdata/utkface_subset --output_dir realface_fitted --masks fitted
-	for s in 0 1 2; do $(PY) -c "import voc; voc.split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	for s in 0 1 2; do $(PY) -c "from masktk.data.voc import split_by_photo; split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
 	$(PY) train.py $(RM_ARGS) --train_dir $(RF)/train --run_dir model/rm_flat
 	$(PY) train.py $(RM_ARGS) --train_dir realface_fitted/train --run_dir model/rm_fitted
 	for s in 0 1 2; do \

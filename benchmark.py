@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UserError, add_bool, cli, make_parser, positive, writable_dir, write_json_atomic
+from masktk.cli import add_bool, cli, make_parser, positive
+from masktk.errors import UserError
+from masktk.files import writable_dir, write_json_atomic
 
 
 def _timeit(fn, n_items, repeat=1):
@@ -71,12 +73,12 @@ def _profile(args, name, fn):
 def bench_train(args, dev, table_paths, labels):
     """model-only, toolkit and plain pipeline training throughput with the same model, step, precision
     and memory layout. Only the end of each timed pass waits for the device, as in training."""
-    import distributed
-    import engine as T
-    from cache import cached_images
-    from labels import AGE_MIN, YEARS, loss_targets
-    from loaders import BatchDataset, make_loader
-    from settings import RunSettings
+    from masktk import distributed
+    from masktk.data.cache import cached_images
+    from masktk.data.loaders import BatchDataset, make_loader
+    from masktk.labels import AGE_MIN, YEARS, loss_targets
+    from masktk.train import engine as T
+    from masktk.train.settings import RunSettings
     cfg = RunSettings(model=args.model, img_size=tuple(args.img_size), batch_size=args.batch_size,
                                                       pretrained=False, progress=False, amp=args.amp,
                                                       channels_last=args.channels_last, epochs=1000)
@@ -155,10 +157,10 @@ def bench_plain(args, dev, paths, labels, loop, step, steps):
 
 
 def bench_infer(args, dev, eval_dir, raw, loop):
-    from cache import cached_images
-    from checkpoint import CheckpointMeta
-    from dataset import read_eval
-    from prediction import predict_probs
+    from masktk.checkpoint import CheckpointMeta
+    from masktk.data.cache import cached_images
+    from masktk.data.table import read_eval
+    from masktk.predict.pipeline import predict_probs
     info, paths = read_eval(eval_dir)
     paths = paths[:args.eval_images]
     n = len(paths)
@@ -192,7 +194,7 @@ def bench_infer(args, dev, eval_dir, raw, loop):
         predict_probs(raw, meta, cached_images(paths, [key], cache_dir, device=decode_on)[key], **opts)
     decoders = {"cpu": "cpu"} | ({"gpu": dev} if dev.type == "cuda" else {})
     if dev.type == "cuda":
-        from gpu_codecs import gpu_jpeg_decoder
+        from masktk.data.gpu_decode import gpu_jpeg_decoder
         res["gpu_decoder"] = gpu_jpeg_decoder(str(dev))[0]
     for name, decode_on in decoders.items():  # first run: decode every eval image, then predict
         infer(fresh(), decode_on)  # warm-up (the GPU decoder's handle, the thread pool)
@@ -214,8 +216,8 @@ def bench_infer(args, dev, eval_dir, raw, loop):
 
 def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
     """CV-5 + flip TTA: decode once then 10 passes, against 5 passes that each decode again (seconds)."""
-    from cache import cached_images
-    from prediction import predict_probs
+    from masktk.data.cache import cached_images
+    from masktk.predict.pipeline import predict_probs
     n, key = len(paths), (tuple(args.img_size), "center")
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     res = {"cv5_images": n}
@@ -242,9 +244,10 @@ def bench_cv5(args, dev, paths, raw, loop, meta, opts, fresh):
 def bench_faces(args, dev, face_dir):
     from PIL import Image
 
-    from faces import FaceDetector, best_boxes, create_detector, list_images
-    from images import read_rgb
-    from voc import box_iou
+    from masktk.faces.boxes import box_iou
+    from masktk.faces.crop import best_boxes
+    from masktk.faces.detectors import FaceDetector, create_detector
+    from masktk.images import list_images, read_rgb
     rels = list_images(Path(face_dir))[:args.face_images]
     if not rels:
         raise UserError(f"{face_dir}: no images for the face-cropping benchmark")
@@ -288,8 +291,8 @@ def bench_onnx(args, raw, meta, n):
     """CPU inference of the same network, batches and input size: torch against onnxruntime (export.py's file)."""
     import tempfile
 
-    from onnx_backend import OnnxModel, export_onnx
-    from prediction import predict_probs
+    from masktk.predict.backends import OnnxModel, export_onnx
+    from masktk.predict.pipeline import predict_probs
     x = np.random.default_rng(1).integers(0, 255, (n,) + tuple(args.img_size) + (3,), dtype=np.uint8)
     model = raw.to("cpu").eval()
     out = Path(tempfile.mkdtemp(dir=args.cache_dir)) / "model.onnx"
@@ -382,7 +385,7 @@ def main(argv):
     args.cache_dir = own
     if not (root / "train" / "train.csv").is_file():
         raise UserError(f"{root}/train/train.csv not found: run python synthetic.py --output_dir {root} first")
-    from dataset import Log, build_table
+    from masktk.data.table import Log, build_table
     table = build_table(root / "train", log=Log(quiet=True))
     r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, "
          f"{torch.get_num_threads()} threads)", "model": args.model, "img_size": args.img_size,

@@ -17,145 +17,16 @@ with the faces missed by the detector counted apart, and writes <pred_dir>/boxes
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from sklearn.metrics import classification_report, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import classification_report
 
-from labels import MASK_NAMES, class_names, decode
-from outputs import check_outputs, record_written
-from utils import (UserError, add_bool, atomic_path, check_ids, cli, demo_note, env_default, load_dotenv_once,
-                   make_parser, positive, write_json_atomic)
-from voc import match_boxes, read_voc
-
-CLASSES = list(range(18))
-
-
-def macro_f1(y_true, y_pred, labels=CLASSES):
-    return float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0))
-
-
-def score(y_true, y_pred):
-    """Pure: 18-class labels in, metrics dict out (macro F1 over all 18 classes, as scored)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    out = {"f1": macro_f1(y_true, y_pred), "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0}
-    for name, t, p, n in zip(("mask", "gender", "age"), decode(y_true), decode(y_pred), (3, 2, 3)):
-        out[f"f1_{name}"] = macro_f1(t, p, list(range(n)))
-    return out
-
-
-def per_class(y_true, y_pred):
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=CLASSES, zero_division=0)
-    return [dict(cls=c, name=n, precision=float(a), recall=float(b), f1=float(x), support=int(y))
-            for c, n, a, b, x, y in zip(CLASSES, class_names(), p, r, f, s)]
-
-
-def confusion_figure(y_true, y_pred, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-    fig, ax = plt.subplots(figsize=(9, 8))
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=CLASSES, display_labels=class_names(), ax=ax,
-                                            cmap="Blues", colorbar=False, xticks_rotation=90,
-                                            text_kw={"fontsize": 6})
-    ax.tick_params(labelsize=6)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def read_answers(path, what):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found ({what})")
-    try:
-        df = pd.read_csv(path, dtype={"ImageID": str})
-    except Exception as e:
-        raise UserError(f"{path}: cannot be read as CSV ({e})")
-    for c in ("ImageID", "ans"):
-        if c not in df.columns:
-            raise UserError(f"{path}: missing column {c!r}; expected ImageID,ans")
-    ans = pd.to_numeric(df["ans"], errors="coerce")
-    bad = ans.isna() | (ans != ans.round()) | (ans < 0) | (ans > 17)
-    if bad.any():
-        raise UserError(f"{path}: ans must be an integer in 0-17; row {int(bad.idxmax()) + 2} has "
-                        f"'{df['ans'][bad].iloc[0]}'")
-    check_ids(df["ImageID"], path)
-    return df.assign(ans=ans.astype(int))
-
-
-def evaluate_files(gt_path, sub_path):
-    gt, sub = read_answers(gt_path, "ground truth"), read_answers(sub_path, "submission")
-    missing, extra = set(gt["ImageID"]) - set(sub["ImageID"]), set(sub["ImageID"]) - set(gt["ImageID"])
-    if missing or extra:
-        raise UserError(f"{sub_path}: {len(missing)} ImageIDs missing and {len(extra)} extra compared with "
-                        f"{gt_path} (e.g. {sorted(missing or extra)[0]!r}); the submission must cover exactly "
-                        "the ground truth's images")
-    merged = gt.merge(sub, on="ImageID", suffixes=("_true", "_pred"))
-    return merged["ans_true"].to_numpy(), merged["ans_pred"].to_numpy()
-
-
-SIZE_BINS = ((32, 64), (64, 128), (128, 1_000_000))
-
-
-def read_predictions(pred_dir):
-    """predict.py's per-photo JSON files -> {photo stem: [(box, mask id)]}."""
-    pred_dir = Path(pred_dir)
-    files = sorted(pred_dir.glob("*.json")) if pred_dir.is_dir() else []
-    out, odd = {}, []
-    for f in files:
-        try:
-            d = json.loads(f.read_text())
-            out[Path(d["photo"]).stem] = [(face["box"], int(face["mask"])) for face in d["faces"]]
-        except (ValueError, KeyError, TypeError):
-            odd += [] if f.name == "boxes_scores.json" else [f.name]  # our own scores file is expected there
-    if odd:  # a damaged file would otherwise count its photo's faces as missed, silently
-        print(f"warning: {pred_dir}: {len(odd)} .json file(s) are not predict.py output, their photos count as not "
-              f"predicted: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}", file=sys.stderr)
-    if not out:
-        raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS --output_dir {pred_dir}")
-    return out
-
-
-def mask_scores(y, pred):
-    return {"mask_accuracy": float((y == pred).mean()) if len(y) else 0.0,
-            "mask_f1": macro_f1(y, pred, [0, 1, 2]) if len(y) else 0.0, "n": int(len(y))}
-
-
-def score_boxes(data_dir, pred_dir, min_face=32, min_iou=0.5):
-    """Mask status of annotated faces matched to predicted ones. -> dict of figures."""
-    faces = read_voc(data_dir)
-    faces = faces[faces["size"] >= min_face]
-    preds = read_predictions(pred_dir)
-    y, pred, size = [], [], []
-    missed = 0
-    for stem, gt in faces.groupby("stem", sort=True):
-        found = preds.get(stem, [])
-        pairs = match_boxes(gt[["xmin", "ymin", "xmax", "ymax"]].to_numpy(), [b for b, _ in found], min_iou)
-        missed += len(gt) - len(pairs)
-        for g, p in pairs:
-            y.append(gt["mask"].iloc[g]), pred.append(found[p][1]), size.append(gt["size"].iloc[g])
-    y, pred, size = np.asarray(y, int), np.asarray(pred, int), np.asarray(size)
-    res = {**mask_scores(y, pred), "annotated": int(len(faces)), "missed": int(missed),
-           "photos": int(faces["stem"].nunique()), "photos_predicted": int(sum(s in preds for s in faces["stem"].unique())),
-           "always_wear_accuracy": float((y == 0).mean()) if len(y) else 0.0, "min_face": min_face,
-           "confusion": confusion_matrix(y, pred, labels=[0, 1, 2]).tolist() if len(y) else [[0] * 3] * 3}
-    res["by_size"] = {f"{lo}-{hi - 1}" if hi < 1_000_000 else f"{lo}+": mask_scores(y[(size >= lo) & (size < hi)],
-                                                                                    pred[(size >= lo) & (size < hi)])
-                      for lo, hi in SIZE_BINS if hi > min_face}
-    return res
-
-
-def print_boxes(res):
-    print(json.dumps({k: v for k, v in res.items() if k not in ("confusion", "by_size")}))
-    print("confusion (rows: annotated, columns: predicted)\n" + f"{'':>10}" + "".join(f"{n:>10}" for n in MASK_NAMES))
-    for n, row in zip(MASK_NAMES, res["confusion"]):
-        print(f"{n:>10}" + "".join(f"{v:>10}" for v in row))
-    for k, v in res["by_size"].items():
-        print(f"faces {k:>8} px: n {v['n']:4d}  accuracy {v['mask_accuracy']:.3f}  macro F1 {v['mask_f1']:.3f}")
+from masktk.cli import add_bool, cli, demo_note, env_default, load_dotenv_once, make_parser, positive
+from masktk.files import atomic_path, write_json_atomic
+from masktk.labels import class_names
+from masktk.metrics.classification import CLASSES, confusion_figure, evaluate_files, per_class, score
+from masktk.metrics.detection import print_boxes, score_boxes
+from masktk.outputs import check_outputs, record_written
 
 
 def build_parser():

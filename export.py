@@ -14,27 +14,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from checkpoint import model_from_checkpoint
-from onnx_backend import describe, export_onnx, onnx_path
-from outputs import check_outputs, record_written
-from prediction import find_groups
-from runs import add_run_flags, chosen_run
-from utils import UserError, atomic_path, cli, load_dotenv_once, make_parser, positive, write_json_atomic
-
-TOLERANCE = 1e-3  # largest |logit difference| accepted between onnxruntime and torch, relative to logits over 1
-
-
-def export_one(ckpt, out, opset):
-    """One checkpoint -> an ONNX file at `out` (dynamic batch), checked with onnxruntime -> max |diff|."""
-    model, meta = model_from_checkpoint(ckpt, "cpu")
-    description = describe(meta, ckpt)
-    with atomic_path(out) as tmp:
-        diff, scale = export_onnx(model, meta.img_size, tmp, opset)
-        if not diff <= TOLERANCE * max(1.0, scale):
-            raise UserError(f"{ckpt}: onnxruntime disagrees with torch by {diff:.2e} (logits up to {scale:.2g}); "
-                            "the file is not kept: try another --opset")
-    write_json_atomic(Path(out).with_suffix(".json"), description)
-    return diff
+from masktk.cli import cli, load_dotenv_once, make_parser, positive
+from masktk.errors import UserError
+from masktk.outputs import check_outputs, record_written
+from masktk.predict.backends import export_one, onnx_path
+from masktk.predict.pipeline import find_groups
+from masktk.runs import add_run_flags, chosen_run
 
 
 @cli

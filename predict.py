@@ -9,78 +9,18 @@ probabilities. The run may be single, CV (folds averaged) or multi-task: it is d
 """
 from __future__ import annotations
 
-import functools
 import sys
-from pathlib import Path
 
-from faces import DEFAULT_DETECTOR, DETECTORS
-from images import IMG_EXTS
-from model import TTA_VIEWS
-from onnx_backend import BACKENDS
-from outputs import check_outputs, record_written, written_here
-from predictor import MIN_SCORE, Predictor, annotate, face_rows
-from runs import add_run_flags, chosen_run
-from utils import UserError, atomic_path, cli, fraction, make_parser, positive, writable_dir, write_json_atomic
-from video import VIDEO_EXTS, predict_video
-
-# any photo: the competition's formats and the others OpenCV decodes (HEIC it does not)
-PHOTO_EXTS = IMG_EXTS + (".webp", ".bmp", ".tif", ".tiff", ".avif")
-# photos held in memory at once: a folder of 12 MP phone photos is 36 MB a photo decoded, so a whole
-# folder would not fit; a chunk still gives the models batches of faces
-CHUNK = 16
-
-
-def collect(inputs):
-    files = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():  # not the annotations the toolkit wrote there (a folder predicted into itself)
-            ours = functools.lru_cache(maxsize=None)(written_here)  # each folder's list read once
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in PHOTO_EXTS + VIDEO_EXTS
-                            and not f.name.startswith(".") and f.name not in ours(f.parent))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    if not files:
-        raise UserError(f"no photos or videos ({'/'.join(PHOTO_EXTS + VIDEO_EXTS)}) in {' '.join(inputs)}")
-    return files
-
-
-def output_names(files):
-    """A distinct output name per photo: its stem, or parent_stem where two photos share a stem (then
-    a counter), so a.jpg in two folders never overwrite each other."""
-    stems = [f.stem for f in files]
-    names, used = {}, set()
-    for f in files:
-        name = f.stem if stems.count(f.stem) == 1 else f"{f.parent.name}_{f.stem}"
-        base, k = name, 2
-        while name in used:
-            name, k = f"{base}-{k}", k + 1
-        used.add(name)
-        names[f] = name
-    return names
-
-
-def write_photo(out, name, f, img, rows, detector):
-    write_json_atomic(out / f"{name}.json", {"photo": str(f), "detector": detector, "faces": rows})
-    with atomic_path(out / f"{name}_pred.jpg") as tmp:
-        annotate(img, rows).save(tmp, "JPEG", quality=92)
-    print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {r['mask_name']}, {r['gender_name']}, "
-                                                f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))
-
-
-def predict_chunk(pred, files, out, names):
-    """Find, classify and write a chunk of photos -> (photos read, faces, unreadable files). Its photos
-    are let go on return, before the next chunk is read (a loop variable would keep two chunks)."""
-    found, bad = pred.find(files)
-    probs, labels = pred.classify(found)
-    k = 0
-    for f, img, faces in found:
-        rows = face_rows(faces, probs[k:k + len(faces)], labels[k:k + len(faces)])
-        k += len(faces)
-        write_photo(out, names[f], f, img, rows, pred.recipe.detector)
-    return len(found), k, bad
+from masktk.cli import cli, fraction, make_parser, positive
+from masktk.faces.detectors import DEFAULT_DETECTOR, DETECTORS
+from masktk.files import writable_dir
+from masktk.outputs import check_outputs, record_written
+from masktk.predict.backends import BACKENDS
+from masktk.predict.photos import CHUNK, collect, output_names, predict_chunk
+from masktk.predict.predictor import MIN_SCORE, Predictor
+from masktk.predict.video import VIDEO_EXTS, predict_video
+from masktk.runs import add_run_flags, chosen_run
+from masktk.tta import TTA_VIEWS
 
 
 def build_parser():

@@ -16,38 +16,24 @@ TensorBoard logs in tb/ (CV: fold<i>/ each, plus oof.csv and cv.json; multi: mas
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import replace
 
-import distributed
-from dataset import Log
-from distributed import log_main
-from labels import MULTI_TASKS
-from model import choose_precision
-from oof import fit_run_decision, merge_cv, unit_preds
-from runs import check_same_people, create_run_dir, given_run_dir, interrupted_hint, removed_if_it_fails_empty
-from settings import build_parser, check_same_run, run_config, settings
-from sources import load_data, resolve_data_dir
-from splits import plan_units
-from trainer import run_fold
-from utils import UserError, cli, load_dotenv_once, writable_dir, write_json_atomic
-
-
-def run_units(units, cfg, table, images, run_dir, dist):
-    """-> (results per unit, whether any unit trained)."""
-    results, trained = {}, False
-    for unit in units:
-        out = run_dir / unit.subdir
-        done = distributed.broadcast_object(json.loads((out / "metrics.json").read_text())
-                                            if dist.is_main and (out / "metrics.json").is_file() else None)
-        if done:  # decided by rank 0 for every rank
-            log_main(f"[{unit.name}] already finished, skipped")
-            results[unit.subdir] = done
-            continue
-        results[unit.subdir], trained = run_fold(unit, cfg, table, images, run_dir, dist), True
-    return results, trained
+from masktk import distributed
+from masktk.cli import cli, load_dotenv_once
+from masktk.data.sources import load_data, resolve_data_dir
+from masktk.data.splits import plan_units
+from masktk.data.table import Log
+from masktk.distributed import log_main
+from masktk.errors import UserError
+from masktk.files import writable_dir, write_json_atomic
+from masktk.labels import MULTI_TASKS
+from masktk.models import choose_precision
+from masktk.runs import check_same_people, create_run_dir, given_run_dir, interrupted_hint, removed_if_it_fails_empty
+from masktk.train.oof import fit_run_decision, merge_cv, unit_preds
+from masktk.train.settings import build_parser, check_same_run, run_config, settings
+from masktk.train.trainer import run_units
 
 
 @cli

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cache import decode_many  # noqa: E402
-from checkpoint import CheckpointMeta  # noqa: E402
-from gpu_codecs import prepare_gpu
-from images import decode_bytes, read_bytes
+from masktk.checkpoint import CheckpointMeta
+from masktk.data.cache import decode_many
+from masktk.data.gpu_decode import prepare_gpu
+from masktk.images import decode_bytes, read_bytes
 
 paths = sorted(glob.glob(sys.argv[1] + "/eval/images/*"))[:4200]
 SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 224
@@ -99,10 +99,10 @@ def main():
         rate("pinned host -> memmap file, 16 threads", lambda: list(ThreadPoolExecutor(16).map(
             lambda s: mm.__setitem__(s, host[s]), [slice(i, i + CHUNK) for i in range(0, N, CHUNK)])))
     probe_nvimgcodec(datas, ref)
-    from gpu_codecs import gpu_jpeg_decoder
+    from masktk.data.gpu_decode import gpu_jpeg_decoder
     name = gpu_jpeg_decoder("cuda")[0]
     rate(f"decode_many on the GPU ({name}), into arrays", lambda: decode_many(paths, [KEY], workers=16, device="cuda"))
-    from cache import cached_images
+    from masktk.data.cache import cached_images
     for dev in ("cuda", "cpu"):
         rate(f"cached_images on {dev}, a fresh cache file each time",
              lambda: cached_images(paths, [KEY], tempfile.mkdtemp(dir="/tmp"), device=dev))
@@ -118,8 +118,8 @@ def probe_gpu_resident(datas):
     installed), resized and normalised there and predicted by efficientnet_lite0 (bf16, channels_last, batches
     of 128), against the model alone; with the bytes in memory, with the files read a chunk ahead by 16
     threads, and with each chunk also copied to a pinned buffer and written to a cache file by the pool."""
-    from cache import FileRows, _read_ahead
-    from gpu_codecs import gpu_jpeg_decoder
+    from masktk.data.cache import FileRows, _read_ahead
+    from masktk.data.gpu_decode import gpu_jpeg_decoder
     model = lite0()
     mean = torch.tensor([0.5, 0.5, 0.5], device="cuda").view(1, 3, 1, 1) * 255
     name, decode = gpu_jpeg_decoder("cuda")
@@ -179,7 +179,7 @@ def probe_gpu_resident(datas):
             rate("GPU-resident + cache written from pinned copies by 2 pool threads", with_cache)
         # a warm cache's alternative to batches read in turn: the whole file into one pinned buffer by 16
         # threads (preadv), one copy to the GPU, then the model
-        from images import read_at
+        from masktk.images import read_at
         whole = torch.empty((N, SIZE, SIZE, 3), dtype=torch.uint8, pin_memory=True)
         row = SIZE * SIZE * 3
 
@@ -202,8 +202,8 @@ def probe_reading_pipeline():
     import mmap
     import multiprocessing
 
-    from cache import _read_ahead
-    from gpu_codecs import gpu_jpeg_decoder
+    from masktk.data.cache import _read_ahead
+    from masktk.data.gpu_decode import gpu_jpeg_decoder
     name, decode = gpu_jpeg_decoder("cuda")
 
     def dec(ds):
@@ -241,7 +241,7 @@ _SHARED = None
 
 
 def _read_range(rng):
-    from images import read_at
+    from masktk.images import read_at
     paths_, offs, buf = _SHARED
     for i in rng:
         fd = os.open(paths_[i], os.O_RDONLY)
@@ -254,10 +254,10 @@ def _read_range(rng):
 
 def probe_warm_readers():
     """A warm cache's pass (predict_probs on lite0 bf16) against the same loop with 4, 8, 16 reader threads."""
-    from augment import BatchTransform
-    from cache import cached_images
-    from inference import predict_probs
-    from loaders import pinned_batches, to_device
+    from masktk.data.augment import BatchTransform
+    from masktk.data.cache import cached_images
+    from masktk.data.loaders import pinned_batches, to_device
+    from masktk.predict.pipeline import predict_probs
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
     model = lite0()
@@ -278,8 +278,8 @@ def probe_warm_readers():
 def probe_decoder_setups(datas):
     """nvImageCodec decoders (all backends or the hardware engines first; its CPU pool of 16 or 4 threads)
     decoding chunks of 256, with the bytes in memory and with the files read a chunk ahead by 4 or 16 threads."""
-    from cache import _read_ahead
-    from gpu_codecs import _import_nvimgcodec
+    from masktk.data.cache import _read_ahead
+    from masktk.data.gpu_decode import _import_nvimgcodec
     nv = _import_nvimgcodec()
     if nv is None:
         print("nvImageCodec: not installed")
@@ -312,8 +312,8 @@ def probe_decoder_setups(datas):
 def probe_warm_read_into():
     """A warm pass (predict_probs, lite0 bf16) with the cache's batches read by os.open + preadv (now) and by a
     buffered file's readinto (before 2026-11-28), alternated three times."""
-    from cache import ImageCache, cached_images
-    from inference import predict_probs
+    from masktk.data.cache import ImageCache, cached_images
+    from masktk.predict.pipeline import predict_probs
     key = ((SIZE, SIZE), "center")
     cache = cached_images(paths, [key], tempfile.mkdtemp(dir="/tmp"))[key]
     model = lite0()
@@ -357,7 +357,7 @@ def profile_main_thread(fn):
 
 def probe_writes(arr):
     """Writing a fresh cache file (FileRows, pwrite) from 1 and 16 threads: is one writer the limit?"""
-    from cache import FileRows
+    from masktk.data.cache import FileRows
     for threads in (1, 16):
         def write():
             with tempfile.NamedTemporaryFile(dir="/tmp") as f:
@@ -369,7 +369,7 @@ def probe_writes(arr):
 
 def probe_nvimgcodec(datas, ref):
     try:
-        from gpu_codecs import _import_nvimgcodec
+        from masktk.data.gpu_decode import _import_nvimgcodec
         nv = _import_nvimgcodec()
     except Exception as e:  # noqa: BLE001 - a probe: say why and go on
         print("nvImageCodec: import failed:", e)

@@ -1,7 +1,7 @@
-"""augment.py: batched augmentation."""
+"""masktk/data/augment.py: batched augmentation."""
 import torch
 
-from augment import BatchTransform
+from masktk.data.augment import BatchTransform
 
 
 def test_augmentation_is_deterministic_for_a_generator_and_off_when_not_training():

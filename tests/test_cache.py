@@ -1,4 +1,4 @@
-"""cache.py: the decode-once image cache."""
+"""masktk/data/cache.py: the decode-once image cache."""
 import shutil
 
 import numpy as np
@@ -9,8 +9,8 @@ import torch
 def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(tiny_root, tmp_path, monkeypatch):
     """Its file is sparse, so a full disk showed only after most of the decoding, as a bare ENOSPC. The disk
     is made to report 1 MiB free (filling a real one would take the machine with it if the check broke)."""
-    import cache
-    from utils import UserError
+    from masktk.data import cache
+    from masktk.errors import UserError
     paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:2]
     real = shutil.disk_usage
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
@@ -26,8 +26,8 @@ def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
     every row must hold what decoding that file alone gives, and unreadable files must be marked."""
     from PIL import Image
 
-    from cache import cached_images, decode_many
-    from images import prepare, read_rgb
+    from masktk.data.cache import cached_images, decode_many
+    from masktk.images import prepare, read_rgb
     photos = sorted((tiny_root / "train" / "images").glob("*/*.jpg"))[:70]
     assert len(photos) == 70  # several chunks of 16
     paths = [shutil.copy(p, tmp_path / f"{i}.jpg") for i, p in enumerate(photos)]
@@ -49,7 +49,7 @@ def test_threads_decode_every_file_as_one_at_a_time_would(tiny_root, tmp_path):
 
 def test_file_rows_write_runs_and_single_rows(tmp_path):
     """FileRows writes consecutive rows with one call: scattered, consecutive and single rows all land."""
-    from cache import FileRows
+    from masktk.data.cache import FileRows
     shape = (10, 4, 3, 3)
     want = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
     f = tmp_path / "rows.bin"
@@ -71,10 +71,10 @@ def test_gpu_chunk_path_writes_every_row_where_the_cpu_path_does(tiny_root, tmp_
     GPU resize's few levels, as tests/test_cuda.py holds the real decoder)."""
     from PIL import Image
 
-    import cache
-    import gpu_codecs
-    from cache import cached_images
-    from images import decode_bytes
+    from masktk.data import cache
+    from masktk.data import gpu_decode as gpu_codecs
+    from masktk.data.cache import cached_images
+    from masktk.images import decode_bytes
     src = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:32]
     Image.open(src.pop()).save(tmp_path / "as.png")  # photos of their own: each row has one right place
     im = Image.open(src.pop())
@@ -102,8 +102,8 @@ def test_gpu_chunk_path_writes_every_row_where_the_cpu_path_does(tiny_root, tmp_
 
 def test_cache_rows_read_back_and_a_cut_cache_file_is_named(tiny_root, tmp_path):
     """ImageCache.read_into gives the rows the memory map shows, and a cache file cut short is a clear error."""
-    from cache import cached_images
-    from utils import UserError
+    from masktk.data.cache import cached_images
+    from masktk.errors import UserError
     paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:5]
     key = ((32, 24), "center")
     cache = cached_images(paths, [key], tmp_path)[key]
@@ -126,9 +126,9 @@ def test_temp_files_of_a_killed_run_are_cleaned_by_the_next_and_a_live_ones_kept
 
     from conftest import REPO
 
-    from cache import cached_images
+    from masktk.data.cache import cached_images
     cache = tmp_path / "cache"
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from utils import atomic_path\n"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from masktk.files import atomic_path\n"
             "with atomic_path(sys.argv[2]) as t:\n"
             "    t.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(120)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(cache / "images-abc.u8")],
@@ -136,7 +136,7 @@ def test_temp_files_of_a_killed_run_are_cleaned_by_the_next_and_a_live_ones_kept
     assert child.stdout.readline().strip() == "writing"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    from utils import atomic_path
+    from masktk.files import atomic_path
     with atomic_path(cache / "images-live.u8") as live:  # this process's, still being written
         live.write_bytes(b"y")
         assert len(list(cache.glob(".tmp-images-*"))) == 2

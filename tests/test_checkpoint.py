@@ -1,19 +1,19 @@
-"""checkpoint.py: the one save/load pair, and files it must refuse."""
+"""masktk/checkpoint.py: the one save/load pair, and files it must refuse."""
 import subprocess
 
 import pytest
 import torch
 from conftest import BASE, assert_clean_error, run
 
-from checkpoint import load_checkpoint
+from masktk.checkpoint import load_checkpoint
 
 
 def test_an_empty_or_foreign_checkpoint_is_named_not_a_traceback(tmp_path):
     """Empty, not a PyTorch file at all, or pickled objects: each gets its own one-line reason."""
     import pathlib
 
-    from model import safe_load
-    from utils import UserError
+    from masktk.errors import UserError
+    from masktk.weights import safe_load
     (tmp_path / "best.pth").write_bytes(b"")
     with pytest.raises(UserError, match="best.pth: not a readable checkpoint .*empty"):
         safe_load(tmp_path / "best.pth")

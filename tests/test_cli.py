@@ -79,7 +79,7 @@ def test_output_folders_that_are_files_empty_info_csv_and_a_run_named_twice_exit
 def test_file_errors_a_user_can_fix_are_one_line_and_exit_2(err, capsys):
     """Permissions (a root-owned eval folder on a shared machine), a file gone mid-run, a full disk: one
     line naming the file and what to do, exit 2, no traceback; other OS errors stay tracebacks (bugs)."""
-    from utils import cli
+    from masktk.cli import cli
 
     def raising(e):
         def main(argv):
@@ -98,7 +98,7 @@ def test_file_errors_a_user_can_fix_are_one_line_and_exit_2(err, capsys):
 
 FORKED_SIGTERM = """
 import multiprocessing as mp, signal, sys
-from utils import sigterm_unwinds
+from masktk.cli import sigterm_unwinds
 
 def disposition(_):
     return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, assert_clean_error, run
 from PIL import Image
 
-from faces import CropRecipe
+from masktk.faces.crop import CropRecipe
 
 # not the defaults (retinaface, 0.25 0.1 0.05, no alignment); the photos MTCNN finds (its landmarks) are turned upright
 RECIPE = ["--detector", "ssd_mtcnn", "--margin", "0.2", "0.1", "0.1", "--align", "True"]
@@ -22,8 +22,9 @@ def test_each_detector_cuts_with_its_own_margins_and_unrecorded_crops_read_as_mt
     crops cut before crop.json existed (MTCNN's) keep being served MTCNN's crops, whatever the default."""
     from types import SimpleNamespace
 
-    from faces import DEFAULT_DETECTOR, DEFAULT_MARGIN, MARGINS
-    from prediction import eval_crop_recipe
+    from masktk.faces.crop import DEFAULT_MARGIN, MARGINS
+    from masktk.faces.detectors import DEFAULT_DETECTOR
+    from masktk.predict.pipeline import eval_crop_recipe
     assert CropRecipe().detector == DEFAULT_DETECTOR == "retinaface"
     assert CropRecipe().margin == MARGINS["retinaface"] != DEFAULT_MARGIN
     assert CropRecipe("mtcnn").margin == CropRecipe("union").margin == DEFAULT_MARGIN

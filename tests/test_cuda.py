@@ -43,10 +43,11 @@ def test_one_tiny_epoch_with_amp_and_channels_last(tiny_root, tmp_path):
 
 SYNCS = """
 import warnings, numpy as np, torch
-import distributed, engine as T
-from settings import RunSettings
-from loaders import BatchDataset, make_loader
-from labels import AGE_MIN, loss_targets
+from masktk import distributed
+from masktk.train import engine as T
+from masktk.train.settings import RunSettings
+from masktk.data.loaders import BatchDataset, make_loader
+from masktk.labels import AGE_MIN, loss_targets
 steps, bs = 12, 16
 cfg = RunSettings(model="test_efficientnet", pretrained=False, img_size=(32, 32), progress=False, batch_size=bs)
 labels = np.arange(steps * bs) % 18
@@ -103,7 +104,7 @@ DECODE = """
 import numpy as np, shutil, sys
 from pathlib import Path
 from PIL import Image
-from cache import decode_many
+from masktk.data.cache import decode_many
 src = sorted(Path(sys.argv[1]).glob("*.jpg"))[:40]
 tmp = Path(sys.argv[2])
 Image.open(src[0]).save(tmp / "as.png")                       # PNG: the CPU path
@@ -115,7 +116,7 @@ gpu, ok_g = decode_many(paths, keys, device="cuda", chunk=16)
 cpu, ok_c = decode_many(paths, keys, device="cpu")
 assert ok_g.all() and ok_c.all()
 import importlib.util
-from gpu_codecs import gpu_jpeg_decoder
+from masktk.data.gpu_decode import gpu_jpeg_decoder
 try:
     installed = importlib.util.find_spec("nvidia.nvimgcodec") is not None
 except ModuleNotFoundError:
@@ -154,7 +155,7 @@ def test_more_processes_than_gpus_fail_clearly(tiny_root, tmp_path):
 def test_ssd_face_detector_on_the_gpu_agrees_with_the_cpu(tmp_path):
     """face_ssd.py on CUDA (batched, channels_last) finds the faces the CPU finds, at the same boxes."""
     out = py("import json, numpy as np, skimage.data\n"
-             "from face_ssd import SSDFaceDetector\n"
+             "from masktk.faces.ssd import SSDFaceDetector\n"
              "imgs = [skimage.data.astronaut(), np.ascontiguousarray(skimage.data.astronaut()[:, ::-1])]\n"
              "a, b = SSDFaceDetector('cpu').detect(imgs), SSDFaceDetector('cuda').detect(imgs)\n"
              "print(json.dumps([[x[0].tolist(), y[0].tolist(), x[1].tolist(), y[1].tolist()] for x, y in zip(a, b)]))\n",

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, assert_clean_error, run
 
-from dataset import Log, build_table
-from labels import age_class, decode, encode
+from masktk.data.table import Log, build_table
+from masktk.labels import age_class, decode, encode
 
 
 def test_label_encode_decode_round_trip():
@@ -50,7 +50,7 @@ def test_table_skips_hidden_and_unknown_files_and_applies_fixes(tiny_root, tmp_p
 
 
 def test_fixes_file_holds_the_published_fixes():
-    f = pd.read_csv(REPO / "label_fixes.csv", dtype=str)
+    f = pd.read_csv(REPO / "masktk" / "data" / "label_fixes.csv", dtype=str)
     assert set(f.loc[f["value"] == "female", "id"]) == {"001498-1", "004432"}
     assert set(f.loc[f["value"] == "male", "id"]) == {f"00636{i}" for i in range(5)} | {"006359"}
     assert set(f.loc[f["field"] == "mask", "id"]) == {"000020", "004418", "005227"}
@@ -73,7 +73,7 @@ def test_a_mistyped_fixes_file_and_a_bad_fix_value_are_errors(tiny_root, tmp_pat
 
 
 def test_a_truncated_jpeg_makes_its_person_incomplete_at_table_time(tiny_root, tmp_path):
-    from dataset import Log, build_table
+    from masktk.data.table import Log, build_table
     data = tmp_path / "train"
     shutil.copytree(tiny_root / "train", data)
     person = sorted((data / "images").iterdir())[0]
@@ -88,7 +88,7 @@ def test_a_truncated_jpeg_makes_its_person_incomplete_at_table_time(tiny_root, t
 def test_tiny_images_are_kept_with_a_warning(tiny_root, tmp_path):
     from PIL import Image
 
-    from dataset import Log, build_table
+    from masktk.data.table import Log, build_table
     data = tmp_path / "train"
     shutil.copytree(tiny_root / "train", data)
     person = sorted((data / "images").iterdir())[0]
@@ -101,9 +101,9 @@ def test_tiny_images_are_kept_with_a_warning(tiny_root, tmp_path):
 def test_image_ids_must_be_present_and_unique_in_info_csv_and_in_answers(tmp_path):
     """A blank ImageID used to end in a TypeError, and a repeated one in a submission that evaluation.py
     then refused: both are one line naming the file and the rows, in info.csv and in scored files alike."""
-    from dataset import read_eval
-    from evaluation import read_answers
-    from utils import UserError
+    from masktk.data.table import read_eval
+    from masktk.errors import UserError
+    from masktk.metrics.classification import read_answers
     (tmp_path / "images").mkdir()
     for n in ("a.jpg", "b.jpg"):
         (tmp_path / "images" / n).write_bytes(b"x")
@@ -150,7 +150,7 @@ def test_implausible_ages_are_bad_rows(tiny_root, tmp_path, age, capsys):
 
 
 def test_boundary_years_are_the_ages_just_under_each_band_edge():
-    from labels import near_bound
+    from masktk.labels import near_bound
     ages = np.arange(18, 61)
     assert ages[near_bound(ages, (30, 60), 2)].tolist() == [28, 29, 58, 59]
     assert ages[near_bound(ages, (29, 58), 1)].tolist() == [28, 57]

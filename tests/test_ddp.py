@@ -9,18 +9,19 @@ import pytest
 from conftest import REPO, TINY, run
 from test_mask_only import _voc_dir
 
-from cache import decode_many
-from checkpoint import model_from_checkpoint
-from dataset import Log, build_table
-from evaluation import score
-from model import DEFAULT_TTA
-from prediction import predict_probs
+from masktk.checkpoint import model_from_checkpoint
+from masktk.data.cache import decode_many
+from masktk.data.table import Log, build_table
+from masktk.metrics.classification import score
+from masktk.predict.pipeline import predict_probs
+from masktk.tta import DEFAULT_TTA
 
 CHECK = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 sys.argv = ['train.py'] + {args!r}
-import train, trainer
+import train
+from masktk.train import trainer
 orig = trainer.evaluate
 def checked(model, loader, ctx):  # every rank reports a checksum of its weights and buffers
     s = torch.tensor([sum(float(v.double().sum()) for v in model.state_dict().values() if v.is_floating_point())],

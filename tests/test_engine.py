@@ -1,12 +1,12 @@
-"""engine.py: the training loop's parts."""
+"""masktk/train/engine.py: the training loop's parts."""
 import numpy as np
 import pytest
 import torch
 
 
 def test_mixup_and_cutmix_targets_are_distributions_of_the_batch_labels():
-    from engine import make_mixer
-    from settings import RunSettings
+    from masktk.train.engine import make_mixer
+    from masktk.train.settings import RunSettings
     cfg = RunSettings(cutmix=1.0, mixup=0.0)
     x = torch.rand(8, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
@@ -19,7 +19,7 @@ def test_mixup_and_cutmix_targets_are_distributions_of_the_batch_labels():
 
 
 def test_clip_grad_caps_the_global_norm_and_is_off_by_default():
-    from engine import ClipGrad, no_clip
+    from masktk.train.engine import ClipGrad, no_clip
     model = torch.nn.Linear(4, 3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

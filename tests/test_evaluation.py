@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, assert_clean_error, run
 from sklearn.metrics import f1_score
 
-from evaluation import score
+from masktk.metrics.classification import score
 
 
 def test_macro_f1_matches_sklearn_on_random_labels():
@@ -90,7 +90,7 @@ def _voc(path, objects):
 
 @pytest.mark.e2e
 def test_boxes_benchmark_matches_faces_by_iou_on_a_hand_made_case(tmp_path):
-    from voc import match_boxes
+    from masktk.faces.boxes import match_boxes
 
     # two predictions overlap one face: the better one takes it, the other stays unmatched
     assert match_boxes([[0, 0, 10, 10]], [[1, 1, 10, 10], [0, 0, 10, 10]]) == [(0, 1)]

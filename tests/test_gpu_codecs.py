@@ -1,4 +1,4 @@
-"""gpu_codecs.py: which JPEGs go to the GPU, its resize, the decoder's fallback, the staging buffers
+"""masktk/data/gpu_decode.py: which JPEGs go to the GPU, its resize, the decoder's fallback, the staging buffers
 (on CPU; tests/test_cuda.py runs them on a GPU)."""
 import os
 
@@ -13,7 +13,7 @@ def test_only_plain_jpegs_go_to_the_gpu_decoder(tmp_path):
     """nvJPEG ignores EXIF orientation and cannot read PNGs: those, and truncated JPEGs, stay on the CPU."""
     from PIL import Image
 
-    from gpu_codecs import gpu_decodable
+    from masktk.data.gpu_decode import gpu_decodable
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     img.save(tmp_path / "plain.jpg")
     img.save(tmp_path / "a.png")
@@ -30,8 +30,8 @@ def test_only_plain_jpegs_go_to_the_gpu_decoder(tmp_path):
 def test_batched_gpu_resize_matches_cv2_in_order(tiny_root):
     """prepare_gpu (the GPU decoding path's resize, run here on CPU tensors): photos of two shapes in one
     batch come back in their order, within a few levels of cv2's prepare."""
-    from gpu_codecs import prepare_gpu
-    from images import decode_bytes, prepare
+    from masktk.data.gpu_decode import prepare_gpu
+    from masktk.images import decode_bytes, prepare
     paths = sorted((tiny_root / "eval" / "images").glob("*"))[:4]
     imgs = [decode_bytes(np.fromfile(p, np.uint8), p) for p in paths]
     imgs[1] = cv2.resize(imgs[1], (300, 400))  # a second shape between the others
@@ -50,7 +50,7 @@ def test_a_broken_nvimgcodec_install_falls_back_to_nvjpeg_with_a_warning(tmp_pat
     pkg = tmp_path / "nvidia" / "nvimgcodec"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open shared object file')\n")
-    code = ("from gpu_codecs import gpu_jpeg_decoder\n"
+    code = ("from masktk.data.gpu_decode import gpu_jpeg_decoder\n"
             "print(gpu_jpeg_decoder('cuda')[0]); print(gpu_jpeg_decoder('cuda')[0])\n")
     p = run("-c", code, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
     assert p.stdout.split("\n")[:2] == ["torchvision nvJPEG"] * 2, p.stdout
@@ -64,7 +64,7 @@ def test_host_staging_reuses_a_buffer_only_after_its_writes():
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpu_codecs import _HostStaging
+    from masktk.data.gpu_decode import _HostStaging
     key, stage, release, written = "k", _HostStaging(4), threading.Event(), []
     chunk = lambda v: torch.full((3, 2, 2, 3), v, dtype=torch.uint8)  # noqa: E731
     with ThreadPoolExecutor(1) as ex:

@@ -1,4 +1,4 @@
-"""images.py: reading, decoding and cutting photos."""
+"""masktk/images.py: reading, decoding and cutting photos."""
 import numpy as np
 import torch
 
@@ -6,7 +6,7 @@ import torch
 def test_jpeg_end_is_found_past_thumbnails_and_before_trailing_video(tmp_path):
     from PIL import Image
 
-    from images import read_rgb, truncated_jpeg
+    from masktk.images import read_rgb, truncated_jpeg
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8))
     img.save(tmp_path / "plain.jpg")
     data = (tmp_path / "plain.jpg").read_bytes()
@@ -29,7 +29,7 @@ def test_read_bytes_gives_every_byte_writable(tiny_root, tmp_path):
     non-writable warning), an empty array for an empty file, and raises for a missing one."""
     import warnings
 
-    from images import read_bytes
+    from masktk.images import read_bytes
     files = sorted((tiny_root / "train" / "images").rglob("*.*"))[:5] + [tmp_path / "empty.jpg"]
     (tmp_path / "empty.jpg").touch()
     for f in files:
@@ -52,8 +52,8 @@ def test_one_size_rule_for_training_and_prediction_and_too_large_says_so(tmp_pat
     -bomb error swallowed) while inference decoded it."""
     from PIL import Image
 
-    import images
-    from dataset import image_ok
+    from masktk import images
+    from masktk.data.table import image_ok
     big = tmp_path / "big.jpg"
     Image.new("RGB", (15000, 15000), (120, 90, 60)).save(big, quality=50)
     assert image_ok(big) and images.read_rgb(big).shape == (15000, 15000, 3)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import REPO, assert_clean_error, run
 
-from cache import decode_many
-from checkpoint import load_checkpoint, model_from_checkpoint
-from dataset import read_eval
-from decision import decide, read_offsets
-from onnx_backend import load_torch_models
-from prediction import find_groups, predict_probs, run_groups
+from masktk.checkpoint import load_checkpoint, model_from_checkpoint
+from masktk.data.cache import decode_many
+from masktk.data.table import read_eval
+from masktk.predict.backends import load_torch_models
+from masktk.predict.pipeline import find_groups, predict_probs, run_groups
+from masktk.train.decisions import decide, read_offsets
 
 
 def _infer(tiny_root, out, *args, check=True):
@@ -127,8 +127,8 @@ def test_mismatched_checkpoint_exits_2_and_writes_nothing(tiny_root, tiny_runs, 
 def test_a_cv_run_with_a_fold_unfinished_or_not_started_is_refused(tiny_runs, tmp_path):
     """Inference while fold jobs still ran averaged whatever folds had a best.pth (a fold in training has
     one from its best epoch so far), silently fewer or weaker models than the run has."""
-    from prediction import find_groups
-    from utils import UserError
+    from masktk.errors import UserError
+    from masktk.predict.pipeline import find_groups
     run = tmp_path / "cv"
     shutil.copytree(tiny_runs["cv"], run)
     assert len(find_groups(run)) == 3
@@ -173,7 +173,7 @@ def test_predict_holds_a_chunk_of_photos_in_memory_not_the_whole_folder(tiny_run
     import cv2
     import skimage.data
 
-    from predict import CHUNK
+    from masktk.predict.photos import CHUNK
     cv2.imwrite(str(tmp_path / "p.jpg"), cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR),
                                                     (3000, 2250)))
     peak = {}
@@ -219,7 +219,7 @@ def test_predict_finds_the_astronaut_face_and_writes_both_outputs(tiny_runs, tmp
 
 
 def test_ensemble_weights_and_hard_vote_by_hand():
-    from inference import vote
+    from masktk.predict.submission import vote
     a = np.array([[0.6, 0.4] + [0] * 16, [0.2, 0.8] + [0] * 16])
     b = np.array([[0.1, 0.9] + [0] * 16, [0.3, 0.7] + [0] * 16])
     soft, ans = vote([a, b], [1, 3], "soft")
@@ -231,7 +231,7 @@ def test_ensemble_weights_and_hard_vote_by_hand():
 
 
 def test_zoom_tta_view_is_the_central_90_percent():
-    from model import view
+    from masktk.tta import view
     x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20)
     z = view(x, "zoom")
     ref = torch.nn.functional.interpolate(x[..., 1:19, 1:19], size=(20, 20), mode="bilinear", align_corners=False)
@@ -277,7 +277,7 @@ def test_inference_and_evaluation_never_replace_the_answers_or_a_users_file(tiny
 def test_group_people_decides_gender_and_age_over_each_group(tiny_root, tiny_runs, tmp_path):
     """--group_people: each photo keeps its mask distribution; gender x age is its group's mean (a distance
     that joins every photo: one group, so every photo gets the same gender x age distribution)."""
-    from people import pool_people
+    from masktk.predict.person_pooling import pool_people
     base = ["--model_dir", tiny_runs["single"], "--decision", "none"]
     _infer(tiny_root, tmp_path, *base, "--output_name", "alone")
     p = _infer(tiny_root, tmp_path, *base, "--output_name", "pooled", "--group_people", "True", "--group_distance", "1000")

@@ -1,13 +1,13 @@
-"""loaders.py: the batch dataset, the sampler, the loaders and the transfer to the device."""
+"""masktk/data/loaders.py: the batch dataset, the sampler, the loaders and the transfer to the device."""
 import numpy as np
 import torch
 
-from labels import task_targets
-from loaders import BatchDataset
+from masktk.data.loaders import BatchDataset
+from masktk.labels import task_targets
 
 
 def test_weighted_sampler_draws_classes_evenly():
-    from loaders import BatchSampler
+    from masktk.data.loaders import BatchSampler
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
     weights = 1.0 / np.bincount(labels)[labels]
     s = BatchSampler(len(labels), 100, shuffle=True, seed=0, weights=weights)
@@ -28,7 +28,7 @@ def test_one_dataset_class_serves_label_and_tasks():
 
 
 def test_pinned_batches_cover_every_row_in_order_and_to_device_keeps_them():
-    from loaders import pinned_batches, to_device
+    from masktk.data.loaders import pinned_batches, to_device
     images = np.random.default_rng(0).integers(0, 255, (10, 4, 3, 3), dtype=np.uint8)
     got = [x for (x,) in to_device(pinned_batches(images, 4, pin=False), "cpu")]
     assert [len(x) for x in got] == [4, 4, 2]
@@ -39,7 +39,7 @@ def test_pinned_batches_cover_every_row_in_order_and_to_device_keeps_them():
 def test_device_loader_gives_the_dataloaders_batches():
     """The GPU-resident loader (here on the CPU device, same code) yields exactly the batches of the
     DataLoader: same sampler, same rows, same targets, for a split that is not in cache order."""
-    from loaders import DeviceLoader, make_loader
+    from masktk.data.loaders import DeviceLoader, make_loader
     images = np.random.default_rng(0).integers(0, 255, (40, 6, 5, 3), dtype=np.uint8)
     rows = np.random.default_rng(1).permutation(40)[:30]
     ds = BatchDataset(images, rows, task_targets(np.arange(30) % 18, ["label", "mask"]))

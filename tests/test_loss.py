@@ -1,10 +1,10 @@
-"""loss.py: every loss against a hand computation."""
+"""masktk/train/losses.py and loss.py: every loss against a hand computation."""
 import pytest
 import torch
 
 
 def test_each_loss_against_a_hand_computation():
-    from loss import create_loss
+    from masktk.train.losses import create_loss
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
     target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     p = torch.softmax(logits, 1)
@@ -25,3 +25,15 @@ def test_each_loss_against_a_hand_computation():
     inv = inv / inv.mean()
     weighted = -(target * p.log() * inv).sum(1).mean()
     assert create_loss("weighted_ce", counts)(logits, target) == pytest.approx(float(weighted), rel=1e-5)
+
+
+@pytest.mark.e2e
+def test_loss_py_lists_every_loss_with_what_it_does():
+    from conftest import run
+
+    from masktk.train.losses import ABOUT, LOSSES
+    assert set(ABOUT) == set(LOSSES)  # a loss added without its line would be missing from the list
+    lines = run("loss.py").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(ABOUT)
+    assert all(ABOUT[line.split()[0]] in line for line in lines)
+    assert [line.split()[0] for line in lines if line.endswith("(default)")] == ["label_smoothing"]

@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import TINY, run
 
-from engine import heads_loss
-from faces import crop_for_model
-from images import read_rgb
-from labels import YEARS, joint_targets
-from loss import create_loss, mask_marginal_loss, years_loss
-from sources import mask_only_faces, mask_only_layout
+from masktk.data.sources import mask_only_faces, mask_only_layout
+from masktk.faces.crop import crop_for_model
+from masktk.images import read_rgb
+from masktk.labels import YEARS, joint_targets
+from masktk.train.engine import heads_loss
+from masktk.train.losses import create_loss, mask_marginal_loss, years_loss
 
 
 def _photos(tiny_root, n):
@@ -141,7 +141,7 @@ def test_mask_only_weight_scales_what_those_rows_teach():
 
 
 def test_split_by_photo_keeps_every_photo_once_and_each_side_readable(tiny_root, tmp_path):
-    from voc import read_voc, split_by_photo
+    from masktk.data.voc import read_voc, split_by_photo
     src = _voc_dir(tiny_root, tmp_path / "voc")
     out = split_by_photo(src, tmp_path / "split", 1, seed=0)
     train, test = read_voc(out / "train"), read_voc(out / "test")
@@ -153,7 +153,7 @@ def test_split_by_photo_keeps_every_photo_once_and_each_side_readable(tiny_root,
     split_by_photo(src, out, 2, seed=1)  # an earlier split into the folder is replaced
     assert read_voc(out / "test")["stem"].nunique() == 2 and read_voc(out / "train")["stem"].nunique() == 1
     # a folder of real files (somebody's data, not an earlier split) is never deleted
-    from utils import UserError
+    from masktk.errors import UserError
     mine = tmp_path / "mine" / "train" / "images"
     mine.mkdir(parents=True)
     shutil.copy(src / "images" / "p0.jpg", mine / "mine.jpg")

@@ -1,11 +1,12 @@
-"""model.py: offline ImageNet weights load by order and really classify; mismatches are refused."""
+"""masktk/models.py: offline ImageNet weights load by order and really classify; mismatches are refused."""
 import numpy as np
 import pytest
 import torch
 
-from checkpoint import clean_state_dict
-from model import OFFLINE_WEIGHTS, combine_probs, create_model, load_pretrained, marginal, offline_weights, task_probs
-from utils import UserError
+from masktk.errors import UserError
+from masktk.models import OFFLINE_WEIGHTS, create_model, load_pretrained, offline_weights
+from masktk.probs import combine_probs, marginal, task_probs
+from masktk.weights import clean_state_dict
 
 
 def _imagenet_top1(model, img):
@@ -69,7 +70,7 @@ def test_multi_task_combination_by_hand():
 def test_precision_rule_follows_compute_capability():
     """bf16 only where the GPU computes it natively (8.0+); fp16 with loss scaling on V100/T4; fp32 on the
     CPU and with amp off. The capability is passed in, so the rule is checked on any machine."""
-    from model import choose_precision
+    from masktk.models import choose_precision
     assert choose_precision("cuda", True, (9, 0)).dtype == torch.bfloat16  # H100/H200
     assert choose_precision("cuda", True, (8, 0)).dtype == torch.bfloat16  # A100
     for cap in ((7, 0), (7, 5)):  # V100, T4: bf16 is emulated there

@@ -1,11 +1,11 @@
-"""optimizer.py and the factories: schedules, layer decay, names refused with the valid ones."""
+"""masktk/train/optimizers.py and optimizer.py: schedules, layer decay, names refused with the valid ones."""
 import numpy as np
 import pytest
 import torch
 
 
 def test_onecycle_warmup_means_what_it_says():
-    from optimizer import create_scheduler
+    from masktk.train.optimizers import create_scheduler
 
     def lrs(name, epochs, steps, warmup, n):
         p = torch.nn.Parameter(torch.zeros(1))
@@ -30,7 +30,7 @@ def test_onecycle_warmup_means_what_it_says():
 def test_layer_decay_lowers_the_lr_towards_the_input_under_every_schedule(schedule):
     import timm
 
-    from optimizer import create_optimizer, create_scheduler, top_lr
+    from masktk.train.optimizers import create_optimizer, create_scheduler, top_lr
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=18)
     opt = create_optimizer("adamw", model, 1e-3, 0.01, layer_decay=0.9)
     sched = create_scheduler(schedule, opt, 1e-3, 4, 10, 1)
@@ -45,12 +45,25 @@ def test_layer_decay_lowers_the_lr_towards_the_input_under_every_schedule(schedu
 
 
 def test_unknown_names_are_refused_by_the_factories_themselves():
-    from loss import create_loss
-    from optimizer import create_optimizer, create_scheduler
-    from utils import UserError
+    from masktk.errors import UserError
+    from masktk.train.losses import create_loss
+    from masktk.train.optimizers import create_optimizer, create_scheduler
     with pytest.raises(UserError, match="label_smoothing"):
         create_loss("nope")
     with pytest.raises(UserError, match="adamw"):
         create_optimizer("nope", torch.nn.Linear(2, 2), 1e-3)
     with pytest.raises(UserError, match="onecycle"):
         create_scheduler("nope", torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0), 1.0, 1, 1)
+
+
+@pytest.mark.e2e
+def test_optimizer_py_lists_every_optimizer_and_schedule_with_what_it_does():
+    from conftest import run
+
+    from masktk.train.optimizers import ABOUT, OPTIMIZERS, SCHEDULE_ABOUT, SCHEDULERS
+    assert set(ABOUT) == set(OPTIMIZERS) and set(SCHEDULE_ABOUT) == set(SCHEDULERS)
+    out = run("optimizer.py").stdout
+    for about in (ABOUT, SCHEDULE_ABOUT):
+        for name, text in about.items():
+            assert f"  {name} " in out and text in out, name
+    assert [line.split()[0] for line in out.splitlines() if line.endswith("(default)")] == ["adamw", "onecycle"]

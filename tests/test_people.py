@@ -3,9 +3,10 @@ import cv2
 import numpy as np
 import skimage.data
 
-from faces import FaceDetector, best_boxes
-from people import pool_people, scene_groups, scene_vector
-from realfaces import compose, create_mask_renderer, draw_scene
+from masktk.data.composed import compose, create_mask_renderer, draw_scene
+from masktk.faces.crop import best_boxes
+from masktk.faces.detectors import FaceDetector
+from masktk.predict.person_pooling import pool_people, scene_groups, scene_vector
 
 
 def _photos(scenes_shared, people=3, seed=0):

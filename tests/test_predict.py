@@ -8,20 +8,20 @@ import pandas as pd
 import pytest
 from conftest import assert_clean_error, run
 
-from utils import UserError
+from masktk.errors import UserError
 
 
 def test_predict_gives_photos_that_share_a_stem_their_own_outputs(tmp_path):
     from pathlib import Path
 
-    from predict import output_names
+    from masktk.predict.photos import output_names
     files = [Path("a/x.jpg"), Path("b/x.jpg"), Path("c/y.jpg"), Path("a/x.png")]
     names = output_names(files)
     assert len(set(names.values())) == 4 and names[Path("c/y.jpg")] == "y"
 
 
 def test_annotation_numbers_faces_inside_the_photo_and_lists_them_below():
-    from predictor import annotate
+    from masktk.predict.predictor import annotate
     img = np.zeros((300, 400, 3), np.uint8)
     faces = [dict(box=[b, 10, b + 30, 40], mask=k % 3, mask_name="wear", gender_name="male", age_name="<30",
                   probs=[0.9] + [0.1 / 17] * 17) for k, b in enumerate((0, 20, 40, 380))]  # crowded, one at the edge
@@ -62,8 +62,8 @@ def test_predict_never_replaces_an_input_or_a_users_file_and_says_when_it_replac
 
 @pytest.mark.e2e
 def test_the_python_api_gives_the_rows_predict_py_writes(tiny_root, tiny_runs, tmp_path):
-    from images import read_rgb
-    from predictor import Predictor
+    from masktk.images import read_rgb
+    from masktk.predict.predictor import Predictor
     photos = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:4]
     run("predict.py", *photos, "--run_dir", tiny_runs["single"], "--output_dir", tmp_path)
     p = Predictor.from_run(tiny_runs["single"], device="cpu")

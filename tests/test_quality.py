@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import run
 
-from decision import cross_fitted, decide, fit_decision, fit_offsets, macro_f1, read_offsets
-from engine import make_marginal
-from inference import ensemble_offsets
-from labels import AGE_MIN, YEARS, age_class, band_spread, decode, encode, joint_targets
-from loss import years_loss
-from model import combine_probs, joint_marginal, soft_age_marginal
-from settings import RunSettings
+from masktk.labels import AGE_MIN, YEARS, age_class, band_spread, decode, encode, joint_targets
+from masktk.predict.submission import ensemble_offsets
+from masktk.probs import combine_probs, joint_marginal, soft_age_marginal
+from masktk.train.decisions import cross_fitted, decide, fit_decision, fit_offsets, macro_f1, read_offsets
+from masktk.train.engine import make_marginal
+from masktk.train.losses import years_loss
+from masktk.train.settings import RunSettings
 
 
 def test_joint_target_carries_class_and_year_and_mixes_linearly():
@@ -98,7 +98,7 @@ def test_offsets_raise_macro_f1_on_people_they_were_not_fitted_on():
     assert macro_f1(y, held_pred) == pytest.approx(held)
     assert macro_f1(y, decide(p)) == pytest.approx(macro_f1(y, p.argmax(1)))
     # matches sklearn's macro F1 over all 18 labels
-    from evaluation import macro_f1 as sk_macro_f1
+    from masktk.metrics.classification import macro_f1 as sk_macro_f1
     assert macro_f1(y, decide(p, off)) == pytest.approx(sk_macro_f1(y, decide(p, off)))
 
 
@@ -148,7 +148,7 @@ def test_an_ensemble_of_cv_runs_fits_on_their_combined_oof(tiny_runs):
 
 
 def test_a_broken_decision_file_is_named(tmp_path):
-    from utils import UserError
+    from masktk.errors import UserError
     assert read_offsets(tmp_path) is None  # no file: plain argmax
     for text in ("{not json", json.dumps({"offsets": [1.0, 2.0]})):
         (tmp_path / "decision.json").write_text(text)
@@ -158,7 +158,7 @@ def test_a_broken_decision_file_is_named(tmp_path):
 
 def test_cv_scores_detected_faces_and_fallbacks_apart(tmp_path):
     """#13: what a detector's misses cost. Found photos predicted right, fallbacks wrong -> 1.0 and 0.0."""
-    from oof import prob_columns, score_by_detection
+    from masktk.train.oof import prob_columns, score_by_detection
     (tmp_path / "faces").mkdir()
     paths = [f"p{i}/mask1.jpg" for i in range(6)]
     pd.DataFrame({"path": paths, "detected": [1, 1, 1, 1, 0, 0]}).to_csv(tmp_path / "faces" / "boxes.csv", index=False)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED, TINY, run
 
-from checkpoint import load_checkpoint
-from voc import box_iou
+from masktk.checkpoint import load_checkpoint
+from masktk.faces.boxes import box_iou
 
 UTK = SHARED / "utkface_subset"
 
@@ -56,7 +56,7 @@ def test_real_face_dataset_end_to_end(tmp_path):
 @pytest.mark.parametrize("name", ["flat", "fitted"])
 def test_mask_renderers_cover_what_each_state_says(name):
     # a face box and 5 landmarks as MTCNN gives them on a composed photo; grey canvas
-    from realfaces import H, W, create_mask_renderer
+    from masktk.data.composed import H, W, create_mask_renderer
     box = np.array([110.0, 130.0, 275.0, 330.0])
     lm = np.array([[160.0, 200.0], [225.0, 200.0], [192.0, 245.0], [165.0, 280.0], [220.0, 280.0]])
     chin = (192, 322)

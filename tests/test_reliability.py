@@ -9,8 +9,8 @@ import torch
 from conftest import TINY, assert_clean_error, run
 from PIL import Image
 
-from dataset import Log, build_table
-from images import read_rgb
+from masktk.data.table import Log, build_table
+from masktk.images import read_rgb
 
 
 @pytest.fixture

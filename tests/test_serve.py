@@ -77,7 +77,7 @@ def test_a_person_picks_a_photo_in_chromium_and_sees_it_annotated_with_its_faces
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from predictor import Predictor
+    from masktk.predict.predictor import Predictor
     photos = sorted((tiny_root / "eval" / "images").glob("*.jpg"))[:6]
     pred = Predictor.from_run(tiny_runs["single"], device="cpu")
     photo = next(f for f in photos if pred.predict(f))  # one with a face

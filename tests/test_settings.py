@@ -12,9 +12,17 @@ import evaluation
 import inference
 import predict
 import train
-from runs import chosen_run
-from settings import REFUSED, RunSettings, build_parser, from_values, read_run_config, settings_fields, upgrade_config
-from utils import UserError
+from masktk.errors import UserError
+from masktk.runs import chosen_run
+from masktk.train.settings import (
+    REFUSED,
+    RunSettings,
+    build_parser,
+    from_values,
+    read_run_config,
+    settings_fields,
+    upgrade_config,
+)
 
 SM = ("SM_CHANNEL_TRAIN", "SM_CHANNEL_EVAL", "SM_CHANNEL_MODEL", "SM_MODEL_DIR", "SM_OUTPUT_DATA_DIR",
       "SM_GROUND_TRUTH_DIR")

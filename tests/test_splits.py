@@ -1,9 +1,9 @@
-"""splits.py: splits by person."""
+"""masktk/data/splits.py: splits by person."""
 import numpy as np
 import pandas as pd
 
-from dataset import Log, build_table
-from splits import holdout_split, kfold_split, people_of
+from masktk.data.splits import holdout_split, kfold_split, people_of
+from masktk.data.table import Log, build_table
 
 
 def _people(n_per=6):

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import BASE, REPO, TINY, assert_clean_error, run
 
-from checkpoint import load_checkpoint
-from dataset import Log, build_table
-from evaluation import score
-from model import combine_probs
+from masktk.checkpoint import load_checkpoint
+from masktk.data.table import Log, build_table
+from masktk.metrics.classification import score
+from masktk.probs import combine_probs
 
 
 def _base(tiny_root, model_dir):
@@ -218,7 +218,7 @@ def test_original_multi_2_is_three_models_with_cv_and_inference_reads_it_the_ori
 
 
 def test_best_epoch_after_a_resume_is_the_last_improvement():
-    from trainer import best_epoch_of
+    from masktk.train.trainer import best_epoch_of
     history = [{"epoch": 1, "best": True}, {"epoch": 2, "best": False}, {"epoch": 3, "best": True},
                {"epoch": 4, "best": False}]
     assert best_epoch_of(history)["epoch"] == 3
@@ -312,7 +312,7 @@ def test_heads_cv_run_merges_its_out_of_fold_predictions(tiny_root, tmp_path):
         "--heads", "--cv", "True", "--k_folds", "2", "--run_dir", tmp_path / "h")
     import pandas as pd
     oof = pd.read_csv(tmp_path / "h" / "oof.csv")
-    from dataset import Log, build_table
+    from masktk.data.table import Log, build_table
     assert sorted(oof["path"]) == sorted(build_table(tiny_root / "train", log=Log(quiet=True))["path"])
     assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
 

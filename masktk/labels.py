@@ -1,0 +1,99 @@
+"""The 18 classes and their three tasks: names, encoding, age bands. numpy only, so that scoring a
+submission (evaluation.py) needs neither torch nor OpenCV.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+OFFICIAL_AGE_BOUNDS = (30, 60)
+
+
+AGE_MIN, AGE_MAX = 18, 60  # the competition's ages: 18 to 60, 60 standing for 60 and over
+
+
+YEARS = AGE_MAX - AGE_MIN + 1
+
+
+# "years": a distribution over each year of age, an auxiliary head that teaches age as an ordered
+# quantity (see model.fuse_years); the other tasks are the scored ones
+TASKS = {"label": 18, "mask": 3, "gender": 2, "age": 3, "years": YEARS}
+
+
+MASK_NAMES = ("wear", "incorrect", "not wear")
+
+
+GENDER_NAMES = ("male", "female")
+
+
+AGE_NAMES = ("<30", "30-59", ">=60")
+
+
+def encode(mask, gender, age):
+    return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age)
+
+
+def decode(label):
+    label = np.asarray(label)
+    return label // 6, (label // 3) % 2, label % 3
+
+
+def age_class(age_years, bounds=OFFICIAL_AGE_BOUNDS):
+    """0: < bounds[0], 1: < bounds[1], 2: the rest."""
+    a = np.asarray(age_years)
+    return (a >= bounds[0]).astype(int) + (a >= bounds[1]).astype(int)
+
+
+def near_bound(age_years, bounds=OFFICIAL_AGE_BOUNDS, years=0):
+    """True for ages at most `years` below a band's first age (years 2, bounds 30 60: 28, 29, 58, 59)."""
+    a = np.asarray(age_years)
+    return np.any([(a >= b - years) & (a < b) for b in bounds], axis=0) if years > 0 else np.zeros(a.shape, bool)
+
+
+def year_index(age_years):
+    """Age in years -> index of the years head (ages outside 18-60 clipped)."""
+    return np.clip(np.asarray(age_years).astype(int), AGE_MIN, AGE_MAX) - AGE_MIN
+
+
+def band_spread(sigma, bounds=OFFICIAL_AGE_BOUNDS):
+    """(YEARS, 3): for each year of age (18..60), the share of a Gaussian of `sigma` years around it that
+    falls in each age band (band edges half-way between whole years). Soft age targets: a person of 29
+    is nearly as likely to look 30-59 as under 30, one of 24 is not. 60 stands for "60 and over", an open
+    interval, so it keeps its band whole; sigma 0: the hard bands."""
+    out = np.zeros((YEARS, 3))
+    for i, y in enumerate(range(AGE_MIN, AGE_MAX + 1)):
+        if sigma <= 0 or y >= AGE_MAX:
+            out[i, age_class(y, bounds)] = 1.0
+            continue
+        below = [0.5 * (1 + math.erf((b - 0.5 - y) / (sigma * math.sqrt(2)))) for b in bounds]
+        out[i] = below[0], below[1] - below[0], 1 - below[1]
+    return out
+
+
+def joint_targets(labels, age_years):
+    """(N,) 18-class labels and ages -> (N,) index into label x year (18 * YEARS classes): one-hot (or
+    mixed by CutMix/MixUp) over this joint, a batch's target carries both the class and the year."""
+    return np.asarray(labels).astype(np.int64) * YEARS + year_index(age_years)
+
+
+def loss_targets(labels, age_years, full=None):
+    """-> (N, 3) the columns every training batch carries: the 18-class label (metrics, sampler), the
+    label x year index (the loss) and 1 where all three tasks are labelled (0: a mask-only photo)."""
+    labels = np.asarray(labels).astype(np.int64)
+    full = np.ones(len(labels), np.int64) if full is None else np.asarray(full).astype(np.int64)
+    return np.stack([labels, joint_targets(labels, age_years), full], axis=1)
+
+
+def task_targets(labels, tasks):
+    """(N,) 18-class labels -> (N, len(tasks)) integer targets for the given tasks."""
+    mask, gender, age = decode(labels)
+    parts = {"label": np.asarray(labels), "mask": mask, "gender": gender, "age": age}
+    return np.stack([parts[t] for t in tasks], axis=1).astype(np.int64)
+
+
+def class_names():
+    return [f"{MASK_NAMES[m]}/{GENDER_NAMES[g]}/{AGE_NAMES[a]}" for m, g, a in zip(*decode(np.arange(18)))]
+
+
+MULTI_TASKS = ("mask", "gender", "age")

@@ -1,0 +1,2 @@
+"""Metrics: macro F1 of submissions, and detection scores of faces found in photos.
+"""

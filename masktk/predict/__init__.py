@@ -1,0 +1,3 @@
+"""Prediction: the one prediction path (pipeline), backends (torch, ONNX), Predictor, photos, videos,
+submissions and person pooling.
+"""

@@ -1,0 +1,145 @@
+"""A trained run as a Python object: Predictor.from_run(run_dir).predict(image) -> one dict per face.
+predict.py, serve.py and masktk/predict/video.py use it; so can any program.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from masktk import distributed
+from masktk.errors import UserError
+from masktk.faces.crop import CropRecipe, crop_for_model, landmarks_of
+from masktk.faces.detectors import DEFAULT_DETECTOR
+from masktk.images import prepare, read_rgb, why_unreadable
+from masktk.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
+from masktk.predict.backends import load_backend
+from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_groups, run_tta
+from masktk.train.decisions import decide, read_offsets
+
+# detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
+MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2, "retinaface": 0.5}
+
+
+COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
+
+
+def annotate(img, faces):
+    """The photo with a numbered box per face, and below it a legend: one line per number. Tags and
+    lines are sized to the photo, tags sit inside their boxes, so crowded photos stay readable."""
+    from PIL import ImageFont
+    h, w = img.shape[:2]
+    size = max(12, round(w / 60))
+    font = ImageFont.load_default(size=size)
+    lines = [f"{k + 1}: {f['mask_name']} | {f['gender_name']} | {f['age_name']} ({max(f['probs']):.2f})"
+             for k, f in enumerate(faces)]
+    canvas = Image.new("RGB", (w, h + (len(lines) * (size + 6) + 8 if lines else 0)), (255, 255, 255))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    d = ImageDraw.Draw(canvas)
+    lw = max(2, round(max(w, h) / 300))
+    for k, f in enumerate(faces):
+        x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
+        c = COLOURS[f["mask"]]
+        d.rectangle((x1, y1, x2, y2), outline=c, width=lw)
+        tag_font = ImageFont.load_default(size=max(8, min(size, round((y2 - y1) / 3))))
+        tw, th = d.textbbox((0, 0), str(k + 1), font=tag_font)[2:]
+        tx, ty = min(max(0, x1 + lw), w - tw - 2), min(max(0, y1 + lw), h - th - 2)
+        d.rectangle((tx, ty, tx + tw + 2, ty + th + 2), fill=c)
+        d.text((tx + 1, ty), str(k + 1), fill=(0, 0, 0), font=tag_font)
+    for k, (line, f) in enumerate(zip(lines, faces)):
+        d.text((6, h + 4 + k * (size + 6)), line, fill=COLOURS[f["mask"]] if f["mask"] != 1 else (200, 120, 0),
+               font=font)
+    return canvas
+
+
+@dataclass
+class Predictor:
+    """A trained run ready to use: the detector, the models and how they decide.
+
+        p = Predictor.from_run("model/exp")
+        faces = p.predict("photo.jpg")        # or an RGB uint8 array (H, W, 3)
+        faces[0]["mask_name"], faces[0]["box"], faces[0]["probs"]
+    """
+    det: object
+    min_score: float
+    recipe: CropRecipe
+    groups: list
+    models: dict
+    tta: str
+    offsets: object
+    device: object
+
+    @classmethod
+    def from_run(cls, run_dir, device="auto", detector=None, backend="torch", *, tta=None, decision="fitted",
+                 min_score=None, detect_size=1024, pth_name="best.pth"):
+        """A run folder (single, CV, multi or heads) -> Predictor. detector: unset, the one the run's
+        training crops were cut with; backend: torch, or onnx for the files export.py wrote."""
+        device = distributed.setup(device).device
+        groups = find_groups(run_dir, pth_name)
+        models = load_backend(backend, groups, device)
+        metas = [meta for _, meta in models.values()]
+        # found as the training crops were found and cut with their margins, at predict.py's own detection size
+        # whole-photo models see a window framed around the face, whichever detector found it
+        default = None if any(m.crop == "none" for m in metas) else DEFAULT_DETECTOR
+        recipe = replace(eval_crop_recipe(metas, detector or default), detect_size=detect_size or None)
+        return cls(det=recipe.create_detector(device),
+                   min_score=MIN_SCORE[recipe.detector] if min_score is None else min_score,
+                   recipe=recipe, groups=groups, models=models, tta=tta or run_tta(groups, models),
+                   offsets=read_offsets(run_dir) if decision == "fitted" else None, device=device)
+
+    def predict(self, image):
+        """A photo's path or an RGB uint8 array (H, W, 3) -> one dict per face: box (x1, y1, x2, y2),
+        score, label, mask/gender/age ids and names, the 18 probabilities (predict.py's JSON rows)."""
+        img = read_rgb(image) if isinstance(image, (str, Path)) else np.ascontiguousarray(image)
+        if img is None:
+            raise UserError(f"{image}: {why_unreadable(image)}")
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise UserError(f"expected an RGB uint8 array (H, W, 3), got {img.dtype} {img.shape}")
+        faces = self.faces_in(img)
+        probs, labels = self.classify([(None, img, faces)])
+        return face_rows(faces, probs, labels)
+
+    def faces_in(self, img):
+        """[(box, score, landmarks or None)] of the faces the detector finds at min_score or more."""
+        boxes, scores, marks = self.det.detect([img])[0]
+        return [(boxes[i], scores[i], landmarks_of(marks, i)) for i in range(len(boxes)) if scores[i] >= self.min_score]
+
+    def find(self, files):
+        """-> [(file, image, [(box, score, landmarks)])] for the readable photos, and the unreadable files."""
+        found, unreadable = [], []
+        for f in files:
+            img = read_rgb(f)
+            if img is None:
+                print(f"error: {f}: {why_unreadable(f)}, skipped", file=sys.stderr)
+                unreadable.append(f)
+                continue
+            keep = self.faces_in(img)
+            if not keep:
+                print(f"{f}: no face found", file=sys.stderr)
+            found.append((f, img, keep))
+        return found, unreadable
+
+    def classify(self, found):
+        """Every face of the photos in one pass per model; each face cut as its model was trained (face
+        crop or centre-like window) and prepared once per input size -> (probabilities, labels)."""
+        crops = [(img, box, self.recipe.landmarks(marks)) for _, img, faces in found for box, _, marks in faces]
+        if not crops:
+            return np.zeros((0, 18)), np.zeros(0, int)
+        keys = {m.input_key for _, m in self.models.values()}
+        arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], self.recipe.margin, marks), k[0], "none")
+                               for im, box, marks in crops]) for k in keys}
+        probs = run_groups(self.groups, arrays, self.models, tta=self.tta, batch_size=32, device=self.device)
+        return probs, decide(probs, self.offsets)
+
+
+def face_rows(faces, probs, labels):
+    rows = []
+    for (box, score, _), p, label in zip(faces, probs, labels):
+        m, g, a = (int(v) for v in decode(int(label)))
+        rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=int(label),
+                         mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
+                         age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
+    return rows
