@@ -11,8 +11,11 @@ largest absolute difference of the logits is printed, and a file that disagrees 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 from masktk.cli import cli, load_dotenv_once, make_parser, positive
 from masktk.errors import UserError
@@ -20,6 +23,19 @@ from masktk.outputs import check_outputs, record_written
 from masktk.predict.backends import export_one, onnx_path
 from masktk.predict.pipeline import find_groups
 from masktk.runs import add_run_flags, chosen_run
+
+try:  # the newest opset the TorchScript exporter (export_onnx's) writes; a private name, hence the fallback
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:
+    MAX_OPSET = 17
+
+
+def opset(v):
+    """argparse type: an opset torch's exporter writes."""
+    x = positive(int, 7, inclusive=True)(v)
+    if x > MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"torch {torch.__version__} exports opsets 7 to {MAX_OPSET}, got {v}")
+    return x
 
 
 @cli
@@ -30,7 +46,8 @@ def main(argv):
     ap.add_argument("--pth_name", default="best.pth", help="checkpoint file in each run/fold/task folder")
     ap.add_argument("--out", default=None, help="output file for a run of one checkpoint (unset: beside it, "
                     "model.onnx); CV and --multi runs always write one file beside each checkpoint")
-    ap.add_argument("--opset", type=positive(int, 7, inclusive=True), default=17, help="ONNX opset version")
+    ap.add_argument("--opset", type=opset, default=17, help="ONNX opset version (7 to the exporter's newest, "
+                    f"{MAX_OPSET})")
     args = ap.parse_args(argv)
     run = chosen_run(args.model_dir, args.run_dir)
     ckpts = [ck for g in find_groups(run, args.pth_name) for ck in g]

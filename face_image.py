@@ -16,7 +16,7 @@ from pathlib import Path
 
 from masktk.cli import add_bool, cli, demo_note, env_default, fraction, load_dotenv_once, make_parser, positive
 from masktk.errors import UserError
-from masktk.faces.crop import DEFAULT_MARGIN, MARGINS, CropRecipe
+from masktk.faces.crop import DEFAULT_MARGIN, DETECT_SIZE_RULE, MARGIN, MARGINS, CropRecipe
 from masktk.faces.detectors import DEFAULT_DETECTOR, DETECT_SIZE, DETECTORS, MTCNN_THRESHOLDS, RETRY_THRESHOLDS
 from masktk.faces.folders import crop_split
 from masktk.metrics.detection import score_detection
@@ -32,9 +32,9 @@ def main(argv):
     ap.add_argument("--data_root", "--data_dir", dest="data_root", default=None, help="root holding train/ and "
                     "eval/ (unset: the SM_CHANNEL_TRAIN / SM_CHANNEL_EVAL dirs when set, else demo_data)")
     ap.add_argument("--batch_size", type=positive(int, 1, inclusive=True), default=32, help="images per MTCNN call")
-    ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=DETECT_SIZE,
+    ap.add_argument("--detect_size", type=DETECT_SIZE_RULE, default=DETECT_SIZE,
                     help="longest side seen by MTCNN (0: full; RetinaFace and the SSD keep their own sizes)")
-    ap.add_argument("--margin", type=positive(float, 0, inclusive=True), nargs=3, default=None,
+    ap.add_argument("--margin", type=MARGIN, nargs=3, default=None,
                     metavar=("TOP", "SIDES", "BOTTOM"),
                     help=MARGIN_HELP)
     ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,

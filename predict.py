@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from masktk.cli import cli, fraction, make_parser, positive
+from masktk.cli import cli, fraction, load_dotenv_once, make_parser, positive
+from masktk.errors import UserError
 from masktk.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 from masktk.files import writable_dir
 from masktk.outputs import check_outputs, record_written
@@ -51,6 +52,7 @@ def build_parser():
 
 @cli
 def main(argv):
+    load_dotenv_once()  # before the parser: SM_CHANNEL_MODEL from a .env file is --model_dir's default
     args = build_parser().parse_args(argv)
     out = writable_dir(args.output_dir, "--output_dir")
     files = collect(args.photos)
@@ -64,16 +66,31 @@ def main(argv):
                               tta=args.tta, decision=args.decision, min_score=args.min_score,
                               detect_size=args.detect_size, pth_name=args.pth_name)
     record_written(out, outputs, "predict.py")
-    n_photos, n_faces, unreadable = 0, 0, []
+    n_photos, n_faces, failed = 0, 0, []
     for s in range(0, len(photos), CHUNK):
         done, faces, bad = predict_chunk(pred, photos[s:s + CHUNK], out, names)
-        n_photos, n_faces, unreadable = n_photos + done, n_faces + faces, unreadable + bad
-    for f in videos:
-        frames, faces = predict_video(pred, f, out, names[f], args.every)
-        print(f"{f}: {frames} frame(s), {faces} face(s) in the sampled frames", file=sys.stderr)
-    print(f"{n_photos} photo(s), {len(videos)} video(s), {n_faces} face(s) in photos -> {out}", file=sys.stderr)
-    if unreadable:
+        n_photos, n_faces, failed = n_photos + done, n_faces + faces, failed + bad
+    failed += predict_videos(pred, videos, out, names, args.every)
+    print(f"{n_photos} photo(s), {len(videos) - sum(f in failed for f in videos)} video(s), {n_faces} face(s) in "
+          f"photos -> {out}", file=sys.stderr)
+    if failed:  # each was named as it failed; the others are done
+        print(f"failed: {len(failed)} of {len(files)} input(s): {', '.join(map(str, failed[:5]))}"
+              f"{', ...' if len(failed) > 5 else ''}", file=sys.stderr)
         sys.exit(2)
+
+
+def predict_videos(pred, videos, out, names, every):
+    """Each video in turn; one that cannot be read is named and skipped, the rest go on -> the failed ones."""
+    failed = []
+    for f in videos:
+        try:
+            frames, faces = predict_video(pred, f, out, names[f], every)
+        except UserError as e:
+            print(f"error: {e}; skipped", file=sys.stderr)
+            failed.append(f)
+            continue
+        print(f"{f}: {frames} frame(s), {faces} face(s) in the sampled frames", file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":

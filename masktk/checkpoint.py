@@ -3,6 +3,8 @@ build the model and feed it photos without any flag.
 """
 from __future__ import annotations
 
+import argparse
+import math
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -10,10 +12,11 @@ from pathlib import Path
 import torch
 
 from masktk.errors import UserError
+from masktk.faces.crop import CropRecipe
 from masktk.files import atomic_path
-from masktk.labels import OFFICIAL_AGE_BOUNDS
-from masktk.models import create_model
-from masktk.tta import DEFAULT_TTA
+from masktk.labels import OFFICIAL_AGE_BOUNDS, TASKS
+from masktk.models import INPUT_SIDE, create_model
+from masktk.tta import DEFAULT_TTA, TTA_VIEWS
 from masktk.weights import clean_state_dict, nonfinite_tensor, safe_load
 
 
@@ -43,6 +46,33 @@ class CheckpointMeta:
         """Older checkpoints lack some fields (they take the defaults); unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+    def check(self):
+        """The meta held to the rules train.py wrote it by -> self, or ValueError naming the field: a damaged or
+        hand-made checkpoint must not size an input at -5 px or 3 TB, or normalise by nan."""
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"arch {self.arch!r}: a model name expected")
+        if not self.tasks or not all(isinstance(t, str) and t in TASKS for t in self.tasks):
+            raise ValueError(f"tasks {list(self.tasks)}: each one of {', '.join(TASKS)}")
+        if len(self.img_size) != 2:
+            raise ValueError(f"img_size {list(self.img_size)}: height and width expected")
+        try:
+            [INPUT_SIDE(v) for v in self.img_size]
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"img_size {list(self.img_size)}: {e}") from None
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+                raise ValueError(f"{name} {list(v)}: three finite numbers expected")
+        if min(self.std) <= 0:
+            raise ValueError(f"std {list(self.std)}: above 0 expected")
+        if self.crop not in ("center", "none"):
+            raise ValueError(f"crop {self.crop!r}: center or none expected")
+        if self.face_crop is not None:
+            CropRecipe.from_dict(self.face_crop)
+        if not isinstance(self.config, dict) or self.config.get("tta", DEFAULT_TTA) not in TTA_VIEWS:
+            raise ValueError(f"config's tta {self.config.get('tta') if isinstance(self.config, dict) else '?'!r}: "
+                             f"one of {', '.join(TTA_VIEWS)}")
+        return self
 
     @property
     def tta(self):
@@ -100,10 +130,7 @@ def load_checkpoint(path):
 def model_from_checkpoint(path, device="cpu"):
     """-> (eval-mode model, CheckpointMeta). Needs no flags: the checkpoint says what it is."""
     ckpt = load_checkpoint(path)
-    try:
-        meta = CheckpointMeta.from_dict(ckpt["meta"])
-    except TypeError as e:
-        raise UserError(f"{path}: its meta is incomplete ({e}); train it again with train.py")
+    meta = read_meta(ckpt, path)
     model = create_model(meta.arch, meta.tasks, pretrained=False)
     try:
         model.load_state_dict(ckpt["model"])
@@ -111,3 +138,14 @@ def model_from_checkpoint(path, device="cpu"):
         raise UserError(f"{path}: weights do not fit {meta.arch} with tasks {list(meta.tasks)} "
                         f"({str(e).splitlines()[1].strip()[:120] if len(str(e).splitlines()) > 1 else e})")
     return model.to(device).eval(), meta
+
+
+def read_meta(ckpt, path):
+    """A loaded checkpoint's CheckpointMeta, checked; one UserError naming the checkpoint and the field."""
+    try:
+        return CheckpointMeta.from_dict(ckpt["meta"]).check()
+    except TypeError as e:
+        raise UserError(f"{path}: its meta is incomplete ({e}); train it again with train.py")
+    except ValueError as e:
+        raise UserError(f"{path}: its meta does not hold ({e}); it was not written by train.py or was damaged: "
+                        "train it again") from None

@@ -175,20 +175,27 @@ def refuse(parser, flag, instead):
     parser.add_argument(flag, nargs="*", action=action, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
 
 
-def positive(kind=float, minimum=0, inclusive=False):
-    """argparse type: a number above `minimum` (or at least it, when inclusive)."""
+def positive(kind=float, minimum=0, inclusive=False, maximum=None):
+    """argparse type: a number above `minimum` (or at least it, when inclusive), and at most `maximum`."""
     def parse(v):
+        if isinstance(v, bool) or (kind is int and isinstance(v, float)):  # a file's true or 2.5 is no count
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {v!r}")
         try:
             x = kind(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {v!r}")
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {v!r}")
         if not math.isfinite(x):  # nan passes every comparison, inf every lower bound
             raise argparse.ArgumentTypeError(f"expected a finite number, got {v}")
         if x < minimum or (x == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum}, got {v}")
+        if maximum is not None and x > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {v}")
         return x
     parse.__name__ = kind.__name__
     return parse
+
+
+port = positive(int, 1, inclusive=True, maximum=65535)  # argparse type: a TCP port
 
 
 def fraction(v):
@@ -238,7 +245,10 @@ def load_dotenv_once():
     except ImportError:  # optional at import time; requirements install it
         return
     for path in dotenv_files():  # the environment wins over both, then the earlier file over the later
-        load_dotenv(path, override=False)
+        try:
+            load_dotenv(path, override=False, encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8, or move it away") from None
 
 
 def name_table(about, default, indent=""):

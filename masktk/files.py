@@ -87,6 +87,15 @@ def atomic_path(path, suffix=None):
         raise
 
 
+def temp_dir_beside(path):
+    """A new folder of this writer's own beside `path` (.tmp-<name>~<pid>~<host>~...), with the mode a plain
+    mkdir would give: renamed over `path` when complete, so no reader ever sees half of it."""
+    path = Path(path)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{path.name}~{os.getpid()}~{_HOST}~", dir=path.parent)
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    return Path(tmp)
+
+
 def write_text_atomic(path, text: str):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

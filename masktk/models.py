@@ -11,9 +11,14 @@ from pathlib import Path
 
 import torch
 
+from masktk.cli import positive
 from masktk.errors import UserError
 from masktk.labels import TASKS
 from masktk.weights import clean_state_dict, safe_load
+
+# a model input's side in px (train.py's --img_size; a checkpoint's stored size is held to it when read)
+INPUT_SIDE = positive(int, 16, inclusive=True, maximum=4096)
+
 
 # Good starting points on this problem; any timm name works.
 RECOMMENDED = ("efficientnet_lite0", "efficientnet_b0", "efficientnet_b2", "efficientnet_b2_pruned",

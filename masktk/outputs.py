@@ -3,6 +3,8 @@ it, so an output never replaces an input or a file the user made, and a later ru
 the toolkit's own earlier results (saying so)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -17,8 +19,12 @@ MANIFEST = ".masktk-outputs"  # JSON, in each folder the toolkit writes results 
 def read_manifest(folder) -> tuple[str | None, set[str]]:
     """(the script that made the folder's manifest, the names relative to `folder` it recorded writing);
     (None, nothing) for a missing or damaged manifest, which is then never trusted."""
+    path = Path(folder) / MANIFEST
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a file: it is the name of the toolkit's list of the files it wrote there; "
+                        "move it away")
     try:
-        data = json.loads((Path(folder) / MANIFEST).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None, set()
     files = data.get("files") if isinstance(data, dict) else None
@@ -36,8 +42,20 @@ def record_written(folder, names, made_by):
     listed files that do not exist are harmless)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = sorted(written_here(folder) | set(names))
-    write_json_atomic(folder / MANIFEST, {"made_by": made_by, "files": files})
+    with folder_locked(folder):  # read, merge, replace: a writer beside us would otherwise drop our names or its own
+        files = sorted(written_here(folder) | set(names))
+        write_json_atomic(folder / MANIFEST, {"made_by": made_by, "files": files})
+
+
+@contextlib.contextmanager
+def folder_locked(folder):
+    """An exclusive lock on the folder itself (flock on its descriptor): no lock file is left beside the user's."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_outputs(folder, names, flag, inputs=(), say_replaced=True):

@@ -29,7 +29,7 @@ def check_same_people(run_dir, table):
         if not path.is_file():
             write_json_atomic(path, now)
             return
-        saved = json.loads(path.read_text())
+        saved = read_json_object(path, ("digest", "people"))
         if saved["digest"] != now["digest"]:
             raise UserError(f"{run_dir} started on other data ({saved['people']} people then, {now['people']} now, "
                             "or other labels), so its folds would be drawn anew: start a new run on this data "
@@ -138,3 +138,15 @@ def chosen_run(model_dir, run_dir=None):
                         f"python train.py --model_dir {p}, or pass --run_dir RUN")
     print(f"using the newest run in {p}: {run} (pass --run_dir to choose another)", file=sys.stderr)
     return run
+
+
+def read_json_object(path, keys):
+    """A JSON object the toolkit wrote with `keys` in it, or one UserError naming the file."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        d = e
+    if not isinstance(d, dict) or not all(k in d for k in keys):
+        raise UserError(f"{path}: not as train.py writes it (a JSON object with {', '.join(keys)}); it was damaged "
+                        "or edited: restore it, or start a new run")
+    return d

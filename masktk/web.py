@@ -1,15 +1,21 @@
-"""The local web page (serve.py): pick a photo, see it annotated with its faces listed; a Flask app over one
-Predictor.
+"""The local web page (serve.py): pick a photo, see it annotated with its faces listed. A Flask app over one
+Predictor, served by waitress (a production WSGI server): uploads refused by size, form fields and the photo's
+pixel count (read from its header, before any decoding), one photo decoded and predicted at a time, an optional
+access token, and every answer JSON, errors included.
 """
 from __future__ import annotations
 
 import base64
+import hmac
 import io
+import sys
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
-from masktk.images import decode_bytes
+from masktk.errors import UserError
+from masktk.images import decode_bytes, header_size
 from masktk.predict.predictor import annotate
 
 PAGE = """<!doctype html>
@@ -45,37 +51,99 @@ document.getElementById("photo").addEventListener("change", async (ev) => {
 """
 
 
-def create_app(predictor, max_mb=20):
-    """The Flask app over one Predictor (predictions one at a time: the models are not shared by threads)."""
+@dataclass(frozen=True)
+class PageLimits:
+    """What one request may cost, and who may ask (serve.py's flags)."""
+    max_mb: float = 20  # the largest upload
+    max_megapixels: float = 50  # the largest photo, by its header's width x height
+    max_fields: int = 16  # form fields in one upload (the page sends one)
+    token: str | None = None  # when set, every request must carry it
+
+
+TOKEN_COOKIE = "masktk_token"
+
+
+def token_of(request):
+    """The token a request carries: `Authorization: Bearer T`, `?token=T`, or the cookie the page was given."""
+    auth = request.headers.get("Authorization", "")
+    return (auth[7:] if auth.startswith("Bearer ") else None) or request.args.get("token") or \
+        request.cookies.get(TOKEN_COOKIE)
+
+
+def photo_or_refusal(raw, name, limits):
+    """-> (RGB image, None) or (None, (message, status)): the header read first, so a decompression bomb is
+    refused by its pixel count before any decoder allocates it."""
+    try:
+        w, h = header_size(io.BytesIO(raw))
+    except Exception:
+        w = h = None
+    if w is None:
+        return None, (f"{name} is not a photo this page can read (JPEG, PNG, WebP, BMP, TIFF)", 400)
+    if w * h > limits.max_megapixels * 1e6:
+        return None, (f"{name} is {w}x{h} ({w * h / 1e6:.0f} megapixels), over this page's {limits.max_megapixels:g}: "
+                      "send a smaller photo", 413)
+    img = decode_bytes(np.frombuffer(raw, np.uint8), io.BytesIO(raw))
+    if img is None:
+        return None, (f"{name} is not a photo this page can read (JPEG, PNG, WebP, BMP, TIFF)", 400)
+    return img, None
+
+
+def create_app(predictor, limits=PageLimits()):
+    """The Flask app over one Predictor. Photos are decoded and predicted one at a time (the models are not
+    shared by threads): memory holds one decoded photo, plus the raw uploads of the requests waiting."""
     from flask import Flask, jsonify, request
-    from werkzeug.exceptions import RequestEntityTooLarge
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = int(max_mb * 2**20)
+    app.config.update(MAX_CONTENT_LENGTH=int(limits.max_mb * 2**20), MAX_FORM_PARTS=limits.max_fields)
     lock = threading.Lock()
+
+    @app.before_request
+    def check_token():
+        if limits.token and not hmac.compare_digest(token_of(request) or "", limits.token):
+            return jsonify(error="this page needs its access token: open it as /?token=TOKEN, or send "
+                           "'Authorization: Bearer TOKEN'"), 401
 
     @app.get("/")
     def page():
-        return PAGE
+        answer = app.make_response(PAGE)
+        if limits.token and request.args.get("token"):  # the page's own requests carry it from here on
+            answer.set_cookie(TOKEN_COOKIE, limits.token, httponly=True, samesite="Strict")
+        return answer
 
     @app.post("/predict")
     def predict():
         upload = request.files.get("image")
         if upload is None:
             return jsonify(error="no file in the multipart field 'image'"), 400
-        raw = upload.read()  # in memory: nothing of the upload is stored
-        img = decode_bytes(np.frombuffer(raw, np.uint8), io.BytesIO(raw))
-        if img is None:
-            return jsonify(error=f"{upload.filename or 'the upload'} is not a photo this page can read "
-                           "(JPEG, PNG, WebP, BMP, TIFF)"), 400
-        with lock:
+        name = upload.filename or "the upload"
+        with lock:  # decoding inside: one decoded photo in memory, whatever the number of requests
+            img, refusal = photo_or_refusal(upload.read(), name, limits)
+            if refusal:
+                return jsonify(error=refusal[0]), refusal[1]
             faces = predictor.predict(img)
-        buf = io.BytesIO()
-        annotate(img, faces).save(buf, "JPEG", quality=90)
+            buf = io.BytesIO()
+            annotate(img, faces).save(buf, "JPEG", quality=90)
         return jsonify(faces=faces, annotated="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):
-        return jsonify(error=f"the upload is over {max_mb:g} MB: send a smaller photo"), 413
+        if (request.content_length or 0) > app.config["MAX_CONTENT_LENGTH"]:
+            return jsonify(error=f"the upload is over {limits.max_mb:g} MB: send a smaller photo"), 413
+        return jsonify(error=f"the form has over {limits.max_fields} fields: send one photo in the field "
+                       "'image'"), 413
+
+    @app.errorhandler(UserError)
+    def bad_input(e):
+        return jsonify(error=str(e)), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        return jsonify(error=f"{e.name}: {e.description}"), e.code
+
+    @app.errorhandler(Exception)
+    def failed(e):
+        print(f"error: {request.method} {request.path}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        return jsonify(error=f"the page failed on this request ({type(e).__name__}); it keeps serving"), 500
 
     return app

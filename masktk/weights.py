@@ -1,10 +1,23 @@
 """Reading weight files safely: torch.load with weights_only (never pickled code), the DDP and
-torch.compile prefixes stripped, and the check that no tensor holds nan or inf."""
+torch.compile prefixes stripped, the check that no tensor holds nan or inf, and the weights' fingerprint
+(an exported model.onnx carries its checkpoint's, so a copied or stale file is caught)."""
 from __future__ import annotations
 
 import torch
 
 from masktk.errors import UserError
+
+
+def fingerprint(state_dict):
+    """sha256 over a state dict's names, dtypes, shapes and values, in name order: the same weights give the
+    same fingerprint however the checkpoint around them was saved."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        v = state_dict[name]
+        h.update(f"{name}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
 
 
 def nonfinite_tensor(module):

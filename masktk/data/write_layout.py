@@ -12,6 +12,7 @@ import pandas as pd
 
 from masktk.data.table import MASK_STEMS
 from masktk.errors import UserError
+from masktk.files import temp_dir_beside
 from masktk.labels import age_class, encode
 from masktk.outputs import foreign_files, read_manifest, record_written
 
@@ -20,6 +21,9 @@ def check_replaceable(out):
     """--output_dir is replaced whole, so it must be new, empty, or made by this script and hold only files
     the toolkit wrote (its manifest lists them): real data or a user's file in it would otherwise be deleted."""
     out = Path(out)
+    if out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
+        raise UserError(f"{out} is the current folder or holds it, and would be replaced whole: choose another "
+                        "--output_dir")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not out.is_dir() or read_manifest(out)[0] != "synthetic.py":
@@ -33,9 +37,10 @@ def check_replaceable(out):
 
 def write_dataset(people, out, eval_ratio, seed):
     """Writes train/ and eval/ splits by person from (person, photos) pairs. Returns counts."""
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = Path(out).resolve()  # "." has no name to put a temporary sibling beside
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a name of its own: a sibling .tmp-<name> folder may be someone else's (or another run's)
+    tmp = temp_dir_beside(out)
     train_rows, eval_rows, boxes = [], [], []
     for p, photos in people:
         is_eval = np.random.default_rng([seed, int(p["id"][:6]), 7]).random() < eval_ratio

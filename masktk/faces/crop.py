@@ -3,6 +3,7 @@ margins (turned upright where the recipe aligns) and the centre-region fallback 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -11,8 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from masktk.cli import fraction, positive
 from masktk.errors import UserError
-from masktk.faces.detectors import DEFAULT_DETECTOR, DETECT_SIZE, MTCNN_THRESHOLDS, create_detector
+from masktk.faces.detectors import DEFAULT_DETECTOR, DETECT_SIZE, DETECTORS, MTCNN_THRESHOLDS, create_detector
 from masktk.files import write_json_atomic
 from masktk.images import center_crop, center_region
 
@@ -51,8 +53,19 @@ class CropRecipe:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(d["detector"], d["detect_size"], tuple(d["thresholds"]), bool(d["second_pass"]), tuple(d["margin"]),
-                   bool(d.get("align", False)))
+        """A recorded recipe (crop.json, a checkpoint's face_crop), held to face_image.py's flag rules: ValueError
+        naming the field that breaks them."""
+        if not isinstance(d, dict):
+            raise ValueError("a JSON object expected")
+        if d.get("detector") not in DETECTORS:
+            raise ValueError(f"detector {d.get('detector')!r} is none of {', '.join(sorted(DETECTORS))}")
+        size = d.get("detect_size")
+        margin, thresholds = _rule(d, "margin", MARGIN, 3), _rule(d, "thresholds", fraction, 3)
+        flags = [d.get(k, False if k == "align" else None) for k in ("second_pass", "align")]
+        if not all(isinstance(v, bool) for v in flags):
+            raise ValueError("second_pass and align must be true or false")
+        return cls(d["detector"], None if size is None else _rule(d, "detect_size", DETECT_SIZE_RULE), thresholds,
+                   flags[0], margin, flags[1])
 
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -74,6 +87,24 @@ class CropRecipe:
                 f"{' '.join(map(str, self.margin))} --align {self.align}")
 
 
+# face_image.py's --margin and --detect_size take these: crop.json and checkpoints are held to them when read
+MARGIN = positive(float, 0, inclusive=True, maximum=5)  # box widths: beyond 5 a crop is mostly background
+DETECT_SIZE_RULE = positive(int, 0, inclusive=True, maximum=8192)
+
+
+def _rule(d, key, rule, n=None):
+    """d[key] through a flag's rule (n values where the flag takes n) -> the value, or ValueError naming key."""
+    v = d.get(key)
+    try:
+        if n is None:
+            return rule(v)
+        if not isinstance(v, list) or len(v) != n:
+            raise argparse.ArgumentTypeError(f"{n} values expected, got {v!r}")
+        return tuple(rule(x) for x in v)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"{key}: {e}") from None
+
+
 # crops cut before faces/crop.json existed were MTCNN's with its margins, whatever today's default is
 LEGACY_RECIPE = CropRecipe("mtcnn")
 
@@ -85,7 +116,7 @@ def read_crop_recipe(faces_dir):
         return None
     try:
         return CropRecipe.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a crop recipe ({e}); delete {Path(faces_dir)} and run face_image.py again")
 
 

@@ -25,7 +25,7 @@ def _detect_faces():
 
 
 class RetinaFaceDetector:
-    """detect() answers like faces.FaceDetector's: per image (boxes x1 y1 x2 y2, scores, 5 landmarks)."""
+    """detect() answers like detectors.FaceDetector's: per image (boxes x1 y1 x2 y2, scores, 5 landmarks)."""
 
     def __init__(self, detect_size=1024, min_score=0.02):
         self.detect_faces, self.detect_size, self.min_score = _detect_faces(), detect_size, min_score
@@ -34,9 +34,13 @@ class RetinaFaceDetector:
         return [self._one(np.ascontiguousarray(im)) for im in images]
 
     def _one(self, im):
-        scale = min(1.0, self.detect_size / max(im.shape[:2])) if self.detect_size else 1.0
-        small = cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else im
+        h, w = im.shape[:2]
+        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
+        # each side at least 1 px: a very thin photo's short side would round to 0 and fail the resize
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(im, size, interpolation=cv2.INTER_AREA) if scale < 1 else im
         faces = self.detect_faces(small, score_threshold=self.min_score)
         boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], float).reshape(-1, 4)
         marks = np.array([[[p.x, p.y] for p in f.landmarks] for f in faces], float).reshape(-1, 5, 2)
-        return boxes / scale, np.array([f.score for f in faces], float), marks / scale
+        sx, sy = size[0] / w, size[1] / h
+        return boxes / [sx, sy, sx, sy], np.array([f.score for f in faces], float), marks / [sx, sy]

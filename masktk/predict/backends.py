@@ -6,16 +6,18 @@ export_one) lives here too, beside their reading.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from masktk.checkpoint import CheckpointMeta, load_checkpoint, model_from_checkpoint
+from masktk.checkpoint import CheckpointMeta, load_checkpoint, model_from_checkpoint, read_meta
 from masktk.errors import UserError
 from masktk.files import atomic_path, write_json_atomic
 from masktk.labels import TASKS
+from masktk.weights import fingerprint
 
 ONNX_NAME = "model.onnx"  # beside each checkpoint it was exported from; its description beside it (.json)
 
@@ -69,17 +71,53 @@ def export_onnx(model, img_size, out, opset=17):
     return float(np.abs(got - want).max()), float(np.abs(want).max())
 
 
+FINGERPRINT_KEY = "masktk_weights"  # in model.onnx's metadata: the fingerprint of the weights it was exported from
+
+
+def read_description(path):
+    """model.json as export.py writes it: an object naming its checkpoint and its input size."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not JSON ({type(e).__name__}); export the run again with python export.py")
+    size = d.get("img_size") if isinstance(d, dict) else None
+    if not isinstance(d, dict) or not isinstance(d.get("checkpoint"), str) or not (
+            isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
+        raise UserError(f"{path}: not a model description written by export.py (an object with checkpoint and "
+                        "img_size); export the run again with python export.py")
+    return d
+
+
+def check_onnx(model, path, ck, ckpt, meta):
+    """The ONNX file is the checkpoint's: its input fits the checkpoint's size, and the fingerprint it carries
+    is that of the checkpoint's weights (a file exported before fingerprints existed is only size-checked)."""
+    fix = f"export it again with python export.py --run_dir {Path(ck).parent} (or use --backend torch)"
+    shape = model.session.get_inputs()[0].shape
+    if len(shape) != 4 or list(shape[2:]) != list(meta.img_size):
+        raise UserError(f"{path} takes input {shape}, {Path(ck).name} was trained at {list(meta.img_size)}: {fix}")
+    carried = model.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+    if carried is None:
+        print(f"note: {path} was exported before files carried their weights' fingerprint: {fix} to have it "
+              "checked", file=sys.stderr)
+    elif carried != fingerprint(ckpt["model"]):
+        raise UserError(f"{path} was exported from other weights than {ck}: {fix}")
+
+
 def load_onnx_models(groups, device):
-    """{checkpoint path: (OnnxModel, meta)} for every checkpoint of the run, from the files export.py wrote."""
+    """{checkpoint path: (OnnxModel, meta)} for every checkpoint of the run, from the files export.py wrote,
+    each checked to be its checkpoint's."""
     models = {}
     for ck in (ck for g in groups for ck in g):
         path, described = onnx_path(ck), onnx_path(ck).with_suffix(".json")
         if not path.is_file() or not described.is_file():
             raise UserError(f"{path} not found: export the run first with python export.py --run_dir "
                             f"{Path(ck).parent} (or use --backend torch)")
-        if json.loads(described.read_text()).get("checkpoint") != Path(ck).name:
+        if read_description(described)["checkpoint"] != Path(ck).name:
             raise UserError(f"{path} was exported from another checkpoint than {Path(ck).name}: export it again")
-        models[ck] = (OnnxModel(path, device), CheckpointMeta.from_dict(load_checkpoint(ck)["meta"]))
+        ckpt = load_checkpoint(ck)
+        meta, model = read_meta(ckpt, ck), OnnxModel(path, device)
+        check_onnx(model, path, ck, ckpt, meta)
+        models[ck] = (model, meta)
     return models
 
 
@@ -104,11 +142,21 @@ TOLERANCE = 1e-3  # largest |logit difference| accepted between onnxruntime and 
 def export_one(ckpt, out, opset):
     """One checkpoint -> an ONNX file at `out` (dynamic batch), checked with onnxruntime -> max |diff|."""
     model, meta = model_from_checkpoint(ckpt, "cpu")
-    description = describe(meta, ckpt)
+    weights = fingerprint(model.state_dict())
+    description = describe(meta, ckpt) | {"weights": weights}
     with atomic_path(out) as tmp:
         diff, scale = export_onnx(model, meta.img_size, tmp, opset)
         if not diff <= TOLERANCE * max(1.0, scale):
             raise UserError(f"{ckpt}: onnxruntime disagrees with torch by {diff:.2e} (logits up to {scale:.2g}); "
                             "the file is not kept: try another --opset")
+        carry_fingerprint(tmp, weights)
     write_json_atomic(Path(out).with_suffix(".json"), description)
     return diff
+
+
+def carry_fingerprint(path, weights):
+    import onnx
+    m = onnx.load(str(path))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = FINGERPRINT_KEY, weights
+    onnx.save(m, str(path))

@@ -4,7 +4,6 @@ how its faces are to be cut.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -81,11 +80,9 @@ def _finished(group):
 
 
 def _planned_folds(run_dir):
-    """How many folds the CV run was planned with (its config.json), 0 where that is not known."""
-    try:
-        return int(json.loads((run_dir / "config.json").read_text()).get("k_folds", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0
+    """How many folds the CV run was planned with (its config.json, checked), 0 where that is not known."""
+    from masktk.train.settings import read_run_config
+    return read_run_config(run_dir).k_folds if (run_dir / "config.json").is_file() else 0
 
 
 def _group(d, pth_name, multi):

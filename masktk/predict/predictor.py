@@ -14,7 +14,7 @@ from masktk import distributed
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, crop_for_model, landmarks_of
 from masktk.faces.detectors import DEFAULT_DETECTOR
-from masktk.images import prepare, read_rgb, why_unreadable
+from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, too_large, why_unreadable
 from masktk.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from masktk.predict.backends import load_backend
 from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_groups, run_tta
@@ -27,10 +27,15 @@ MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "unio
 COLOURS = {0: (40, 200, 80), 1: (250, 170, 30), 2: (230, 50, 50)}  # by mask state
 
 
+ANNOTATED_SIDE = 4096  # longest side of an annotated copy: a JPEG holds at most 65500 px a side
+
+
 def annotate(img, faces):
     """The photo with a numbered box per face, and below it a legend: one line per number. Tags and
-    lines are sized to the photo, tags sit inside their boxes, so crowded photos stay readable."""
+    lines are sized to the photo, tags sit inside their boxes, so crowded photos stay readable. A photo
+    larger than ANNOTATED_SIDE is drawn on a smaller copy."""
     from PIL import ImageFont
+    img, faces = _at_most(img, faces, ANNOTATED_SIDE)
     h, w = img.shape[:2]
     size = max(12, round(w / 60))
     font = ImageFont.load_default(size=size)
@@ -53,6 +58,18 @@ def annotate(img, faces):
         d.text((6, h + 4 + k * (size + 6)), line, fill=COLOURS[f["mask"]] if f["mask"] != 1 else (200, 120, 0),
                font=font)
     return canvas
+
+
+def _at_most(img, faces, side):
+    """The photo and its faces' boxes scaled so that its longest side is at most `side` (each side >= 1 px)."""
+    h, w = img.shape[:2]
+    if max(h, w) <= side:
+        return img, faces
+    s = side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    sx, sy = size[0] / w, size[1] / h
+    small = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+    return small, [{**f, "box": [f["box"][0] * sx, f["box"][1] * sy, f["box"][2] * sx, f["box"][3] * sy]} for f in faces]
 
 
 @dataclass
@@ -93,11 +110,7 @@ class Predictor:
     def predict(self, image):
         """A photo's path or an RGB uint8 array (H, W, 3) -> one dict per face: box (x1, y1, x2, y2),
         score, label, mask/gender/age ids and names, the 18 probabilities (predict.py's JSON rows)."""
-        img = read_rgb(image) if isinstance(image, (str, Path)) else np.ascontiguousarray(image)
-        if img is None:
-            raise UserError(f"{image}: {why_unreadable(image)}")
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise UserError(f"expected an RGB uint8 array (H, W, 3), got {img.dtype} {img.shape}")
+        img = read_photo(image) if isinstance(image, (str, Path)) else check_array(np.asarray(image))
         faces = self.faces_in(img)
         probs, labels = self.classify([(None, img, faces)])
         return face_rows(faces, probs, labels)
@@ -143,3 +156,27 @@ def face_rows(faces, probs, labels):
                          mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
                          age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
     return rows
+
+
+def read_photo(path):
+    """A photo file -> RGB uint8, or one UserError naming it (a folder, a missing file, an unreadable photo)."""
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a folder: give one photo (predict.py takes folders)")
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such photo")
+    img = read_rgb(path)
+    if img is None:
+        raise UserError(f"{path}: {why_unreadable(path)}")
+    return img
+
+
+def check_array(img):
+    """An array handed to Predictor.predict: RGB uint8 (H, W, 3) with pixels, within the decode limit."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise UserError(f"expected an RGB uint8 array (H, W, 3), got {img.dtype} {img.shape}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise UserError(f"the image is empty ({img.shape[1]}x{img.shape[0]} pixels)")
+    if too_large(img.shape[1::-1]):
+        raise UserError(f"the image is too large ({img.shape[1]}x{img.shape[0]}; the limit is {MAX_MEGAPIXELS} "
+                        "megapixels): downscale it")
+    return np.ascontiguousarray(img)

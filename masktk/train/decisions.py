@@ -124,15 +124,22 @@ def write_decision(run_dir, record):
 
 
 def read_offsets(run_dir):
-    """The run's fitted offsets, or None when it has none (trained before they existed, or not fitted)."""
+    """The run's fitted offsets, or None when it has none (trained before they existed, not fitted, or fitted
+    and not kept: "used" false). The file is checked as fit_decision writes it: 18 finite numbers, a boolean."""
     path = Path(run_dir) / DECISION_FILE
     if not path.is_file():
         return None
+    fix = "delete it (or train again) or pass --decision none"
     try:
-        off = np.asarray(json.loads(path.read_text())["offsets"], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a decision file written by train.py ({type(e).__name__}); delete it "
-                        "or pass --decision none")
+        record = json.loads(path.read_text())
+        off = np.asarray(record["offsets"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a decision file written by train.py ({type(e).__name__}); {fix}")
     if off.shape != (18,):
-        raise UserError(f"{path}: {off.size} offsets, 18 expected; delete it or pass --decision none")
-    return off
+        raise UserError(f"{path}: offsets holds {off.size} values, 18 expected; {fix}")
+    if not np.isfinite(off).all():
+        raise UserError(f"{path}: offsets holds nan or inf (offset {int(np.flatnonzero(~np.isfinite(off))[0])}); {fix}")
+    used = record.get("used", True)  # files from before the field: their offsets were kept
+    if not isinstance(used, bool):
+        raise UserError(f"{path}: used is {used!r}, true or false expected; {fix}")
+    return off if used else None

@@ -13,6 +13,7 @@ from masktk.cli import Rising, demo_note, env_default, fraction, make_parser, po
 from masktk.data.augment import AUG_PRESETS
 from masktk.errors import UserError
 from masktk.labels import OFFICIAL_AGE_BOUNDS
+from masktk.models import INPUT_SIDE
 from masktk.runs import has_progress
 from masktk.train.losses import LOSSES
 from masktk.train.optimizers import OPTIMIZERS, SCHEDULERS
@@ -31,7 +32,7 @@ AUGMENT_ALIASES = {"baseaugmentation": "none", "customaugmentation": "basic"}
 POS, COUNT, AT_LEAST_0 = positive(float), positive(int, 1, inclusive=True), positive(float, 0, inclusive=True)
 
 
-INT_0, SIZE = positive(int, 0, inclusive=True), positive(int, 16, inclusive=True)
+INT_0, SIZE = positive(int, 0, inclusive=True), INPUT_SIDE
 
 
 def loss_name(v):
@@ -92,7 +93,7 @@ class RunSettings:
     cache_dir: str | None = opt(None, "data", "decoded-image cache (unset: <model_dir>/.cache)")
 
     cv: bool = flag(False, "mode", "stratified k-fold CV by person")
-    k_folds: int = opt(5, "mode", "number of CV folds", type=positive(int, 2, inclusive=True))
+    k_folds: int = opt(5, "mode", "number of CV folds", type=positive(int, 2, inclusive=True, maximum=100))
     fold: int | None = opt(None, "mode", "train only this fold (0-based; fold jobs in parallel)", type=INT_0)
     val_ratio: float = opt(0.2, "mode", "share of people validated on in a holdout run", type=POS)
     multi: bool = opt(False, "mode", "three separate models: mask, gender, age (the original's --multi 2: with CV)",
@@ -216,11 +217,36 @@ def run_config(cfg, run_dir):
 
 
 def read_run_config(run_dir):
-    """A run's config.json, upgraded, as RunSettings."""
+    """A run's config.json, upgraded and checked (check_config), as RunSettings."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UserError(f"{path} not found: give a run folder written by train.py")
-    return from_values(upgrade_config(json.loads(path.read_text())))
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not JSON ({type(e).__name__}); it was not written by train.py or was damaged")
+    return check_config(saved, path)
+
+
+def check_config(saved, path):
+    """A config.json's values through the very parser rules of the flags that wrote them (types, ranges,
+    choices, finiteness) -> RunSettings, or one UserError naming the file and the setting."""
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a run's settings (a JSON object expected)")
+    values, argv = upgrade_config(saved), []
+    for f in settings_fields():
+        v = values.get(f.name)
+        if isinstance(v, list):
+            argv += [f"--{f.name}", *map(str, v)]
+        elif v is not None:
+            argv.append(f"--{f.name}={v}")
+    try:
+        parsed = vars(build_parser("").parse_args(argv))
+    except UserError as e:
+        raise UserError(f"{path}: {str(e).split(' (see ')[0]}; it was not written by train.py or was edited: fix "
+                        "that setting or train the run again") from None
+    internal = {f.name: values[f.name] for f in fields(RunSettings) if f.metadata.get("internal") and f.name in values}
+    return from_values({k: v for k, v in parsed.items() if k in values} | internal)
 
 
 def given_flags(argv, doc=""):

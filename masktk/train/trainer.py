@@ -3,7 +3,6 @@ checkpoints, resume, TensorBoard logs and validation predictions.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from masktk.files import write_csv_atomic, write_json_atomic
 from masktk.labels import MULTI_TASKS, loss_targets, near_bound
 from masktk.metrics.classification import confusion_figure
 from masktk.probs import combine_probs
+from masktk.runs import read_json_object
 from masktk.train.engine import NullWriter, build_training, evaluate, train_one_epoch
 from masktk.train.oof import prob_columns
 from masktk.train.settings import run_config
@@ -172,7 +172,7 @@ def run_units(units, cfg, table, images, run_dir, dist):
     results, trained = {}, False
     for unit in units:
         out = run_dir / unit.subdir
-        done = distributed.broadcast_object(json.loads((out / "metrics.json").read_text())
+        done = distributed.broadcast_object(read_json_object(out / "metrics.json", ("history",))
                                             if dist.is_main and (out / "metrics.json").is_file() else None)
         if done:  # decided by rank 0 for every rank
             log_main(f"[{unit.name}] already finished, skipped")
