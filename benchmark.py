@@ -385,7 +385,8 @@ def main(argv):
     args.cache_dir = own
     if not (root / "train" / "train.csv").is_file():
         raise UserError(f"{root}/train/train.csv not found: run python synthetic.py --output_dir {root} first")
-    from masktk.data.table import Log, build_table
+    from masktk.data.table import build_table
+    from masktk.errors import Log
     table = build_table(root / "train", log=Log(quiet=True))
     r = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, "
          f"{torch.get_num_threads()} threads)", "model": args.model, "img_size": args.img_size,

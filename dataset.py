@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from masktk.cli import Rising, cli, demo_note, env_default, fraction, load_dotenv_once, make_parser, positive
-from masktk.data.table import DEFAULT_FIXES, TABLE_COLUMNS, Log, build_table
-from masktk.errors import UserError
+from masktk.data.table import DEFAULT_FIXES, TABLE_COLUMNS, build_table
+from masktk.errors import Log, UserError
 from masktk.files import write_csv_atomic
 from masktk.labels import OFFICIAL_AGE_BOUNDS
 from masktk.outputs import check_outputs, record_written

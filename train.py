@@ -24,9 +24,8 @@ from masktk import distributed
 from masktk.cli import cli, load_dotenv_once
 from masktk.data.sources import load_data, resolve_data_dir
 from masktk.data.splits import plan_units
-from masktk.data.table import Log
 from masktk.distributed import log_main
-from masktk.errors import UserError
+from masktk.errors import Log, UserError
 from masktk.files import writable_dir, write_json_atomic
 from masktk.labels import MULTI_TASKS
 from masktk.models import choose_precision

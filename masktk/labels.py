@@ -97,3 +97,18 @@ def class_names():
 
 
 MULTI_TASKS = ("mask", "gender", "age")
+
+
+# the class names public mask datasets use (VOC object names, YOLO class names, folder names) -> mask id; the
+# Spanish names are those of the MaskON repository's copy of the Kaggle set
+MASK_SET_NAMES = {
+    "with_mask": 0, "mask": 0, "masked": 0, "face_mask": 0, "mask_on": 0, "con_mascarilla": 0,
+    "mask_weared_incorrect": 1, "mask_worn_incorrectly": 1, "mask_worn_incorrect": 1, "incorrect_mask": 1,
+    "incorrectly_worn_mask": 1, "mask_incorrect": 1, "improperly_worn_mask": 1, "mascarilla_mal_puesta": 1,
+    "without_mask": 2, "no_mask": 2, "nomask": 2, "no_face_mask": 2, "unmasked": 2, "sin_mascarilla": 2,
+}
+
+
+def mask_of_name(name):
+    """A dataset's class name (any case, spaces or hyphens) -> mask id, or None when it names no mask state."""
+    return MASK_SET_NAMES.get(str(name).strip().lower().replace(" ", "_").replace("-", "_"))

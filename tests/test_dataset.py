@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, assert_clean_error, run
 
-from masktk.data.table import Log, build_table
+from masktk.data.table import build_table
+from masktk.errors import Log
 from masktk.labels import age_class, decode, encode
 
 
@@ -73,7 +74,8 @@ def test_a_mistyped_fixes_file_and_a_bad_fix_value_are_errors(tiny_root, tmp_pat
 
 
 def test_a_truncated_jpeg_makes_its_person_incomplete_at_table_time(tiny_root, tmp_path):
-    from masktk.data.table import Log, build_table
+    from masktk.data.table import build_table
+    from masktk.errors import Log
     data = tmp_path / "train"
     shutil.copytree(tiny_root / "train", data)
     person = sorted((data / "images").iterdir())[0]
@@ -88,7 +90,8 @@ def test_a_truncated_jpeg_makes_its_person_incomplete_at_table_time(tiny_root, t
 def test_tiny_images_are_kept_with_a_warning(tiny_root, tmp_path):
     from PIL import Image
 
-    from masktk.data.table import Log, build_table
+    from masktk.data.table import build_table
+    from masktk.errors import Log
     data = tmp_path / "train"
     shutil.copytree(tiny_root / "train", data)
     person = sorted((data / "images").iterdir())[0]

@@ -11,7 +11,8 @@ from test_mask_only import _voc_dir
 
 from masktk.checkpoint import model_from_checkpoint
 from masktk.data.cache import decode_many
-from masktk.data.table import Log, build_table
+from masktk.data.table import build_table
+from masktk.errors import Log
 from masktk.metrics.classification import score
 from masktk.predict.pipeline import predict_probs
 from masktk.tta import DEFAULT_TTA

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 
 from masktk.data.splits import holdout_split, kfold_split, people_of
-from masktk.data.table import Log, build_table
+from masktk.data.table import build_table
+from masktk.errors import Log
 
 
 def _people(n_per=6):

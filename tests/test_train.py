@@ -14,7 +14,8 @@ import torch
 from conftest import BASE, REPO, TINY, assert_clean_error, run
 
 from masktk.checkpoint import load_checkpoint
-from masktk.data.table import Log, build_table
+from masktk.data.table import build_table
+from masktk.errors import Log
 from masktk.metrics.classification import score
 from masktk.probs import combine_probs
 
@@ -312,7 +313,8 @@ def test_heads_cv_run_merges_its_out_of_fold_predictions(tiny_root, tmp_path):
         "--heads", "--cv", "True", "--k_folds", "2", "--run_dir", tmp_path / "h")
     import pandas as pd
     oof = pd.read_csv(tmp_path / "h" / "oof.csv")
-    from masktk.data.table import Log, build_table
+    from masktk.data.table import build_table
+    from masktk.errors import Log
     assert sorted(oof["path"]) == sorted(build_table(tiny_root / "train", log=Log(quiet=True))["path"])
     assert np.allclose(oof[[f"p{k}" for k in range(18)]].sum(axis=1), 1, atol=1e-4)
 

@@ -13,14 +13,14 @@ import pandas as pd
 
 from masktk import distributed
 from masktk.data.cache import cached_images
+from masktk.data.face_boxes import box_layout, read_face_boxes
 from masktk.data.table import DEFAULT_FIXES, build_table, has_faces, read_eval
-from masktk.data.voc import read_voc
 from masktk.distributed import log_main
 from masktk.errors import UserError
 from masktk.faces.crop import DEFAULT_MARGIN, CropRecipe, crop_for_model, read_crop_recipe, select_face
 from masktk.files import write_csv_atomic
 from masktk.images import list_images, read_rgb, write_image
-from masktk.labels import AGE_MIN, age_class, decode, encode
+from masktk.labels import AGE_MIN, age_class, decode, encode, mask_of_name
 
 PSEUDO_YEARS = (24, 45, 60)  # an age in years for each predicted band
 
@@ -181,28 +181,32 @@ def resolve_data_dir(cfg):
 
 
 # --- photos labelled with mask status only (train.py --extra_data) -------------------------------
-MASK_FOLDERS = {"with_mask": 0, "incorrect_mask": 1, "mask_weared_incorrect": 1, "without_mask": 2}
+def mask_folders(data_dir):
+    """{folder: mask id} of a folder-per-class set: the subfolders named by a mask state (with_mask/,
+    incorrect_mask/, without_mask/, or the other names public sets use: labels.MASK_SET_NAMES)."""
+    d = Path(data_dir)
+    found = {p.name: mask_of_name(p.name) for p in d.iterdir() if p.is_dir()} if d.is_dir() else {}
+    return {name: m for name, m in sorted(found.items()) if m is not None}
 
 
 def mask_only_layout(data_dir):
-    """'boxes' (PASCAL-VOC: annotations/*.xml + images/), 'folders' (with_mask/, incorrect_mask/,
-    without_mask/ of photos or face crops), or None (the competition layout)."""
-    d = Path(data_dir)
-    if (d / "annotations").is_dir():
+    """'boxes' (PASCAL-VOC: annotations/*.xml + images/, or YOLO: images/ + labels/), 'folders' (with_mask/,
+    incorrect_mask/, without_mask/ of photos or face crops), or None (the competition layout)."""
+    if box_layout(data_dir):
         return "boxes"
-    if any((d / f).is_dir() for f in MASK_FOLDERS):
+    if mask_folders(data_dir) and not (Path(data_dir) / "train.csv").is_file():
         return "folders"
     return None
 
 
-def _labelled_faces(data_dir, layout, min_face):
+def _labelled_faces(data_dir, layout, min_face, log=None):
     """-> [(photo path, face box or None (find it), mask id)]."""
     d = Path(data_dir)
     if layout == "boxes":
-        faces = read_voc(d)
+        faces = read_face_boxes(d, log)
         faces = faces[faces["size"] >= min_face]
         return [(r.photo, (r.xmin, r.ymin, r.xmax, r.ymax), r.mask) for r in faces.itertuples()]
-    return [(str(d / name / rel), None, mask) for name, mask in MASK_FOLDERS.items() if (d / name).is_dir()
+    return [(str(d / name / rel), None, mask) for name, mask in mask_folders(d).items()
             for rel in list_images(d / name)]
 
 
@@ -220,7 +224,7 @@ def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
     recipe = CropRecipe()
     detector, margin = (recipe.create_detector(), recipe.margin) if layout == "folders" else (None, DEFAULT_MARGIN)
     rows = []
-    for n, (photo, box, mask) in enumerate(_labelled_faces(data_dir, layout, min_face)):
+    for n, (photo, box, mask) in enumerate(_labelled_faces(data_dir, layout, min_face, log)):
         img = read_rgb(photo)
         if img is None:
             if log:

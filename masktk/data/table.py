@@ -4,12 +4,11 @@ the competition layout with the published label fixes, and the eval set's reader
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from masktk.errors import UserError
+from masktk.errors import Log, UserError
 from masktk.files import check_ids, inside
 from masktk.images import IMG_EXTS, header_size, read_bytes, too_large, truncated_jpeg, why_unreadable
 from masktk.labels import OFFICIAL_AGE_BOUNDS, age_class, encode
@@ -32,24 +31,6 @@ CENTER_REGION = (0.18, 0.12, 0.82, 0.72)  # x1, y1, x2, y2 as fractions of width
 
 
 PLAUSIBLE_AGES = (1, 120)  # years; anything else is a typo or a code, never a person's age
-
-
-class Log:
-    """Collects warnings about skipped data: prints the first few, counts all."""
-
-    def __init__(self, limit=20, quiet=False):
-        self.limit, self.quiet, self.counts, self.shown = limit, quiet, {}, 0
-
-    def warn(self, kind, msg):
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        if not self.quiet and self.shown < self.limit:
-            print(f"warning: {msg}", file=sys.stderr)
-            self.shown += 1
-
-    def summary(self):
-        if self.counts:
-            parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
-            print(f"skipped data ({parts})", file=sys.stderr)
 
 
 def read_fixes(path):

@@ -1,5 +1,6 @@
 """Photos with face boxes and mask labels only: the PASCAL-VOC layout of public mask datasets (Kaggle's
-Face Mask Detection), read into one row per face, and split by photo.
+Face Mask Detection), read into one row per face (faces with an odd label or box warned about and skipped), and
+split by photo.
 """
 from __future__ import annotations
 
@@ -10,21 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masktk.errors import UserError
-
-# VOC object names -> mask id (0 wear, 1 incorrect, 2 not wear); the Spanish names are those of the
-# MaskON repository's copy of the Kaggle set
-VOC_MASK = {"with_mask": 0, "mask_weared_incorrect": 1, "without_mask": 2,
-            "con_mascarilla": 0, "mascarilla_mal_puesta": 1, "sin_mascarilla": 2}
-
+from masktk.errors import Log, UserError
+from masktk.labels import mask_of_name
 
 PHOTO_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+FACE_COLUMNS = ["photo", "stem", "face_idx", "mask", "xmin", "ymin", "xmax", "ymax", "size"]
 
 
-def read_voc(data_dir):
+def read_voc(data_dir, log=None):
     """-> DataFrame(photo, stem, face_idx, mask, xmin, ymin, xmax, ymax, size): one row per annotated
-    face; size is the box's shorter side in pixels."""
-    data_dir = Path(data_dir)
+    face; size is the box's shorter side in pixels. A photo missing, an unknown class name or a box
+    outside its photo is one warning naming it, counted in `log` (a box partly outside is clipped)."""
+    data_dir, log = Path(data_dir), log or Log()
     ann = data_dir / "annotations"
     xmls = sorted(ann.glob("*.xml")) if ann.is_dir() else []
     if not xmls:
@@ -35,22 +33,64 @@ def read_voc(data_dir):
         try:
             root = ET.parse(x).getroot()
         except ET.ParseError as e:
-            raise UserError(f"{x}: not readable XML ({e}); fix or remove it")
+            log.warn("unreadable annotation", f"{x}: not readable XML ({e}), skipped")
+            continue
         photo = next((data_dir / "images" / (x.stem + e) for e in PHOTO_EXTS
                       if (data_dir / "images" / (x.stem + e)).is_file()), None)
         if photo is None:
-            raise UserError(f"{x}: no photo {x.stem}.png/.jpg in {data_dir / 'images'}")
+            log.warn("missing photo", f"{x}: no photo {x.stem}.png/.jpg in {data_dir / 'images'}, skipped")
+            continue
+        size = _voc_size(root) or photo_size(photo)
         for i, obj in enumerate(root.iter("object")):
-            name = (obj.findtext("name") or "").strip()
-            if name not in VOC_MASK:
-                raise UserError(f"{x}: object {i} is labelled {name!r}; expected one of {', '.join(VOC_MASK)}")
-            try:
-                b = [float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-            except (AttributeError, TypeError, ValueError):
-                raise UserError(f"{x}: object {i} has no numeric bndbox xmin/ymin/xmax/ymax")
-            rows.append(dict(photo=str(photo), stem=x.stem, face_idx=i, mask=VOC_MASK[name], xmin=b[0], ymin=b[1],
-                             xmax=b[2], ymax=b[3], size=min(b[2] - b[0], b[3] - b[1])))
-    return pd.DataFrame(rows, columns=["photo", "stem", "face_idx", "mask", "xmin", "ymin", "xmax", "ymax", "size"])
+            box = _voc_box(obj)
+            rows += face_row(photo, x.stem, i, obj.findtext("name"), box, size, f"{x}: object {i}", log)
+    return pd.DataFrame(rows, columns=FACE_COLUMNS)
+
+
+def _voc_size(root):
+    try:
+        w, h = (int(float(root.find("size").findtext(k))) for k in ("width", "height"))
+        return (w, h) if w > 0 and h > 0 else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _voc_box(obj):
+    try:
+        return [float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def photo_size(photo):
+    """(width, height) from the photo's header, or None when it cannot be read."""
+    from masktk.images import header_size
+    try:
+        return header_size(photo)
+    except Exception:
+        return None
+
+
+def face_row(photo, stem, i, name, box, size, where, log):
+    """[one face row], or [] with a warning naming `where`: unknown class, no box, a box outside the photo."""
+    mask = mask_of_name(name or "")
+    if mask is None:
+        log.warn("unknown class", f"{where} is labelled {name!r}, not a mask state (e.g. with_mask, "
+                 "mask_weared_incorrect, without_mask), skipped")
+        return []
+    if box is None or not all(np.isfinite(box)):
+        log.warn("bad box", f"{where} has no numeric box, skipped")
+        return []
+    x1, y1, x2, y2 = box
+    if size is not None:
+        w, h = size
+        x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        log.warn("box outside the photo", f"{where}: box {box} lies outside its {size[0]}x{size[1]} photo or is "
+                 "empty, skipped" if size else f"{where}: box {box} is empty, skipped")
+        return []
+    return [dict(photo=str(photo), stem=stem, face_idx=i, mask=mask, xmin=x1, ymin=y1, xmax=x2, ymax=y2,
+                 size=min(x2 - x1, y2 - y1))]
 
 
 def split_by_photo(data_dir, out, n_test, seed):

@@ -12,32 +12,97 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
-from masktk.data.voc import read_voc
-from masktk.errors import UserError
+from masktk.data.face_boxes import box_layout, read_face_boxes
+from masktk.errors import Log, UserError
 from masktk.faces.boxes import box_iou, match_boxes
 from masktk.labels import MASK_NAMES
+from masktk.metrics.average_precision import ap_table, at_labels, mask_probs, pr_curves
 from masktk.metrics.classification import macro_f1
 
 SIZE_BINS = ((32, 64), (64, 128), (128, 1_000_000))
 
 
-def read_predictions(pred_dir):
-    """predict.py's per-photo JSON files -> {photo stem: [(box, mask id)]}."""
+def read_detections(pred_dir):
+    """predict.py's per-photo JSON files -> {photo stem: [(box, detection score, mask probabilities, the mask state
+    it decided)]}."""
     pred_dir = Path(pred_dir)
     files = sorted(pred_dir.glob("*.json")) if pred_dir.is_dir() else []
     out, odd = {}, []
     for f in files:
         try:
             d = json.loads(f.read_text())
-            out[Path(d["photo"]).stem] = [(face["box"], int(face["mask"])) for face in d["faces"]]
+            out[Path(d["photo"]).stem] = [(list(map(float, face["box"])), float(face["score"]),
+                                           mask_probs(face["probs"]), int(face["mask"])) for face in d["faces"]]
         except (ValueError, KeyError, TypeError):
             odd += [] if f.name == "boxes_scores.json" else [f.name]  # our own scores file is expected there
     if odd:  # a damaged file would otherwise count its photo's faces as missed, silently
         print(f"warning: {pred_dir}: {len(odd)} .json file(s) are not predict.py output, their photos count as not "
               f"predicted: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}", file=sys.stderr)
     if not out:
-        raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS --output_dir {pred_dir}")
+        raise UserError(f"{pred_dir}: no predict.py output (<photo>.json); run python predict.py PHOTOS "
+                        f"--output_dir {pred_dir}")
     return out
+
+
+def read_predictions(pred_dir):
+    """predict.py's per-photo JSON files -> {photo stem: [(box, mask id)]}."""
+    return {stem: [(box, mask) for box, _, _, mask in faces] for stem, faces in read_detections(pred_dir).items()}
+
+
+def annotated_faces(data_dir, log=None):
+    """A VOC or YOLO folder's faces -> {photo stem: [(box, mask id, shorter side)]}."""
+    faces = read_face_boxes(data_dir, log)
+    return {stem: [((r.xmin, r.ymin, r.xmax, r.ymax), int(r.mask), float(r.size)) for r in g.itertuples()]
+            for stem, g in faces.groupby("stem", sort=True)}
+
+
+def score_as_detector(data_dir, pred_dir, min_face=32, mode="all", min_score=0.5):
+    """predict.py's faces scored as mask detectors are: AP per mask state, mAP@0.5, mAP@0.5:0.95 and detection AP,
+    at all face sizes and for faces of min_face px or more; precision, recall and the confusion at the labels of
+    the faces kept at min_score -> dict (with the precision-recall curves at IoU 0.5 under 'curves')."""
+    log = Log()
+    gt, preds = annotated_faces(data_dir, log), read_detections(pred_dir)
+    log.summary()
+    lowest = min((s for faces in preds.values() for _, s, _, _ in faces), default=None)
+    return {"mode": mode, "min_face": min_face, "photos": len(gt), "photos_predicted": sum(s in preds for s in gt),
+            "lowest_score": lowest, "all_sizes": ap_table(gt, preds, 0, mode),
+            f"min_face_{min_face}": ap_table(gt, preds, min_face, mode),
+            "at_labels": at_labels(gt, preds, min_score), f"at_labels_min_face_{min_face}": at_labels(
+                gt, preds, min_score, min_face), "curves": pr_curves(gt, preds, 0, mode)}
+
+
+def pr_figure(curves, title=""):
+    """The precision-recall curve of each mask state (IoU 0.5, all face sizes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, (recall, precision) in curves.items():
+        ax.plot(np.concatenate([[0], recall]), np.concatenate([[1], precision]), label=name)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def print_detector_scores(res):
+    """AP lines as mask detectors print them, and the confusion at the kept faces' labels."""
+    for key in ("all_sizes", f"min_face_{res['min_face']}"):
+        t = res[key]
+        cells = "  ".join(f"{n} {_f(t[n]['ap50'])} ({t[n]['faces']})" for n in MASK_NAMES)
+        print(f"AP@0.5 {key.replace('_', ' ')}: {cells}  mAP@0.5 {_f(t['map50'])}  mAP@0.5:0.95 {_f(t['map50_95'])}  "
+              f"face detection AP@0.5 {_f(t['face']['ap50'])}")
+    lab = res["at_labels"]
+    print(f"at the labels of faces scored >= {lab['min_score']}: " + "  ".join(
+        f"{n} precision {lab['precision'][n]:.3f} recall {lab['recall'][n]:.3f}" for n in MASK_NAMES))
+    print("confusion (rows: annotated, then no face; columns: predicted, then missed)\n" + f"{'':>10}" +
+          "".join(f"{n:>10}" for n in (*MASK_NAMES, "missed")))
+    for n, row in zip((*MASK_NAMES, "no face"), lab["confusion"]):
+        print(f"{n:>10}" + "".join(f"{v:>10}" for v in row))
+
+
+def _f(v):
+    return "  -  " if v is None else f"{v:.3f}"
 
 
 def mask_scores(y, pred):
@@ -47,7 +112,7 @@ def mask_scores(y, pred):
 
 def score_boxes(data_dir, pred_dir, min_face=32, min_iou=0.5):
     """Mask status of annotated faces matched to predicted ones. -> dict of figures."""
-    faces = read_voc(data_dir)
+    faces = read_face_boxes(data_dir, Log(quiet=True))  # its warnings are said once, by score_as_detector
     faces = faces[faces["size"] >= min_face]
     preds = read_predictions(pred_dir)
     y, pred, size = [], [], []
@@ -70,7 +135,7 @@ def score_boxes(data_dir, pred_dir, min_face=32, min_iou=0.5):
 
 
 def print_boxes(res):
-    print(json.dumps({k: v for k, v in res.items() if k not in ("confusion", "by_size")}))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("confusion", "by_size", "detector")}))
     print("confusion (rows: annotated, columns: predicted)\n" + f"{'':>10}" + "".join(f"{n:>10}" for n in MASK_NAMES))
     for n, row in zip(MASK_NAMES, res["confusion"]):
         print(f"{n:>10}" + "".join(f"{v:>10}" for v in row))
@@ -88,12 +153,12 @@ def known_boxes(root):
         gt = pd.read_csv(root / "faces_gt.csv")
         return pd.DataFrame({"photo": [str(root / s / "images" / p) for s, p in zip(gt["split"], gt["path"])],
                              "group": gt["mask"], "x1": gt["x1"], "y1": gt["y1"], "x2": gt["x2"], "y2": gt["y2"]})
-    if (root / "annotations").is_dir():
-        v = read_voc(root)
+    if box_layout(root):
+        v = read_face_boxes(root)
         return v.rename(columns={"xmin": "x1", "ymin": "y1", "xmax": "x2", "ymax": "y2", "mask": "group"})[
             ["photo", "group", "x1", "y1", "x2", "y2"]]
-    raise UserError(f"{root}: no faces_gt.csv (python synthetic.py --faces ... writes it) and no annotations/ "
-                    "(PASCAL-VOC); --score needs known face boxes")
+    raise UserError(f"{root}: no faces_gt.csv (python synthetic.py --faces ... writes it), no annotations/ "
+                    "(PASCAL-VOC) and no labels/ (YOLO); --score needs known face boxes")
 
 
 def score_detection(root, detector, min_face=32, min_score=0.9):
