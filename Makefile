@@ -339,17 +339,22 @@ realmask-faces: realface-data
 # Mask checking scored as mask detectors are (evaluation.py --boxes: AP per mask state, mAP@0.5, mAP@0.5:0.95):
 # realmask-faces' RetinaFace-crop models (real-face crops + each Kaggle split's 200 train photos as mask-only data),
 # predict.py keeping every detection (--min_score 0.02) on the split's 100 test photos (docs/results.md, Real masks
-# as detections). AP_SPLITS=0 runs one split.
+# as detections), with small photos upscaled for the detector to 512 px (the default), to 640 and not at all.
+# AP_SPLITS=0 runs one split, UPSCALES=512 one setting.
 AP_SPLITS ?= 0 1 2
+UPSCALES ?= 512 0 640
 realmask-ap: realface-data
 	for s in $(AP_SPLITS); do $(PY) -c "from masktk.data.voc import split_by_photo; split_by_photo('$(KAGGLE)', 'realmask/split$$s', 100, $$s)"; done
 	$(call RF_CROPS,retina_m,)
 	for s in $(AP_SPLITS); do \
 	  $(PY) train.py $(RM_ARGS) --age_sigma 3 --train_dir $(RFF)/retina_m/train --source faces --extra_data realmask/split$$s/train \
 	    --mask_only_weight 1.0 --run_dir model/rmf_retina_m_s$$s && \
-	  $(PY) predict.py realmask/split$$s/test/images --run_dir model/rmf_retina_m_s$$s --tta none --min_score 0.02 \
-	    --output_dir output/rmap/s$$s > /dev/null && \
-	  echo "split $$s" && $(PY) evaluation.py --boxes output/rmap/s$$s --eval_dir realmask/split$$s/test | grep -E '^(AP|at the)'; \
+	  for u in $(UPSCALES); do \
+	    $(PY) predict.py realmask/split$$s/test/images --run_dir model/rmf_retina_m_s$$s --tta none --min_score 0.02 \
+	      --upscale_to $$u --output_dir output/rmap/u$${u}_s$$s > /dev/null && \
+	    echo "split $$s, --upscale_to $$u" && \
+	    $(PY) evaluation.py --boxes output/rmap/u$${u}_s$$s --eval_dir realmask/split$$s/test | grep -E '^(AP|at the)'; \
+	  done; \
 	done
 
 RMSEED ?= 1

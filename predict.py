@@ -18,7 +18,7 @@ from masktk.files import writable_dir
 from masktk.outputs import check_outputs, record_written
 from masktk.predict.backends import BACKENDS
 from masktk.predict.photos import CHUNK, collect, output_names, predict_chunk
-from masktk.predict.predictor import MIN_SCORE, Predictor
+from masktk.predict.predictor import MIN_SCORE, UPSCALE_TO, Predictor
 from masktk.predict.video import VIDEO_EXTS, predict_video
 from masktk.runs import add_run_flags, chosen_run
 from masktk.tta import TTA_VIEWS
@@ -40,6 +40,9 @@ def build_parser():
                     + ", ".join(f"{k} {v}" for k, v in MIN_SCORE.items()) + ")")
     ap.add_argument("--detect_size", type=positive(int, 0, inclusive=True), default=1024,
                     help="longest side MTCNN sees (0: full; RetinaFace and the SSD keep their own sizes)")
+    ap.add_argument("--upscale_to", type=positive(int, 0, inclusive=True, maximum=4096), default=UPSCALE_TO,
+                    help="a photo whose longest side is under this is seen upscaled to it by the detector, so that "
+                    "small faces are found (0: never; docs/detectors.md)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     ap.add_argument("--decision", choices=("fitted", "none"), default="fitted",
                     help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")
@@ -64,7 +67,7 @@ def main(argv):
     check_outputs(out, outputs, "--output_dir", inputs=files)
     pred = Predictor.from_run(chosen_run(args.model_dir, args.run_dir), args.device, args.detector, args.backend,
                               tta=args.tta, decision=args.decision, min_score=args.min_score,
-                              detect_size=args.detect_size, pth_name=args.pth_name)
+                              detect_size=args.detect_size, pth_name=args.pth_name, upscale_to=args.upscale_to)
     record_written(out, outputs, "predict.py")
     n_photos, n_faces, failed = 0, 0, []
     for s in range(0, len(photos), CHUNK):

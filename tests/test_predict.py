@@ -105,3 +105,20 @@ def test_a_video_gets_an_annotated_copy_and_a_row_per_face_per_sampled_frame(tin
     p = run("predict.py", broken, "--run_dir", tiny_runs["single"], "--output_dir", out, check=False)
     assert_clean_error(p, "broken.mp4", "cannot be read as a video")
     assert not (out / "broken_pred.mp4").exists() and not (out / "broken.csv").exists()
+
+
+def test_a_small_photo_is_seen_upscaled_and_its_boxes_stay_in_its_own_pixels(tiny_runs):
+    """A 13 px face in a 300 x 200 photo: RetinaFace misses it as the photo is, finds it in the photo upscaled
+    to 512 (predict.py's default), and the box comes back in the photo's own pixels, where the face is."""
+    import cv2
+    import skimage.data
+
+    from masktk.predict.predictor import UPSCALE_TO, Predictor
+    canvas = np.full((200, 300, 3), 120, np.uint8)
+    canvas[50:110, 100:160] = cv2.resize(skimage.data.astronaut(), (60, 60), interpolation=cv2.INTER_AREA)
+    assert Predictor.from_run(tiny_runs["single"], "cpu", upscale_to=0).predict(canvas) == []
+    assert UPSCALE_TO == 512
+    faces = Predictor.from_run(tiny_runs["single"], "cpu").predict(canvas)
+    assert len(faces) == 1
+    x1, y1, x2, y2 = faces[0]["box"]
+    assert 100 <= x1 < x2 <= 160 and 50 <= y1 < y2 <= 110 and x2 - x1 < 20  # the face, in the photo's pixels

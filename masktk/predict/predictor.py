@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -19,6 +20,21 @@ from masktk.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from masktk.predict.backends import load_backend
 from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_groups, run_tta
 from masktk.train.decisions import decide, read_offsets
+
+# small photos are seen at this longest side by the detector: street photos of 400 x 280 px hide faces under 32 px
+# that it finds once they are larger; photos of the competition's 384 x 512, training crops' source, are seen as they
+# are (docs/results.md, Real masks as detections; docs/detectors.md, Small photos upscaled)
+UPSCALE_TO = 512
+
+
+def upscaled(img, side):
+    """-> (the image with its longest side raised to `side` where it is shorter, the factor); (img, 1.0) else."""
+    h, w = img.shape[:2]
+    if not side or max(h, w) >= side:
+        return img, 1.0
+    s = side / max(h, w)
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR), s
+
 
 # detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
 MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2, "retinaface": 0.5}
@@ -88,12 +104,14 @@ class Predictor:
     tta: str
     offsets: object
     device: object
+    upscale_to: int = 0  # a photo whose longest side is under this is seen upscaled to it by the detector
 
     @classmethod
     def from_run(cls, run_dir, device="auto", detector=None, backend="torch", *, tta=None, decision="fitted",
-                 min_score=None, detect_size=1024, pth_name="best.pth"):
+                 min_score=None, detect_size=1024, pth_name="best.pth", upscale_to=UPSCALE_TO):
         """A run folder (single, CV, multi or heads) -> Predictor. detector: unset, the one the run's
-        training crops were cut with; backend: torch, or onnx for the files export.py wrote."""
+        training crops were cut with; backend: torch, or onnx for the files export.py wrote; upscale_to: small
+        photos (longest side under it) are seen upscaled by the detector, their faces cut from the photo itself."""
         device = distributed.setup(device).device
         groups = find_groups(run_dir, pth_name)
         models = load_backend(backend, groups, device)
@@ -105,7 +123,8 @@ class Predictor:
         return cls(det=recipe.create_detector(device),
                    min_score=MIN_SCORE[recipe.detector] if min_score is None else min_score,
                    recipe=recipe, groups=groups, models=models, tta=tta or run_tta(groups, models),
-                   offsets=read_offsets(run_dir) if decision == "fitted" else None, device=device)
+                   offsets=read_offsets(run_dir) if decision == "fitted" else None, device=device,
+                   upscale_to=upscale_to)
 
     def predict(self, image):
         """A photo's path or an RGB uint8 array (H, W, 3) -> one dict per face: box (x1, y1, x2, y2),
@@ -116,8 +135,11 @@ class Predictor:
         return face_rows(faces, probs, labels)
 
     def faces_in(self, img):
-        """[(box, score, landmarks or None)] of the faces the detector finds at min_score or more."""
-        boxes, scores, marks = self.det.detect([img])[0]
+        """[(box, score, landmarks or None)] in the photo's pixels of the faces the detector finds at min_score or
+        more, in the photo upscaled to upscale_to where it is smaller (small faces are found far more often)."""
+        view, s = upscaled(img, self.upscale_to)
+        boxes, scores, marks = self.det.detect([view])[0]
+        boxes, marks = np.asarray(boxes, float) / s, None if marks is None else np.asarray(marks, float) / s
         return [(boxes[i], scores[i], landmarks_of(marks, i)) for i in range(len(boxes)) if scores[i] >= self.min_score]
 
     def find(self, files):
