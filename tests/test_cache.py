@@ -1,4 +1,5 @@
 """masktk/data/cache.py: the decode-once image cache."""
+import os
 import shutil
 
 import numpy as np
@@ -143,3 +144,18 @@ def test_temp_files_of_a_killed_run_are_cleaned_by_the_next_and_a_live_ones_kept
         paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:3]
         cached_images(paths, [((32, 32), "center")], cache)
         assert [f.name for f in cache.glob(".tmp-images-*")] == [live.name]
+
+
+def test_a_damaged_cache_is_decoded_again_not_trusted(tiny_root, tmp_path):
+    """The toolkit reads its cache back: a metadata file that is not its own (damaged, edited, another length) or
+    a data file cut short makes the next run decode the photos again, to the same rows."""
+    from masktk.data.cache import cached_images
+    paths = sorted((tiny_root / "train" / "images").rglob("*.jpg"))[:4]
+    key = ((32, 24), "center")
+    first = cached_images(paths, [key], tmp_path)[key]
+    rows = np.array(first.array)
+    for damage in (lambda c: c.meta.write_text("{not json"), lambda c: c.meta.write_text('{"ok": [true], "shape": []}'),
+                   lambda c: os.truncate(c.file, c.nbytes // 2)):
+        damage(first)
+        again = cached_images(paths, [key], tmp_path)[key]
+        assert again.exists() and np.array_equal(np.array(again.array), rows) and again.ok.all()

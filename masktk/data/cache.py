@@ -171,7 +171,15 @@ class ImageCache:
         self._arr = None
 
     def exists(self):
-        return self.file.exists() and self.meta.exists()
+        """Complete and intact: the data file of its full size, and the metadata finish() wrote for it. A damaged
+        or foreign cache (a torn copy, an edited file) is not used: it is decoded again."""
+        try:
+            meta = json.loads(self.meta.read_text())
+            ok = meta["ok"]
+            return (os.path.getsize(self.file) == self.nbytes and list(meta["shape"]) == list(self.shape)
+                    and isinstance(ok, list) and len(ok) == len(self.paths) and all(isinstance(v, bool) for v in ok))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     @property
     def ok(self):
