@@ -60,7 +60,11 @@ def check_address(host, port):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
             s.bind((host, port))
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or --host") from None
+        raise cannot_listen(host, port, e) from None
+
+
+def cannot_listen(host, port, e):
+    return UserError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or --host")
 
 
 @cli
@@ -83,9 +87,8 @@ def main(argv):
                                # the page answers uploads over --max_mb in JSON; far beyond it waitress cuts them off
                                max_request_body_size=int(args.max_mb * 2**21) + (1 << 20))
     except OSError as e:
-        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}): choose another --port or "
-                            "--host") from None
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):  # taken since check_address
+            raise cannot_listen(args.host, args.port, e) from None
         raise
     print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     server.run()

@@ -254,4 +254,5 @@ def load_dotenv_once():
 def name_table(about, default, indent=""):
     """Lines of `name  what it does` for a name -> description map, the default marked (loss.py, optimizer.py)."""
     width = max(map(len, about))
-    return [f"{indent}{name:<{width}}  {text}{'  (default)' if name == default else ''}" for name, text in about.items()]
+    return [f"{indent}{name:<{width}}  {text}{'  (default)' if name == default else ''}"
+            for name, text in about.items()]

@@ -157,6 +157,13 @@ def center_crop(img):
     return img[y1:y2, x1:x2]
 
 
+def side_size(w, h, side):
+    """(width, height) scaled so that the longest side is `side`, each side at least 1 px (a very thin photo's
+    short side would otherwise round to 0 and fail the resize)."""
+    s = side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
 def prepare(img, size, crop):
     """RGB image -> uint8 (H, W, 3) at the model's size. crop: 'center' (face region of a
     full photo), or 'none' (a faces/ crop)."""

@@ -73,19 +73,16 @@ def token_of(request):
 def photo_or_refusal(raw, name, limits):
     """-> (RGB image, None) or (None, (message, status)): the header read first, so a decompression bomb is
     refused by its pixel count before any decoder allocates it."""
+    not_photo = (f"{name} is not a photo this page can read (JPEG, PNG, WebP, BMP, TIFF)", 400)
     try:
         w, h = header_size(io.BytesIO(raw))
     except Exception:
-        w = h = None
-    if w is None:
-        return None, (f"{name} is not a photo this page can read (JPEG, PNG, WebP, BMP, TIFF)", 400)
+        return None, not_photo
     if w * h > limits.max_megapixels * 1e6:
         return None, (f"{name} is {w}x{h} ({w * h / 1e6:.0f} megapixels), over this page's {limits.max_megapixels:g}: "
                       "send a smaller photo", 413)
     img = decode_bytes(np.frombuffer(raw, np.uint8), io.BytesIO(raw))
-    if img is None:
-        return None, (f"{name} is not a photo this page can read (JPEG, PNG, WebP, BMP, TIFF)", 400)
-    return img, None
+    return (None, not_photo) if img is None else (img, None)
 
 
 def create_app(predictor, limits=PageLimits()):

@@ -35,8 +35,7 @@ def read_voc(data_dir, log=None):
         except ET.ParseError as e:
             log.warn("unreadable annotation", f"{x}: not readable XML ({e}), skipped")
             continue
-        photo = next((data_dir / "images" / (x.stem + e) for e in PHOTO_EXTS
-                      if (data_dir / "images" / (x.stem + e)).is_file()), None)
+        photo = find_photo(data_dir / "images", x.stem)
         if photo is None:
             log.warn("missing photo", f"{x}: no photo {x.stem}.png/.jpg in {data_dir / 'images'}, skipped")
             continue
@@ -45,6 +44,11 @@ def read_voc(data_dir, log=None):
             box = _voc_box(obj)
             rows += face_row(photo, x.stem, i, obj.findtext("name"), box, size, f"{x}: object {i}", log)
     return pd.DataFrame(rows, columns=FACE_COLUMNS)
+
+
+def find_photo(images_dir, rel):
+    """images_dir/rel.<a photo extension>, or None: annotations name their photo without its extension."""
+    return next((images_dir / (rel + e) for e in PHOTO_EXTS if (images_dir / (rel + e)).is_file()), None)
 
 
 def _voc_size(root):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masktk.data.voc import FACE_COLUMNS, PHOTO_EXTS, face_row, photo_size
+from masktk.data.voc import FACE_COLUMNS, face_row, find_photo, photo_size
 from masktk.errors import Log, UserError
 
 
@@ -50,8 +50,7 @@ def read_yolo(data_dir, log=None):
     rows = []
     for f in labels:
         rel = f.relative_to(d / "labels").with_suffix("")
-        photo = next((d / "images" / rel.with_suffix(e) for e in PHOTO_EXTS
-                      if (d / "images" / rel.with_suffix(e)).is_file()), None)
+        photo = find_photo(d / "images", rel.as_posix())
         size = photo_size(photo) if photo is not None else None
         if size is None:
             log.warn("missing photo", f"{f}: no readable photo images/{rel}.png/.jpg, skipped")

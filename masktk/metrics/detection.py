@@ -16,7 +16,7 @@ from masktk.data.face_boxes import box_layout, read_face_boxes
 from masktk.errors import Log, UserError
 from masktk.faces.boxes import box_iou, match_boxes
 from masktk.labels import MASK_NAMES
-from masktk.metrics.average_precision import ap_table, at_labels, mask_probs, pr_curves
+from masktk.metrics.average_precision import ap_table, ap_with_curves, at_labels, mask_probs
 from masktk.metrics.classification import macro_f1
 
 SIZE_BINS = ((32, 64), (64, 128), (128, 1_000_000))
@@ -64,11 +64,11 @@ def score_as_detector(data_dir, pred_dir, min_face=32, mode="all", min_score=0.5
     gt, preds = annotated_faces(data_dir, log), read_detections(pred_dir)
     log.summary()
     lowest = min((s for faces in preds.values() for _, s, _, _ in faces), default=None)
+    all_sizes, curves = ap_with_curves(gt, preds, 0, mode)
     return {"mode": mode, "min_face": min_face, "photos": len(gt), "photos_predicted": sum(s in preds for s in gt),
-            "lowest_score": lowest, "all_sizes": ap_table(gt, preds, 0, mode),
-            f"min_face_{min_face}": ap_table(gt, preds, min_face, mode),
+            "lowest_score": lowest, "all_sizes": all_sizes, f"min_face_{min_face}": ap_table(gt, preds, min_face, mode),
             "at_labels": at_labels(gt, preds, min_score), f"at_labels_min_face_{min_face}": at_labels(
-                gt, preds, min_score, min_face), "curves": pr_curves(gt, preds, 0, mode)}
+                gt, preds, min_score, min_face), "curves": curves}
 
 
 def pr_figure(curves, title=""):

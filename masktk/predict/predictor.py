@@ -15,7 +15,7 @@ from masktk import distributed
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, crop_for_model, landmarks_of
 from masktk.faces.detectors import DEFAULT_DETECTOR
-from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, too_large, why_unreadable
+from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, side_size, too_large, why_unreadable
 from masktk.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
 from masktk.predict.backends import load_backend
 from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_groups, run_tta
@@ -28,12 +28,13 @@ UPSCALE_TO = 512
 
 
 def upscaled(img, side):
-    """-> (the image with its longest side raised to `side` where it is shorter, the factor); (img, 1.0) else."""
+    """-> (the image with its longest side raised to `side` where it is shorter, [x, y] factors); (img, [1, 1])
+    else."""
     h, w = img.shape[:2]
     if not side or max(h, w) >= side:
-        return img, 1.0
-    s = side / max(h, w)
-    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR), s
+        return img, np.ones(2)
+    size = side_size(w, h, side)
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR), np.array([size[0] / w, size[1] / h])
 
 
 # detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
@@ -81,11 +82,10 @@ def _at_most(img, faces, side):
     h, w = img.shape[:2]
     if max(h, w) <= side:
         return img, faces
-    s = side / max(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
+    size = side_size(w, h, side)
     sx, sy = size[0] / w, size[1] / h
     small = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
-    return small, [{**f, "box": [f["box"][0] * sx, f["box"][1] * sy, f["box"][2] * sx, f["box"][3] * sy]} for f in faces]
+    return small, [{**f, "box": list(np.asarray(f["box"], float) * [sx, sy, sx, sy])} for f in faces]
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Predictor:
         more, in the photo upscaled to upscale_to where it is smaller (small faces are found far more often)."""
         view, s = upscaled(img, self.upscale_to)
         boxes, scores, marks = self.det.detect([view])[0]
-        boxes, marks = np.asarray(boxes, float) / s, None if marks is None else np.asarray(marks, float) / s
+        boxes, marks = np.asarray(boxes, float) / np.tile(s, 2), None if marks is None else np.asarray(marks, float) / s
         return [(boxes[i], scores[i], landmarks_of(marks, i)) for i in range(len(boxes)) if scores[i] >= self.min_score]
 
     def find(self, files):
