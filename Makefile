@@ -9,7 +9,7 @@ DEMO_ARGS := --train_dir $(DEMO)/train --model_dir model --img_size 112 96 --pro
 
 .PHONY: install test gpu-wheels gpu-wheels-decode demo demo-data bench clean realface-data realface-experiments realface-cv realface-ablations realmask-bench \
   realface-faces realface-cv-faces realface-cv-retina realmask-faces realface-batch-screens realface-recipe-screens detector-scores realface-cv-detectors realface-margin-screens realface-ensemble realmask-detectors \
-  realface-epochs realface-age-screens realface-grouping realmask-ap
+  realface-epochs realface-age-screens realface-grouping realmask-ap realmask-cv
 
 install: $(STAMP)
 
@@ -372,3 +372,22 @@ realmask-bench: realface-data
 	    $(PY) predict.py realmask/split$$s/test/images --run_dir model/$$r --tta none --detector mtcnn --output_dir output/rm/$${r}_on$$s > /dev/null && \
 	    printf "%-14s split %s " $$r $$s && $(PY) evaluation.py --boxes realmask/split$$s/test --output_dir output/rm/$${r}_on$$s | head -1; \
 	  done; done
+
+# The mask-set benchmark (docs/results.md, Mask sets alone): 5-fold CV by photo over the 300 Kaggle photos, a
+# mask-state model trained on the other folds' faces (train.py --train_dir on the VOC folder itself), every photo
+# predicted by the fold that never saw it and scored as a detector. MCV_EXTRA: extra training data (e.g.
+# ../shared/realdata/maskedfacenet_subset realface_faces/retina_m/train); MCV_ARGS: the variant's own flags.
+MCV_NAME ?= mcv
+MCV_EXTRA ?=
+MCV_ARGS ?=
+FOLD_PHOTOS = $(PY) -c "import pandas as pd, sys; o = pd.read_csv('model/$(MCV_NAME)/oof.csv'); \
+  print(' '.join(sorted({'$(KAGGLE)/' + p.split(':', 1)[1] for p in o[o.fold == int(sys.argv[1])].people_path})))"
+realmask-cv:
+	$(PY) train.py $(RM_ARGS) --train_dir $(KAGGLE) --cv True $(if $(MCV_EXTRA),--extra_data $(MCV_EXTRA)) $(MCV_ARGS) \
+	  --run_dir model/$(MCV_NAME)
+	rm -rf output/mcv/$(MCV_NAME)
+	for i in 0 1 2 3 4; do \
+	  $(PY) predict.py $$($(FOLD_PHOTOS) $$i) --run_dir model/$(MCV_NAME)/fold$$i --tta none --min_score 0.02 \
+	    --output_dir output/mcv/$(MCV_NAME) > /dev/null || exit 1; \
+	done
+	$(PY) evaluation.py --boxes output/mcv/$(MCV_NAME) --eval_dir $(KAGGLE) | grep -E '^(AP|at the)'

@@ -3,8 +3,9 @@
     SM_GROUND_TRUTH_DIR=demo_data/eval SM_OUTPUT_DATA_DIR=output python evaluation.py
     python evaluation.py --gt_dir demo_data/eval --output_dir output --output_name output
 
-Reads <gt_dir>/gt.csv and <output_dir>/<output_name>.csv (both ImageID, ans). Prints JSON (f1,
-accuracy, per-task F1, per-class precision/recall/F1/support) and writes
+Reads <gt_dir>/gt.csv and <output_dir>/<output_name>.csv (both ImageID, ans; a mask-only run's submission has
+ImageID, mask and is scored on the mask state alone). Prints JSON (f1, accuracy, per-task F1, per-class
+precision/recall/F1/support) and writes
 <output_dir>/<output_name>_confusion.png and <output_name>_scores.json.
 
     python evaluation.py --boxes predictions --eval_dir ../shared/realdata/kaggle_facemask [--min_face 32]
@@ -31,8 +32,7 @@ from sklearn.metrics import classification_report
 from masktk.cli import add_bool, cli, demo_note, env_default, fraction, load_dotenv_once, make_parser, positive
 from masktk.data.face_boxes import box_layout
 from masktk.files import atomic_path, write_json_atomic
-from masktk.labels import class_names
-from masktk.metrics.classification import CLASSES, confusion_figure, evaluate_files, per_class, score
+from masktk.metrics.classification import confusion_figure, evaluate_files, per_class, score
 from masktk.metrics.detection import pr_figure, print_boxes, print_detector_scores, score_as_detector, score_boxes
 from masktk.outputs import check_outputs, record_written
 
@@ -67,20 +67,22 @@ def main(argv):
         return score_boxes_cli(args)
     demo_note(args.eval_dir, "demo_data/eval", "SM_GROUND_TRUTH_DIR", ("--eval_dir", "--gt_dir"), argv)
     out_dir = Path(args.output_dir or env_default("SM_OUTPUT_DATA_DIR", "output"))
-    y_true, y_pred = evaluate_files(Path(args.eval_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
-    result = {**score(y_true, y_pred), "n": int(len(y_true)), "per_class": per_class(y_true, y_pred)}
+    y_true, y_pred, answer = evaluate_files(Path(args.eval_dir) / args.gt_name, out_dir / f"{args.output_name}.csv")
+    result = {**score(y_true, y_pred, answer), "n": int(len(y_true)), "tasks": list(answer.tasks)}
+    y_true, classes = answer.of_labels(y_true), answer.names()  # a mask-only run's submission is scored on mask states
+    result["per_class"] = per_class(y_true, y_pred, classes)
     names = [f"{args.output_name}_scores.json", f"{args.output_name}_confusion.png"]
     check_outputs(out_dir, names, "--output_dir or --output_name", [Path(args.eval_dir) / args.gt_name], False)
     record_written(out_dir, names, "evaluation.py")
     write_json_atomic(out_dir / f"{args.output_name}_scores.json", result)
-    fig = confusion_figure(y_true, y_pred, f"macro F1 {result['f1']:.4f}, accuracy {result['accuracy']:.4f}")
+    fig = confusion_figure(y_true, y_pred, f"macro F1 {result['f1']:.4f}, accuracy {result['accuracy']:.4f}", classes)
     with atomic_path(out_dir / f"{args.output_name}_confusion.png") as tmp:
         fig.savefig(tmp, dpi=110)
     print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
     if not args.per_class:
         return
-    print(classification_report(y_true, y_pred, labels=CLASSES, target_names=[f"{c:>2} {n}" for c, n in
-                                zip(CLASSES, class_names())], digits=3, zero_division=0))
+    print(classification_report(y_true, y_pred, labels=list(range(len(classes))),
+                                target_names=[f"{c:>2} {n}" for c, n in enumerate(classes)], digits=3, zero_division=0))
 
 
 def score_boxes_cli(args):

@@ -6,7 +6,8 @@
     python inference.py --ensemble=True --ensemble_runs model/exp model/exp2 --weights 1 2
 
 Writes <output_dir>/<output_name>.csv (ImageID, ans in info.csv's order) and
-<output_dir>/<output_name>_probs.npy (N x 18 float32 probabilities, same order) for later ensembling.
+<output_dir>/<output_name>_probs.npy (N x 18 float32 probabilities, same order) for later ensembling. A run
+trained on a mask set answers the mask state alone: ImageID, mask (0 wear, 1 incorrect, 2 not wear) and N x 3.
 Checkpoints describe themselves (architecture, input size, normalisation, crop), so no model flags.
 Each eval image is decoded once, whatever the number of models and TTA views.
 """
@@ -25,11 +26,12 @@ from masktk.data.table import read_eval
 from masktk.errors import UserError
 from masktk.faces.detectors import DETECTORS
 from masktk.files import atomic_path, writable_dir, write_csv_atomic
+from masktk.labels import FULL, MASK_ONLY
 from masktk.outputs import check_outputs, record_written
 from masktk.predict.backends import load_torch_models
 from masktk.predict.person_pooling import SCENE_DISTANCE, NoPooling, ScenePooling
-from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_groups, run_tta
-from masktk.predict.submission import checkpoint_name, ensemble_offsets, load_eval_images, vote
+from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_answer, run_groups, run_tta
+from masktk.predict.submission import checkpoint_name, common_answer, ensemble_offsets, load_eval_images, vote
 from masktk.runs import add_run_flags, chosen_run, resolve_run_path
 from masktk.train.decisions import read_offsets
 from masktk.tta import TTA_VIEWS
@@ -116,13 +118,18 @@ def main(argv):
     arrays = load_eval_images(args.eval_dir, metas, args.source, args.cache_dir or Path(args.output_dir) / ".cache",
                               device if args.gpu_decode else "cpu", eval_crop_recipe(metas, args.detector))
     ttas = [args.tta or run_tta(gs, models) for gs in run_groups_]
-    pool = ScenePooling(photos, args.group_distance) if args.group_people else NoPooling()
+    answers = [run_answer(gs, models) for gs in run_groups_]
+    # pooling shares a person's gender and age across their photos: nothing to share for a mask-only answer
+    pool = ScenePooling(photos, args.group_distance) if args.group_people and MASK_ONLY not in answers else NoPooling()
     run_probs = [pool(run_groups(gs, arrays, models, tta=tta, batch_size=batch_size, device=device, amp=args.amp))
                  for gs, tta in zip(run_groups_, ttas)]
     run_offsets = [read_offsets(r) if args.decision == "fitted" else None for r in runs]
-    offsets, how = ensemble_offsets(runs, weights, run_offsets) if args.decision == "fitted" else (None, "argmax")
+    answer, run_probs, run_offsets = common_answer(answers, run_probs, run_offsets)
+    offsets, how = (ensemble_offsets(runs, weights, run_offsets, answer) if args.decision == "fitted"
+                    else (None, "argmax"))
     probs, ans = vote(run_probs, weights, args.vote, offsets, run_offsets)
-    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans": ans.astype(int)})
+    # a mask-only run answers the mask state: its submission says so (column mask), never an invented 18-class ans
+    sub = pd.DataFrame({"ImageID": info["ImageID"], "ans" if answer == FULL else "mask": ans.astype(int)})
     record_written(out, names, "inference.py")
     with atomic_path(out / f"{args.output_name}_probs.npy") as tmp:
         np.save(tmp, probs.astype(np.float32))

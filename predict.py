@@ -13,12 +13,12 @@ import sys
 
 from masktk.cli import cli, fraction, load_dotenv_once, make_parser, positive
 from masktk.errors import UserError
-from masktk.faces.detectors import DEFAULT_DETECTOR, DETECTORS
+from masktk.faces.detectors import DEFAULT_DETECTOR, DETECTORS, UPSCALE_TO
 from masktk.files import writable_dir
 from masktk.outputs import check_outputs, record_written
 from masktk.predict.backends import BACKENDS
 from masktk.predict.photos import CHUNK, collect, output_names, predict_chunk
-from masktk.predict.predictor import MIN_SCORE, UPSCALE_TO, Predictor
+from masktk.predict.predictor import MIN_SCORE, Predictor
 from masktk.predict.video import VIDEO_EXTS, predict_video
 from masktk.runs import add_run_flags, chosen_run
 from masktk.tta import TTA_VIEWS

@@ -3,10 +3,14 @@
     python synthetic.py --out demo_data                         # drawn people (default 150)
     python synthetic.py --out big --people 1000 --seed 1
     python synthetic.py --faces ../shared/realdata/utkface_subset --out realface_data
+    python synthetic.py --layout voc --out mask_voc --people 40  # a mask set: VOC, yolo or folders
 
 Writes <out>/train/images/<id>_<gender>_<race>_<age>/{mask1..5,incorrect_mask,normal}.jpg,
 <out>/train/train.csv, <out>/eval/images/<hash>.jpg, <out>/eval/info.csv (ans=0) and the ground
 truth <out>/eval/gt.csv (ImageID, ans). Deterministic for a seed. The split is by person.
+--layout voc|yolo writes a public mask set's layout instead (street-like photos of three faces with their boxes,
+mask state only), --layout folders its face crops in with_mask/, incorrect_mask/, without_mask/: each drawn person
+wears the mask right, wrong (nose or chin out) and not at all.
 
 Drawn people: identity (face shape, skin, hair) is shared by a person's 7 photos; gender and age are
 carried by noisy cues (hair length and colour, face width, lips, brows, wrinkles, grey hair) that
@@ -18,6 +22,7 @@ from __future__ import annotations
 from masktk.cli import cli, fraction, make_parser, positive
 from masktk.data.drawn import drawn_people
 from masktk.data.write_layout import check_replaceable, write_dataset
+from masktk.data.write_mask_set import MASK_SET_LAYOUTS, write_mask_set
 
 
 @cli
@@ -38,8 +43,16 @@ def main(argv):
     ap.add_argument("--scene", choices=("photo", "person"), default="photo", help="with --faces: background and "
                     "shirt drawn per photo, or shared by a person's photos as in the competition's (inference.py "
                     "--group_people can then find a person's photos)")
+    ap.add_argument("--layout", choices=("competition",) + MASK_SET_LAYOUTS, default="competition",
+                    help="competition (train/ and eval/ with gender and age), or a mask set: voc, yolo, folders")
     args = ap.parse_args(argv)
     check_replaceable(args.output_dir)  # before any drawing
+    if args.layout != "competition":
+        from masktk.data.drawn import draw_mask_set_person
+        faces = [f for person in drawn_people(args.people, args.seed, draw_mask_set_person) for f in person]
+        photos, n = write_mask_set(faces, args.output_dir, args.layout)
+        print(f"wrote {args.output_dir}: a {args.layout} mask set of {n} faces in {photos} photos")
+        return
     if args.faces:
         from masktk.data.composed import real_people
         people = real_people(args.faces, args.faces_csv, args.seed, args.limit, args.masks, args.scene)

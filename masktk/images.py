@@ -198,3 +198,13 @@ def write_image(path, rgb, quality=95):
 def list_images(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and p.suffix.lower() in IMG_EXTS and not p.name.startswith("."))
+
+
+def upscaled(img, side):
+    """-> (the image with its longest side raised to `side` where it is shorter, [x, y] factors); (img, [1, 1])
+    else."""
+    h, w = img.shape[:2]
+    if not side or max(h, w) >= side:
+        return img, np.ones(2)
+    size = side_size(w, h, side)
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR), np.array([size[0] / w, size[1] / h])

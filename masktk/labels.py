@@ -4,6 +4,7 @@ submission (evaluation.py) needs neither torch nor OpenCV.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,6 +98,61 @@ def class_names():
 
 
 MULTI_TASKS = ("mask", "gender", "age")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a run answers: the 18 classes (mask, gender and age), or the mask state alone (a run trained on a public
+    mask set, whose photos carry no gender or age). Its class ids are 18-class labels, or mask states."""
+    name: str  # "label" or "mask": the task whose classes it decides
+    tasks: tuple  # the tasks it answers; the others are absent from its outputs, never invented
+
+    @property
+    def classes(self):
+        return TASKS[self.name]
+
+    def of_labels(self, labels):
+        """18-class labels -> this answer's class ids."""
+        return np.asarray(labels) if self.name == "label" else decode(labels)[0]
+
+    def of_probs(self, p18):
+        """(N, 18) class probabilities -> (N, classes): the mask state's sum over gender and age for a mask answer."""
+        p = np.asarray(p18)
+        return p if self.name == "label" else p.reshape(len(p), 3, 6).sum(2)
+
+    def names(self):
+        """Its classes' names: 'wear/male/<30', ... or the mask states'."""
+        return class_names() if self.name == "label" else list(MASK_NAMES)
+
+    def fields(self, k):
+        """A class id -> {label, mask, gender, age, and their names}: None where the run does not answer it."""
+        if self.name == "label":
+            m, g, a = (int(v) for v in decode(int(k)))
+            return dict(label=int(k), mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
+                        age_name=AGE_NAMES[a])
+        return dict(label=None, mask=int(k), gender=None, age=None, mask_name=MASK_NAMES[int(k)], gender_name=None,
+                    age_name=None)
+
+
+FULL = Answer("label", MULTI_TASKS)
+
+
+MASK_ONLY = Answer("mask", ("mask",))
+
+
+ANSWERS = {a.classes: a for a in (FULL, MASK_ONLY)}
+
+
+def answer_of(width):
+    """A probability width (18 or 3) -> its Answer."""
+    if width not in ANSWERS:
+        raise ValueError(f"{width} probabilities per face: {' or '.join(map(str, ANSWERS))} expected")
+    return ANSWERS[width]
+
+
+def face_text(row, sep=" | "):
+    """A face row's answered labels in words: 'wear | female | <30', or 'wear' for a mask-only run."""
+    return sep.join(row[k] for k in ("mask_name", "gender_name", "age_name") if row.get(k) is not None)
 
 
 # the class names public mask datasets use (VOC object names, YOLO class names, folder names) -> mask id; the

@@ -25,12 +25,14 @@ def task_probs(logits, tasks):
 
 def combine_probs(probs):
     """{task: (N, K) probabilities} -> (N, 18): the 18-class distribution as given ('label'), or
-    the product of the mask, gender and age distributions (tasks taken as independent). A 'years'
-    head is a training aid and takes no part: folding its age bands in (a product of experts) cost
-    0.10 macro F1 on one fold of the real-face CV, as its distribution over 43 years rarely gives the
-    one year that stands for '60 and over' enough weight."""
+    the product of the mask, gender and age distributions (tasks taken as independent); (N, 3) the mask
+    state's alone for a mask-only model. A 'years' head is a training aid and takes no part: folding its age
+    bands in (a product of experts) cost macro F1 (docs/results.md), as its distribution over 43 years rarely
+    gives the one year that stands for '60 and over' enough weight."""
     if "label" in probs:
         return probs["label"]
+    if set(probs) - {"years"} == {"mask"}:  # a run trained on a mask set: it answers the mask state alone
+        return probs["mask"]
     missing = {"mask", "gender", "age"} - set(probs)
     if missing:
         raise UserError(f"cannot form the 18 classes: no model for {sorted(missing)}")

@@ -42,7 +42,8 @@ document.getElementById("photo").addEventListener("change", async (ev) => {
   img.src = answer.annotated; img.style.display = "block";
   for (const f of answer.faces) {
     const li = document.createElement("li");
-    li.textContent = f.mask_name + " | " + f.gender_name + " | " + f.age_name + " (" +
+    // a run trained on a mask set answers the mask state alone: its gender and age are null
+    li.textContent = [f.mask_name, f.gender_name, f.age_name].filter(v => v !== null).join(" | ") + " (" +
                      Math.max(...f.probs).toFixed(2) + ")";
     list.appendChild(li);
   }
@@ -121,7 +122,8 @@ def create_app(predictor, limits=PageLimits()):
             faces = predictor.predict(img)
             buf = io.BytesIO()
             annotate(img, faces).save(buf, "JPEG", quality=90)
-        return jsonify(faces=faces, annotated="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
+        return jsonify(tasks=list(predictor.answer.tasks), faces=faces,
+                       annotated="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):

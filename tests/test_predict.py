@@ -113,7 +113,8 @@ def test_a_small_photo_is_seen_upscaled_and_its_boxes_stay_in_its_own_pixels(tin
     import cv2
     import skimage.data
 
-    from masktk.predict.predictor import UPSCALE_TO, Predictor
+    from masktk.faces.detectors import UPSCALE_TO
+    from masktk.predict.predictor import Predictor
     canvas = np.full((200, 300, 3), 120, np.uint8)
     canvas[50:110, 100:160] = cv2.resize(skimage.data.astronaut(), (60, 60), interpolation=cv2.INTER_AREA)
     assert Predictor.from_run(tiny_runs["single"], "cpu", upscale_to=0).predict(canvas) == []

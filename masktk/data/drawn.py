@@ -52,6 +52,11 @@ def _ellipse(cx, cy, rx, ry, a0=0, a1=2 * math.pi, n=48):
 
 def render(p, mask_state, rng, mask_style=None):
     """One 384x512 photo. mask_state: 'wear' | 'nose' (nose exposed) | 'chin' (only chin) | 'none'."""
+    return render_with_box(p, mask_state, rng, mask_style)[0]
+
+
+def render_with_box(p, mask_state, rng, mask_style=None):
+    """-> (the photo as render draws it, its face's box (x1, y1, x2, y2) in pixels: chin to hairline, ear to ear)."""
     bg = np.linspace(p["bg"][0], p["bg"][1], H, dtype=np.float32)[:, None, :]
     img = Image.fromarray((bg + 6 * rng.standard_normal((H, W, 3), dtype=np.float32)).clip(0, 255).astype(np.uint8))
     scale = 72 * rng.uniform(0.88, 1.12)
@@ -71,7 +76,8 @@ def render(p, mask_state, rng, mask_style=None):
     _draw_head(d, T, p, scale)
     if mask_state != "none":
         _draw_mask(d, T, mask_state, mask_style)
-    return _light_and_encode(img, rng)
+    face = np.asarray(T(_ellipse(0, 0.0, 1.0, 1.35)))  # the face oval with its forehead up to the hairline
+    return _light_and_encode(img, rng), tuple(float(v) for v in (*face.min(0), *face.max(0)))
 
 
 def _col(c, jitter=0):
@@ -155,9 +161,25 @@ def draw_person(seed_i):
     return p, photos
 
 
-def drawn_people(n, seed):
-    """Yields (person, photos) for n drawn people, rendered in parallel (each person has its own
-    random stream, so the output is the same for any number of processes)."""
+# a mask set's three states, drawn as the competition's photos are: worn, worn wrong (nose or chin), none
+MASK_SET_STATES = (("wear", 0), ("nose", 1), ("chin", 1), ("none", 2))
+
+
+def draw_mask_set_person(seed_i):
+    """(seed, i) -> [(jpeg bytes, face box, mask id)]: a drawn person's photos for a mask set, one per mask id, the
+    incorrect one with its nose or its chin exposed."""
+    seed, i = seed_i
+    rng = np.random.default_rng([seed, i, 3])
+    p = sample_person(rng, i)
+    style = (SHAPES[rng.integers(3)], MASK_COLOURS[rng.integers(len(MASK_COLOURS))])
+    wrong = "nose" if rng.random() < 0.7 else "chin"
+    return [(*render_with_box(p, state, rng, style), m) for state, m in MASK_SET_STATES
+            if state in ("wear", wrong, "none")]
+
+
+def drawn_people(n, seed, draw=draw_person):
+    """Yields draw((seed, i)) for n drawn people ((person, photos) by default), rendered in parallel (each person has
+    its own random stream, so the output is the same for any number of processes)."""
     import multiprocessing as mp
     with mp.get_context("fork").Pool(min(os.cpu_count() or 1, 8)) as pool:
-        yield from pool.imap(draw_person, [(seed, i) for i in range(n)], chunksize=4)
+        yield from pool.imap(draw, [(seed, i) for i in range(n)], chunksize=4)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +18,11 @@ from masktk.data.face_boxes import box_layout, read_face_boxes
 from masktk.data.table import DEFAULT_FIXES, build_table, has_faces, read_eval
 from masktk.distributed import log_main
 from masktk.errors import UserError
+from masktk.faces.boxes import match_boxes
 from masktk.faces.crop import DEFAULT_MARGIN, CropRecipe, crop_for_model, read_crop_recipe, select_face
+from masktk.faces.detectors import UPSCALE_TO
 from masktk.files import write_csv_atomic
-from masktk.images import list_images, read_rgb, write_image
+from masktk.images import list_images, read_rgb, upscaled, write_image
 from masktk.labels import AGE_MIN, age_class, decode, encode, mask_of_name
 
 PSEUDO_YEARS = (24, 45, 60)  # an age in years for each predicted band
@@ -36,6 +39,8 @@ def training_crop_recipe(cfg):
     """The recipe face_image.py cut the training faces/ with, as a dict for the checkpoints (inference and
     predict.py cut eval photos by it); None for whole photos and for crops cut before recipes were kept."""
     d = Path(cfg.train_dir)
+    if mask_only_main(cfg):  # its faces are cut as the default detector's recipe cuts them, at prediction too
+        return CropRecipe().to_dict()
     recipe = read_crop_recipe(d / "faces") if resolve_source(d, cfg.source) == "faces" else None
     return recipe.to_dict() if recipe else None
 
@@ -57,13 +62,15 @@ def load_data(cfg, log, decode_on="cpu"):
     tables = []
     fixes = cfg.fixes or str(DEFAULT_FIXES)
     cache_dir = Path(cfg.cache_dir or Path(cfg.model_dir) / ".cache")
-    main_crop = "none" if resolve_source(Path(cfg.train_dir), cfg.source) == "faces" else "center"
+    faces = mask_only_main(cfg) or resolve_source(Path(cfg.train_dir), cfg.source) == "faces"
+    main_crop = "none" if faces else "center"
     for i, d in enumerate([cfg.train_dir] + list(cfg.extra_data)):
         d = Path(d)
         if not d.is_dir():
             raise UserError(f"{d} is not a directory: set SM_CHANNEL_TRAIN / --train_dir / --extra_data to a "
-                            "training dir holding train.csv and images/ (python synthetic.py makes a demo one)")
-        if i > 0 and mask_only_layout(d):
+                            "training dir holding train.csv and images/, or a mask set (VOC, YOLO, a folder per "
+                            "class) (python synthetic.py makes a demo one)")
+        if mask_only_layout(d):
             tables.append(mask_only_table(d, i, main_crop, cfg, cache_dir, log))
             continue
         t = build_table(d, tuple(cfg.age_bounds), fixes, cfg.max_bad, log)
@@ -109,18 +116,25 @@ def load_data(cfg, log, decode_on="cpu"):
     return table, images
 
 
+def mask_only_main(cfg):
+    """True when --train_dir is a mask set (VOC, YOLO, a folder per class): the run learns the mask state alone."""
+    return Path(cfg.train_dir).is_dir() and mask_only_layout(cfg.train_dir) is not None
+
+
 def mask_only_table(d, i, main_crop, cfg, cache_dir, log):
-    """Rows for a dataset labelled with mask status only (face_image.mask_only_layout): one face crop per
-    labelled face, cut once into the cache by rank 0. Gender and age are unknown (full = False: no
-    loss for them); each face counts as its own person, always on the training side."""
-    key = hashlib.sha1(f"{d.resolve()}|{main_crop}|{cfg.extra_min_face}|1".encode()).hexdigest()[:16]
+    """Rows for a dataset labelled with mask status only (mask_only_layout): one face crop per labelled face, cut
+    once into the cache by rank 0. Gender and age are unknown (full = False: no loss for them). Each photo is a
+    person for the splits (its faces stay on one side); as extra data (i > 0) always on the training side."""
+    key = hashlib.sha1(f"{d.resolve()}|{main_crop}|{cfg.extra_min_face}|{cfg.mask_boxes}|3".encode()).hexdigest()[:16]
     faces = distributed.rank0_first(lambda: mask_only_faces(d, main_crop, cfg.extra_min_face,
-                                                            cache_dir / "mask_only" / key, log))
+                                                            cache_dir / "mask_only" / key, log, cfg.mask_boxes))
+    where = f"extra{i}" if i else "photo"
     t = pd.DataFrame({"path": faces["file"], "file": faces["file"], "mask": faces["mask"], "gender": 0, "age": 0,
-                      "age_years": AGE_MIN, "people_path": [f"extra{i}:face{n}" for n in range(len(faces))]})
+                      "age_years": AGE_MIN, "people_path": [f"{where}:{p}" for p in faces["photo"]]})
     t["label"] = encode(t["mask"], 0, 0)
-    t["crop"], t["extra"], t["full"] = "none", True, False
-    log_main(f"{d}: {len(t)} faces labelled with mask status only ({int(faces['found'].sum())} boxes given or found)")
+    t["crop"], t["extra"], t["full"] = "none", i > 0, False
+    log_main(f"{d}: {len(t)} faces labelled with mask status only ({int(faces['found'].sum())} boxes given or found, "
+             f"{int(faces['detected'].sum())} of them the detector's)")
     return t
 
 
@@ -180,7 +194,7 @@ def resolve_data_dir(cfg):
     return cfg
 
 
-# --- photos labelled with mask status only (train.py --extra_data) -------------------------------
+# --- photos labelled with mask status only (a mask set) -----------------------------------------
 def mask_folders(data_dir):
     """{folder: mask id} of a folder-per-class set: the subfolders named by a mask state (with_mask/,
     incorrect_mask/, without_mask/, or the other names public sets use: labels.MASK_SET_NAMES)."""
@@ -210,39 +224,60 @@ def _labelled_faces(data_dir, layout, min_face, log=None):
             for rel in list_images(d / name)]
 
 
-def mask_only_faces(data_dir, crop, min_face, out_dir, log=None):
+# an annotated face takes the detector's box where one overlaps it this much (their median IoU on Kaggle is 0.665)
+MATCH_IOU = 0.4
+
+
+def mask_only_faces(data_dir, crop, min_face, out_dir, log=None, boxes="annotated"):
     """One crop per labelled face of a mask-only dataset, cut by the shared crop function as the main
     model sees faces (crop 'none': the face crop; 'center': the centre-like window), written once as
-    PNG under out_dir with faces.csv (file, mask, found). 'boxes': the annotated faces of at least
-    min_face px, with DEFAULT_MARGIN; 'folders': the most plausible face the default detector finds in each
+    PNG under out_dir with faces.csv (file, mask, found, detected, photo). 'boxes': the annotated faces of at least
+    min_face px, cut as _face_cuts says; 'folders': the most plausible face the default detector finds in each
     photo, with its margins, else the whole photo (most such photos are face crops already).
-    -> DataFrame(file, mask, found)."""
+    -> DataFrame(file, mask, found, detected, photo)."""
     out_dir = Path(out_dir)
     if (out_dir / "faces.csv").is_file():
         return pd.read_csv(out_dir / "faces.csv")
     layout = mask_only_layout(data_dir)
     recipe = CropRecipe()
-    detector, margin = (recipe.create_detector(), recipe.margin) if layout == "folders" else (None, DEFAULT_MARGIN)
+    detector = recipe.create_detector() if layout == "folders" or boxes == "detected" else None
     rows = []
-    for n, (photo, box, mask) in enumerate(_labelled_faces(data_dir, layout, min_face, log)):
+    for photo, faces in itertools.groupby(_labelled_faces(data_dir, layout, min_face, log), key=lambda f: f[0]):
+        faces = list(faces)
         img = read_rgb(photo)
         if img is None:
             if log:
                 log.warn("unreadable image", f"{photo}: unreadable, skipped")
             continue
-        h, w = img.shape[:2]
-        found = box is not None
-        if not found:
-            boxes, scores, _ = detector.detect([img])[0]
-            k = select_face(boxes, scores, w, h)
-            found = k is not None
-            box = tuple(boxes[k]) if found else (0, 0, w, h)
-        file = out_dir / f"{n:06d}.png"
-        write_image(file, crop_for_model(img, box, crop, margin))
-        rows.append(dict(file=str(file), mask=int(mask), found=bool(found)))
+        for (box, margin, found, detected), (_, _, mask) in zip(_face_cuts(img, faces, detector, recipe), faces):
+            file = out_dir / f"{len(rows):06d}.png"
+            write_image(file, crop_for_model(img, box, crop, margin))
+            rows.append(dict(file=str(file), mask=int(mask), found=found, detected=detected,
+                             photo=os.path.relpath(photo, data_dir)))
     if not rows:
         raise UserError(f"{data_dir}: no labelled face to train on (faces smaller than --extra_min_face {min_face} px "
                         "are left out)")
     table = pd.DataFrame(rows)
     write_csv_atomic(table, out_dir / "faces.csv")  # written last: its presence marks the crops complete
     return table
+
+
+def _face_cuts(img, faces, detector, recipe):
+    """-> [(box, margin, found, detected)] for a photo's labelled faces. A folder's photo: its most plausible face
+    as the detector finds it (the whole photo when none). Annotated faces: their own box with DEFAULT_MARGIN, or,
+    given a detector, the detection overlapping it (IoU >= MATCH_IOU) with the recipe's margins, as prediction
+    cuts faces (in the photo upscaled as predict.py sees it)."""
+    h, w = img.shape[:2]
+    if faces[0][1] is None:
+        found, scores, _ = detector.detect([img])[0]
+        k = select_face(found, scores, w, h)
+        return [(tuple(found[k]), recipe.margin, True, True) if k is not None else ((0, 0, w, h), recipe.margin,
+                                                                                    False, False)]
+    cuts = [(box, DEFAULT_MARGIN, True, False) for _, box, _ in faces]
+    if detector is None:
+        return cuts
+    view, s = upscaled(img, UPSCALE_TO)
+    found = np.asarray(detector.detect([view])[0][0], float).reshape(-1, 4) / np.tile(s, 2)
+    for g, k in match_boxes(np.asarray([box for _, box, _ in faces], float), found, MATCH_IOU):
+        cuts[g] = (tuple(found[k]), recipe.margin, True, True)
+    return cuts

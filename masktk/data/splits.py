@@ -49,10 +49,19 @@ def kfold_split(people, k=5, seed=42):
 
 
 # --- plan: which (fold, task) units this invocation trains ---------------------------------------
+# a photo of a mask set is stratified by the rarest mask state among its faces: incorrect, then none, then worn
+RAREST_FIRST = (1, 2, 0)
+
+
 def split_people(table):
     """The people a run's splits are drawn from (with the seed): the main dataset's, with the labels that
-    stratify them."""
-    return people_of(table[~table["extra"]].assign(sub_label=lambda t: t["label_official"] % 6))
+    stratify them (gender and age; for a mask set's photos, their rarest mask state)."""
+    main = table[~table["extra"]]
+    if not main["full"].all():
+        rank = main["mask"].map({m: k for k, m in enumerate(RAREST_FIRST)})
+        rarest = rank.groupby(main["people_path"]).transform("min").map(dict(enumerate(RAREST_FIRST)))
+        return people_of(main.assign(sub_label=rarest))
+    return people_of(main.assign(sub_label=lambda t: t["label_official"] % 6))
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,12 @@ def plan_units(cfg, table):
     else:
         splits = [("", holdout_split(main_people, cfg.val_ratio, cfg.seed))]
     years = ("years",) if cfg.years_weight > 0 else ()
-    if cfg.multi:
+    if not table.loc[~table["extra"], "full"].all():  # a mask set: the mask state is all its photos teach
+        if cfg.multi or cfg.heads or cfg.years_weight > 0:
+            raise UserError(f"{cfg.train_dir} is a mask set (mask state only): --multi, --heads and --years_weight "
+                            "need gender and age labels; leave them out")
+        task_sets = [(("mask",), "")]
+    elif cfg.multi:
         task_sets = [((t,) + (years if t == "age" else ()), t) for t in MULTI_TASKS]
     elif cfg.heads:
         task_sets = [(MULTI_TASKS + years, "")]

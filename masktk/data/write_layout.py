@@ -72,12 +72,18 @@ def write_dataset(people, out, eval_ratio, seed):
     ev.to_csv(tmp / "eval" / "gt.csv", index=False)
     if boxes:
         pd.DataFrame(boxes).to_csv(tmp / "faces_gt.csv", index=False)
+    move_into_place(tmp, out)
+    return len(train_rows), len(ev) // 7
+
+
+def move_into_place(tmp, out):
+    """The folder written at `tmp` becomes `out`, listed as synthetic.py's and replacing whole what was there
+    (never a mix of two generations), checked again: `out` may have appeared while the photos were drawn."""
     record_written(tmp, [f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file()], "synthetic.py")
     try:
-        check_replaceable(out)  # again: it may have appeared while the people were drawn
+        check_replaceable(out)
     except UserError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(out, ignore_errors=True)  # replaced whole: never a mix of two generations
+    shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return len(train_rows), len(ev) // 7

@@ -153,6 +153,12 @@ DETECTORS = {
 DEFAULT_DETECTOR = "retinaface"
 
 
+# small photos are seen at this longest side by the detector: street photos of 400 x 280 px hide faces under 32 px
+# that it finds once they are larger; photos of the competition's 384 x 512, training crops' source, are seen as they
+# are (docs/results.md, Real masks as detections; docs/detectors.md, Small photos upscaled)
+UPSCALE_TO = 512
+
+
 def create_detector(name=DEFAULT_DETECTOR, device="auto", detect_size=DETECT_SIZE, thresholds=MTCNN_THRESHOLDS,
                     second_pass=True):
     if name not in DETECTORS:

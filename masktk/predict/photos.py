@@ -9,6 +9,7 @@ from pathlib import Path
 from masktk.errors import UserError
 from masktk.files import atomic_path, write_json_atomic
 from masktk.images import IMG_EXTS
+from masktk.labels import face_text
 from masktk.outputs import written_here
 from masktk.predict.predictor import annotate, face_rows
 from masktk.predict.video import VIDEO_EXTS
@@ -54,12 +55,13 @@ def output_names(files):
     return names
 
 
-def write_photo(out, name, f, img, rows, detector):
-    write_json_atomic(out / f"{name}.json", {"photo": str(f), "detector": detector, "faces": rows})
+def write_photo(out, name, f, img, rows, detector, tasks):
+    write_json_atomic(out / f"{name}.json", {"photo": str(f), "detector": detector, "tasks": list(tasks),
+                                             "faces": rows})
     with atomic_path(out / f"{name}_pred.jpg") as tmp:
         annotate(img, rows).save(tmp, "JPEG", quality=92)
-    print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {r['mask_name']}, {r['gender_name']}, "
-                                                f"{r['age_name']} ({max(r['probs']):.2f})" for r in rows))
+    print(f"{f}: {len(rows)} face(s)" + "".join(f"\n  {r['box']} {face_text(r, ', ')} ({max(r['probs']):.2f})"
+                                                for r in rows))
 
 
 def predict_chunk(pred, files, out, names):
@@ -69,7 +71,7 @@ def predict_chunk(pred, files, out, names):
     probs, labels = pred.classify(found)
     k = 0
     for f, img, faces in found:
-        rows = face_rows(faces, probs[k:k + len(faces)], labels[k:k + len(faces)])
+        rows = face_rows(faces, probs[k:k + len(faces)], labels[k:k + len(faces)], pred.answer)
         k += len(faces)
-        write_photo(out, names[f], f, img, rows, pred.recipe.detector)
+        write_photo(out, names[f], f, img, rows, pred.recipe.detector, pred.answer.tasks)
     return len(found), k, bad

@@ -14,6 +14,7 @@ from masktk.data.augment import BatchTransform
 from masktk.data.loaders import pinned_batches, to_device
 from masktk.errors import UserError
 from masktk.faces.crop import LEGACY_RECIPE, CropRecipe
+from masktk.labels import FULL, MASK_ONLY
 from masktk.models import choose_precision
 from masktk.probs import combine_probs
 from masktk.tta import TTA_VIEWS, view_average
@@ -120,9 +121,15 @@ def run_tta(groups, models):
     return models[groups[0][0]][1].tta
 
 
+def run_answer(groups, models):
+    """What a run's models answer together: the 18 classes, or the mask state alone (a run trained on a mask set)."""
+    tasks = {t for ck in groups[0] for t in models[ck][1].tasks} - {"years"}
+    return MASK_ONLY if tasks == {"mask"} else FULL
+
+
 def run_groups(groups, arrays, models, **opts):
-    """Mean over groups of the 18-class distribution of each group. opts: predict_probs's (tta,
-    batch_size, device, amp)."""
+    """Mean over groups of the 18-class distribution of each group (the 3 mask states' of a mask-only run). opts:
+    predict_probs's (tta, batch_size, device, amp)."""
     acc = None
     for group in groups:
         probs = {}

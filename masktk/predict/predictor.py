@@ -14,28 +14,12 @@ from PIL import Image, ImageDraw
 from masktk import distributed
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, crop_for_model, landmarks_of
-from masktk.faces.detectors import DEFAULT_DETECTOR
-from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, side_size, too_large, why_unreadable
-from masktk.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, decode
+from masktk.faces.detectors import DEFAULT_DETECTOR, UPSCALE_TO
+from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, side_size, too_large, upscaled, why_unreadable
+from masktk.labels import FULL, face_text
 from masktk.predict.backends import load_backend
-from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_groups, run_tta
+from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_answer, run_groups, run_tta
 from masktk.train.decisions import decide, read_offsets
-
-# small photos are seen at this longest side by the detector: street photos of 400 x 280 px hide faces under 32 px
-# that it finds once they are larger; photos of the competition's 384 x 512, training crops' source, are seen as they
-# are (docs/results.md, Real masks as detections; docs/detectors.md, Small photos upscaled)
-UPSCALE_TO = 512
-
-
-def upscaled(img, side):
-    """-> (the image with its longest side raised to `side` where it is shorter, [x, y] factors); (img, [1, 1])
-    else."""
-    h, w = img.shape[:2]
-    if not side or max(h, w) >= side:
-        return img, np.ones(2)
-    size = side_size(w, h, side)
-    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR), np.array([size[0] / w, size[1] / h])
-
 
 # detection scores kept by default, on each detector's own scale (recall and precision: docs/detectors.md)
 MIN_SCORE = {"mtcnn": 0.9, "mtcnn_ssd": 0.9, "ssd": 0.2, "ssd_mtcnn": 0.2, "union": 0.2, "retinaface": 0.5}
@@ -56,8 +40,7 @@ def annotate(img, faces):
     h, w = img.shape[:2]
     size = max(12, round(w / 60))
     font = ImageFont.load_default(size=size)
-    lines = [f"{k + 1}: {f['mask_name']} | {f['gender_name']} | {f['age_name']} ({max(f['probs']):.2f})"
-             for k, f in enumerate(faces)]
+    lines = [f"{k + 1}: {face_text(f)} ({max(f['probs']):.2f})" for k, f in enumerate(faces)]
     canvas = Image.new("RGB", (w, h + (len(lines) * (size + 6) + 8 if lines else 0)), (255, 255, 255))
     canvas.paste(Image.fromarray(img), (0, 0))
     d = ImageDraw.Draw(canvas)
@@ -95,6 +78,7 @@ class Predictor:
         p = Predictor.from_run("model/exp")
         faces = p.predict("photo.jpg")        # or an RGB uint8 array (H, W, 3)
         faces[0]["mask_name"], faces[0]["box"], faces[0]["probs"]
+        p.answer.tasks                        # ("mask", "gender", "age"), or ("mask",) for a run on a mask set
     """
     det: object
     min_score: float
@@ -105,6 +89,7 @@ class Predictor:
     offsets: object
     device: object
     upscale_to: int = 0  # a photo whose longest side is under this is seen upscaled to it by the detector
+    answer: object = FULL  # labels.Answer: what the run answers (the 18 classes, or the mask state alone)
 
     @classmethod
     def from_run(cls, run_dir, device="auto", detector=None, backend="torch", *, tta=None, decision="fitted",
@@ -124,15 +109,16 @@ class Predictor:
                    min_score=MIN_SCORE[recipe.detector] if min_score is None else min_score,
                    recipe=recipe, groups=groups, models=models, tta=tta or run_tta(groups, models),
                    offsets=read_offsets(run_dir) if decision == "fitted" else None, device=device,
-                   upscale_to=upscale_to)
+                   upscale_to=upscale_to, answer=run_answer(groups, models))
 
     def predict(self, image):
         """A photo's path or an RGB uint8 array (H, W, 3) -> one dict per face: box (x1, y1, x2, y2),
-        score, label, mask/gender/age ids and names, the 18 probabilities (predict.py's JSON rows)."""
+        score, label, mask/gender/age ids and names, the 18 probabilities (predict.py's JSON rows). A mask-only run
+        answers the mask state and its 3 probabilities; label, gender and age are None."""
         img = read_photo(image) if isinstance(image, (str, Path)) else check_array(np.asarray(image))
         faces = self.faces_in(img)
         probs, labels = self.classify([(None, img, faces)])
-        return face_rows(faces, probs, labels)
+        return face_rows(faces, probs, labels, self.answer)
 
     def faces_in(self, img):
         """[(box, score, landmarks or None)] in the photo's pixels of the faces the detector finds at min_score or
@@ -162,7 +148,7 @@ class Predictor:
         crop or centre-like window) and prepared once per input size -> (probabilities, labels)."""
         crops = [(img, box, self.recipe.landmarks(marks)) for _, img, faces in found for box, _, marks in faces]
         if not crops:
-            return np.zeros((0, 18)), np.zeros(0, int)
+            return np.zeros((0, self.answer.classes)), np.zeros(0, int)
         keys = {m.input_key for _, m in self.models.values()}
         arrays = {k: np.stack([prepare(crop_for_model(im, box, k[1], self.recipe.margin, marks), k[0], "none")
                                for im, box, marks in crops]) for k in keys}
@@ -170,14 +156,11 @@ class Predictor:
         return probs, decide(probs, self.offsets)
 
 
-def face_rows(faces, probs, labels):
-    rows = []
-    for (box, score, _), p, label in zip(faces, probs, labels):
-        m, g, a = (int(v) for v in decode(int(label)))
-        rows.append(dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), label=int(label),
-                         mask=m, gender=g, age=a, mask_name=MASK_NAMES[m], gender_name=GENDER_NAMES[g],
-                         age_name=AGE_NAMES[a], probs=[round(float(v), 5) for v in p]))
-    return rows
+def face_rows(faces, probs, labels, answer=FULL):
+    """One dict per face: box, score, the answered labels (answer.fields: None where the run does not answer) and
+    the probabilities."""
+    return [dict(box=[round(float(v), 1) for v in box], score=round(float(score), 4), **answer.fields(label),
+                 probs=[round(float(v), 5) for v in p]) for (box, score, _), p, label in zip(faces, probs, labels)]
 
 
 def read_photo(path):

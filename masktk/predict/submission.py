@@ -3,6 +3,7 @@ runs' probabilities combined (soft or hard vote) and decided with fitted offsets
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from masktk.data.table import has_faces, read_eval
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, best_boxes, read_crop_recipe
 from masktk.images import why_unreadable
+from masktk.labels import FULL, MASK_ONLY
 from masktk.predict.pipeline import trained_crop_recipe
 from masktk.train.decisions import decide, fit_decision
+from masktk.train.oof import prob_columns
 
 
 def check_eval_crops(eval_dir, trained):
@@ -83,11 +86,24 @@ def vote(run_probs, weights, how, offsets=None, run_offsets=None):
     if how == "soft":
         return soft, decide(soft, offsets)
     run_offsets = run_offsets or [None] * len(run_probs)
-    votes = sum(wi * np.eye(18)[decide(p, off)] for wi, p, off in zip(w, run_probs, run_offsets))
+    votes = sum(wi * np.eye(soft.shape[1])[decide(p, off)] for wi, p, off in zip(w, run_probs, run_offsets))
     return soft, (votes + 1e-6 * soft).argmax(1)  # ties broken by the soft vote
 
 
-def ensemble_offsets(runs, weights, run_offsets):
+def common_answer(answers, run_probs, run_offsets):
+    """Runs that answer different tasks vote on what they all answer: with a mask-only run among them, the others'
+    18 classes are folded into their mask states (and their 18-class offsets left out). -> (the Answer, the runs'
+    probabilities, their offsets)."""
+    common = MASK_ONLY if MASK_ONLY in answers else FULL
+    if common == FULL or all(a == common for a in answers):
+        return common, run_probs, run_offsets
+    print("the runs answer different tasks: voting on the mask state alone (the 18-class runs' mask states)",
+          file=sys.stderr)
+    return (common, [common.of_probs(p) if a != common else p for a, p in zip(answers, run_probs)],
+            [off if a == common else None for a, off in zip(answers, run_offsets)])
+
+
+def ensemble_offsets(runs, weights, run_offsets, answer=FULL):
     """Macro-F1 offsets for a soft vote: a single run's own (run_offsets: each run's decision.json), or,
     for an ensemble, fitted here on the members' combined out-of-fold predictions, which exist when every
     member is a CV run over the same people. -> (offsets or None, a few words saying which)."""
@@ -100,11 +116,13 @@ def ensemble_offsets(runs, weights, run_offsets):
     frames = [pd.read_csv(p).set_index("path").sort_index() for p in oofs]
     if any(not f.index.equals(frames[0].index) for f in frames):
         return None, "argmax (the members' out-of-fold predictions cover different images)"
-    cols = [f"p{k}" for k in range(18)]
+    cols = prob_columns(answer.name)
+    if any(not set(cols) <= set(f.columns) for f in frames):
+        return None, "argmax (the members' out-of-fold predictions answer different tasks)"
     w = np.asarray(weights, float) / np.sum(weights)
     soft = sum(wi * f[cols].to_numpy() for wi, f in zip(w, frames))
-    record, _ = fit_decision(soft, frames[0]["label"].to_numpy(), frames[0]["people_path"].to_numpy(),
-                             "the ensemble's combined out-of-fold predictions")
+    record, _ = fit_decision(soft, answer.of_labels(frames[0]["label"].to_numpy()),
+                             frames[0]["people_path"].to_numpy(), "the ensemble's combined out-of-fold predictions")
     if not record["used"]:
         return None, "argmax (fitted offsets did not beat it on held-out people)"
     return np.asarray(record["offsets"]), (f"fitted on the members' combined OOF (macro F1 {record['f1_argmax']:.3f} "

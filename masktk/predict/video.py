@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from masktk.errors import UserError
 from masktk.files import atomic_path, write_csv_atomic
+from masktk.labels import face_text
 from masktk.predict.predictor import COLOURS
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".webm", ".mkv")
@@ -43,7 +44,7 @@ def draw(frame, rows):
         x1, y1, x2, y2 = (int(round(v)) for v in r["box"])
         colour = COLOURS_BGR[r["mask"]]
         cv2.rectangle(frame, (x1, y1), (x2, y2), colour, thick)
-        text = f"{r['mask_name']} | {r['gender_name']} | {r['age_name']}"
+        text = face_text(r)
         cv2.putText(frame, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, max(1, thick // 2),
                     cv2.LINE_AA)
     return frame

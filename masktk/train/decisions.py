@@ -42,16 +42,23 @@ def macro_f1(y, pred, k=18):
 
 
 def decide(probs, offsets=None):
-    """(N, 18) probabilities -> (N,) labels: argmax of log p + offsets (plain argmax without offsets)."""
+    """(N, 18) probabilities (N, 3 of a mask-only run) -> (N,) labels: argmax of log p + offsets (plain argmax
+    without offsets)."""
     probs = np.asarray(probs, dtype=np.float64)
     if offsets is None:
         return probs.argmax(1)
+    if len(offsets) != probs.shape[1]:
+        raise UserError(f"decision.json holds {len(offsets)} offsets for models answering {probs.shape[1]} classes: "
+                        "it belongs to another run; delete it or pass --decision none")
     return (np.log(np.clip(probs, 1e-12, None)) + np.asarray(offsets)).argmax(1)
 
 
-def task_design():
+def task_design(classes=18):
     """(8, 18): class c's offset is the sum of one offset for its mask state, one for its gender and
-    one for its age band: 8 parameters instead of 18 overfit held-out people less (docs/results.md)."""
+    one for its age band: 8 parameters instead of 18 overfit held-out people less (docs/results.md). A
+    mask-only run's 3 states: one offset each."""
+    if classes != 18:
+        return np.eye(classes)
     m, g, a = decode(np.arange(18))
     design = np.zeros((8, 18))
     design[m, np.arange(18)] = 1
@@ -64,12 +71,12 @@ def fit_offsets(probs, labels, grid=GRID, passes=2, penalty=PENALTY):
     """Coordinate ascent over the 8 task offsets (task_design): each in turn takes the grid value that
     maximises macro F1 minus penalty * sum |offset|. -> (18,) class offsets (zeros when nothing pays)."""
     logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, None))
-    labels = np.asarray(labels)
-    design = task_design()
+    labels, k = np.asarray(labels), logp.shape[1]
+    design = task_design(k)
     theta = np.zeros(len(design))
 
     def objective(t):
-        return macro_f1(labels, (logp + t @ design).argmax(1)) - penalty * np.abs(t).sum()
+        return macro_f1(labels, (logp + t @ design).argmax(1), k) - penalty * np.abs(t).sum()
 
     best = objective(theta)
     for _ in range(passes):
@@ -109,13 +116,14 @@ def fit_decision(probs, labels, groups, source):
     argmax); the held-out predictions are what people outside the fit get: cross-fitted ones when
     kept, else argmax."""
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    k = probs.shape[1]
     plain_pred, held_pred = decide(probs), cross_fitted(probs, labels, groups)
-    plain, held = macro_f1(labels, plain_pred), macro_f1(labels, held_pred)
+    plain, held = macro_f1(labels, plain_pred, k), macro_f1(labels, held_pred, k)
     used = held > plain
     offsets = fit_offsets(probs, labels) if used else np.zeros(probs.shape[1])
     record = {"offsets": [float(v) for v in offsets], "fitted_on": source, "n": int(len(labels)),
               "people": int(len(np.unique(groups))), "f1_argmax": plain, "f1_cross_fitted": held,
-              "f1_fitted_in_sample": macro_f1(labels, decide(probs, offsets)), "used": bool(used)}
+              "f1_fitted_in_sample": macro_f1(labels, decide(probs, offsets), k), "used": bool(used)}
     return record, held_pred if used else plain_pred
 
 
@@ -125,7 +133,8 @@ def write_decision(run_dir, record):
 
 def read_offsets(run_dir):
     """The run's fitted offsets, or None when it has none (trained before they existed, not fitted, or fitted
-    and not kept: "used" false). The file is checked as fit_decision writes it: 18 finite numbers, a boolean."""
+    and not kept: "used" false). The file is checked as fit_decision writes it: 18 finite numbers (3 for a mask-only
+    run), a boolean."""
     path = Path(run_dir) / DECISION_FILE
     if not path.is_file():
         return None
@@ -135,8 +144,8 @@ def read_offsets(run_dir):
         off = np.asarray(record["offsets"], dtype=np.float64)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a decision file written by train.py ({type(e).__name__}); {fix}")
-    if off.shape != (18,):
-        raise UserError(f"{path}: offsets holds {off.size} values, 18 expected; {fix}")
+    if off.shape not in ((18,), (3,)):
+        raise UserError(f"{path}: offsets holds {off.size} values, 18 (or 3 for a mask-only run) expected; {fix}")
     if not np.isfinite(off).all():
         raise UserError(f"{path}: offsets holds nan or inf (offset {int(np.flatnonzero(~np.isfinite(off))[0])}); {fix}")
     used = record.get("used", True)  # files from before the field: their offsets were kept

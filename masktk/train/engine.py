@@ -210,7 +210,8 @@ def train_one_epoch(model, loader, loop, epoch):
         finite &= torch.isfinite(loss)
         total += loss * len(y)
         logits_all.append(logits.detach())
-        ys.append(torch.where(full > 0, y, -1))  # -1: mask status only, left out of the epoch's F1
+        # -1: mask status only, left out of the epoch's F1 (unless the mask state is all the model learns)
+        ys.append(torch.where((full > 0) | (loop.tasks == ("mask",)), y, -1))
         loop.bar.report(step, lambda: _running_figures(loop, total, logits_all, ys))
     distributed.sync_state(loop.raw_model)
     distributed.sync_state(loop.ema.module)

@@ -11,7 +11,7 @@ import torch
 from masktk.distributed import log_main
 from masktk.errors import UserError
 from masktk.files import write_csv_atomic, write_json_atomic
-from masktk.labels import MULTI_TASKS, TASKS
+from masktk.labels import FULL, MASK_ONLY, MULTI_TASKS, TASKS, answer_of
 from masktk.metrics.classification import score
 from masktk.probs import combine_probs
 from masktk.train.decisions import DECISION_FILE, fit_decision, write_decision
@@ -44,10 +44,11 @@ def merge_cv(run_dir, k=None, quiet_missing=False):
     oof = pd.concat([unit_preds(run_dir / f"fold{i}", subs).assign(fold=i) for i in range(k)], ignore_index=True)
     if oof["path"].duplicated().any():
         raise UserError(f"{run_dir}: an image appears in more than one fold's validation set")
-    m = score(oof["label"].to_numpy(), oof[prob_columns("label")].to_numpy().argmax(1))
+    answer = answer_of_preds(oof)
+    m = score(oof["label"].to_numpy(), oof[prob_columns(answer.name)].to_numpy().argmax(1), answer)
     write_csv_atomic(oof, run_dir / "oof.csv", float_format="%.6f")
     log_main(f"CV ({k} folds, {len(oof)} out-of-fold images): macro F1 {m['f1']:.4f} accuracy {m['accuracy']:.4f} "
-             f"(mask {m['f1_mask']:.3f} gender {m['f1_gender']:.3f} age {m['f1_age']:.3f}) -> {run_dir / 'oof.csv'}")
+             f"({per_task(m)}) -> {run_dir / 'oof.csv'}")
     decided = fit_run_decision(run_dir, oof, "out-of-fold predictions of every person (oof.csv)")
     by_detection = score_by_detection(Path(cfg.train_dir), oof)
     write_json_atomic(run_dir / "cv.json", {**m, "n": len(oof), "folds": k, "decided_cross_fitted": decided,
@@ -75,23 +76,35 @@ def score_by_detection(data_dir, oof):
 
 def unit_preds(folder, subs):
     """The 18-class validation predictions of one split (folder: the run, or a fold): path,
-    people_path, label, p0..p17, from its valid_preds.csv (one per task folder for --multi)."""
+    people_path, label, p0..p17 (mask0..mask2 for a mask-only run), from its valid_preds.csv (one per task folder
+    for --multi)."""
     frames = [pd.read_csv(folder / s / "valid_preds.csv") for s in subs]
     probs = {t: torch.tensor(f[prob_columns(t)].to_numpy()) for f in frames for t in TASKS
              if set(prob_columns(t)) <= set(f.columns)}
-    p18 = combine_probs(probs).numpy()
-    return pd.concat([frames[0][["path", "people_path", "label"]], pd.DataFrame(p18, columns=prob_columns("label"))],
-                     axis=1)
+    p = combine_probs(probs).numpy()
+    return pd.concat([frames[0][["path", "people_path", "label"]],
+                      pd.DataFrame(p, columns=prob_columns(answer_of(p.shape[1]).name))], axis=1)
+
+
+def answer_of_preds(preds):
+    """What the predictions of unit_preds answer: the 18 classes (p0..p17) or the mask state (mask0..mask2)."""
+    return FULL if set(prob_columns("label")) <= set(preds.columns) else MASK_ONLY
+
+
+def per_task(m):
+    """'mask 0.912 gender 0.95 age 0.71' from a score(): the tasks it holds."""
+    return " ".join(f"{t} {m[f'f1_{t}']:.3f}" for t in MULTI_TASKS if f"f1_{t}" in m)
 
 
 def fit_run_decision(run_dir, preds, source):
     """Fit the run's macro-F1 offsets (masktk/train/decisions.py) on predictions of people the model did not train on;
     -> the cross-fitted metrics (each person decided by offsets fitted without them)."""
-    probs, labels = preds[prob_columns("label")].to_numpy(), preds["label"].to_numpy()
-    record, held_pred = fit_decision(probs, labels, preds["people_path"].to_numpy(), source)
+    answer = answer_of_preds(preds)
+    probs, labels = preds[prob_columns(answer.name)].to_numpy(), preds["label"].to_numpy()
+    record, held_pred = fit_decision(probs, answer.of_labels(labels), preds["people_path"].to_numpy(), source)
     write_decision(run_dir, record)
-    held = score(labels, held_pred)
+    held = score(labels, held_pred, answer)
     log_main(f"decision offsets ({'kept' if record['used'] else 'not kept: argmax'}): macro F1 {held['f1']:.4f} on "
-             f"people they were not fitted on (argmax {record['f1_argmax']:.4f}; mask {held['f1_mask']:.3f} gender "
-             f"{held['f1_gender']:.3f} age {held['f1_age']:.3f}) -> {Path(run_dir) / DECISION_FILE}")
+             f"people they were not fitted on (argmax {record['f1_argmax']:.4f}; {per_task(held)}) -> "
+             f"{Path(run_dir) / DECISION_FILE}")
     return held

@@ -79,8 +79,11 @@ class RunSettings:
                               "30 at 1) teach their mask state only, not gender and age (0: off)", type=INT_0)
     extra_data: tuple = opt((), "data", "other training dirs (competition layout, or mask-only folders): on the "
                             "training side of every split, never validated on", nargs="*")
-    extra_min_face: int = opt(32, "data", "mask-only extra data with boxes: smallest face used (shorter side, px)",
-                              type=COUNT)
+    extra_min_face: int = opt(32, "data", "mask sets with boxes (--train_dir or --extra_data): smallest face used "
+                              "(shorter side, px)", type=COUNT)
+    mask_boxes: str = opt("annotated", "data", "mask sets with boxes: crops around the annotated boxes, or around the "
+                          "default detector's boxes that overlap them (as prediction cuts faces)",
+                          choices=("annotated", "detected"))
     mask_only_weight: float = opt(1.0, "data", "loss weight of photos labelled with mask status only",
                                   type=AT_LEAST_0)
     pseudo: str | None = opt(None, "data", "pseudo-labels: inference.py's <name>_probs.npy for the eval set in "
