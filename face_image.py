@@ -17,7 +17,7 @@ from pathlib import Path
 from masktk.cli import add_bool, cli, demo_note, env_default, fraction, load_dotenv_once, make_parser, positive
 from masktk.errors import UserError
 from masktk.faces.crop import DEFAULT_MARGIN, DETECT_SIZE_RULE, MARGIN, MARGINS, CropRecipe
-from masktk.faces.detectors import DEFAULT_DETECTOR, DETECT_SIZE, DETECTORS, MTCNN_THRESHOLDS, RETRY_THRESHOLDS
+from masktk.faces.detectors import DEFAULT_DETECTOR, DETECT_SIZE, MTCNN_THRESHOLDS, RETRY_THRESHOLDS, detector_arg
 from masktk.faces.folders import crop_split
 from masktk.metrics.detection import score_detection
 
@@ -37,7 +37,7 @@ def main(argv):
     ap.add_argument("--margin", type=MARGIN, nargs=3, default=None,
                     metavar=("TOP", "SIDES", "BOTTOM"),
                     help=MARGIN_HELP)
-    ap.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
+    ap.add_argument("--detector", type=detector_arg, metavar="NAME_OR_FILE", default=DEFAULT_DETECTOR,
                     help="retinaface: RetinaFace MobileNet-0.25 (ONNX) at up to 1024 px (finds the most street faces "
                     "of the fast detectors); mtcnn: MTCNN (the earlier default); ssd_mtcnn: OpenCV's SSD, "
                     "then MTCNN where it finds no face (finds the most masked faces); mtcnn_ssd: MTCNN's first pass, "
@@ -58,15 +58,15 @@ def main(argv):
                     help="with --score: smallest face counted (px)")
     ap.add_argument("--min_score", type=fraction, default=0.9, help="with --score: smallest detection score kept "
                     "(predict.py's)")
+    ap.add_argument("--upscale_to", type=positive(int, 0, inclusive=True, maximum=4096), default=0,
+                    help="with --score: photos smaller than this are seen upscaled to it, as predict.py sees them "
+                    "(its default is 512; 0: as they are)")
     args = ap.parse_args(argv)
     recipe = CropRecipe(args.detector, args.detect_size or None, tuple(args.thresholds), args.second_pass,
                         tuple(args.margin) if args.margin else None, args.align)
     det = recipe.create_detector(args.device)
     if args.score:
-        for root in args.score:
-            print(json.dumps({"data": str(root), "detector": args.detector, "detect_size": args.detect_size,
-                              "second_pass": args.second_pass, **score_detection(root, det, args.min_face, args.min_score)}))
-        return
+        return print_scores(args, det)
     if args.data_root:
         splits = [Path(args.data_root) / s for s in ("train", "eval") if (Path(args.data_root) / s / "images").is_dir()]
     else:
@@ -85,6 +85,14 @@ def main(argv):
         tot = [a + b for a, b in zip(tot, r)]
         print(f"{s}: {r[0]} images, {r[1]} faces found, {r[2]} fallbacks -> {s / 'faces'}")
     print(f"{tot[0]} images, {tot[1]} faces found, {tot[2]} fallbacks" + (f", {tot[3]} unreadable" if tot[3] else ""))
+
+
+def print_scores(args, det):
+    """--score: one JSON line per root, the detector's recall and precision against its known boxes."""
+    for root in args.score:
+        print(json.dumps({"data": str(root), "detector": args.detector, "detect_size": args.detect_size,
+                          "second_pass": args.second_pass, "upscale_to": args.upscale_to,
+                          **score_detection(root, det, args.min_face, args.min_score, args.upscale_to)}))
 
 
 if __name__ == "__main__":

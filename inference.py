@@ -24,7 +24,7 @@ from masktk import distributed
 from masktk.cli import add_bool, cli, demo_note, env_default, load_dotenv_once, make_parser, positive, str2bool
 from masktk.data.table import read_eval
 from masktk.errors import UserError
-from masktk.faces.detectors import DETECTORS
+from masktk.faces.detectors import detector_arg
 from masktk.files import atomic_path, writable_dir, write_csv_atomic
 from masktk.labels import FULL, MASK_ONLY
 from masktk.outputs import check_outputs, record_written
@@ -68,7 +68,7 @@ def build_parser():
                     help="fitted: add the run's macro-F1 offsets (decision.json) before the argmax; none: plain argmax")
     ap.add_argument("--source", choices=("auto", "images", "faces"), default="auto",
                     help="auto: eval faces/ for models trained on faces when present, else crop on the fly")
-    ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
+    ap.add_argument("--detector", type=detector_arg, metavar="NAME_OR_FILE", default=None,
                     help="face detector when the eval dir has no faces/ (unset: the one the training crops were cut "
                     "with, recorded in the checkpoints; mtcnn for checkpoints without the record)")
     ap.add_argument("--cache_dir", default=None, help="decoded eval images, shared by later runs "

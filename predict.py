@@ -13,7 +13,7 @@ import sys
 
 from masktk.cli import cli, fraction, load_dotenv_once, make_parser, positive
 from masktk.errors import UserError
-from masktk.faces.detectors import DEFAULT_DETECTOR, DETECTORS, UPSCALE_TO
+from masktk.faces.detectors import DEFAULT_DETECTOR, UPSCALE_TO, detector_arg
 from masktk.files import writable_dir
 from masktk.outputs import check_outputs, record_written
 from masktk.predict.backends import BACKENDS
@@ -32,7 +32,7 @@ def build_parser():
     ap.add_argument("--output_dir", "--out", dest="output_dir", default="predictions", help="output folder")
     ap.add_argument("--tta", choices=sorted(TTA_VIEWS), default=None,
                     help="views averaged per photo (unset: the run's own, as inference.py)")
-    ap.add_argument("--detector", choices=sorted(DETECTORS), default=None,
+    ap.add_argument("--detector", type=detector_arg, metavar="NAME_OR_FILE", default=None,
                     help="face detector, as face_image.py's (unset: the one the run's training crops were cut "
                     f"with, recorded in its checkpoints, else mtcnn; {DEFAULT_DETECTOR} for models trained on whole "
                     "photos; docs/detectors.md)")

@@ -21,6 +21,7 @@ import sys
 
 from masktk.cli import cli, load_dotenv_once, make_parser, port, positive
 from masktk.errors import UserError
+from masktk.faces.detectors import detector_arg
 from masktk.predict.backends import BACKENDS
 from masktk.predict.predictor import Predictor
 from masktk.runs import add_run_flags, chosen_run
@@ -43,6 +44,8 @@ def build_parser():
                     help="connections open at once; more wait in the system's queue")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     ap.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="as predict.py's")
+    ap.add_argument("--detector", type=detector_arg, metavar="NAME_OR_FILE", default=None,
+                    help="face detector, as predict.py's (unset: the one the run's training crops were cut with)")
     return ap
 
 
@@ -77,7 +80,8 @@ def main(argv):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page"
               + ("" if token else "; pass --token (or set MASKTK_TOKEN) so that only those given it can"),
               file=sys.stderr, flush=True)
-    predictor = Predictor.from_run(chosen_run(args.model_dir, args.run_dir), args.device, backend=args.backend)
+    predictor = Predictor.from_run(chosen_run(args.model_dir, args.run_dir), args.device, detector=args.detector,
+                                   backend=args.backend)
     app = create_app(predictor, PageLimits(args.max_mb, args.max_megapixels, token=token))
     from waitress import create_server
     try:

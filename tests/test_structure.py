@@ -13,7 +13,7 @@ LIBRARY = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__
 EVERY = {**SCRIPTS, **LIBRARY}
 # the commands a user runs (README): the only .py files the repository root may hold
 ENTRY_POINTS = {"train", "inference", "evaluation", "face_image", "dataset", "model", "loss", "optimizer", "predict",
-                "serve", "export", "synthetic", "benchmark"}
+                "serve", "export", "synthetic", "benchmark", "finetune_detector"}
 
 
 def imports_of(path):

@@ -14,7 +14,15 @@ import numpy as np
 
 from masktk.cli import fraction, positive
 from masktk.errors import UserError
-from masktk.faces.detectors import DEFAULT_DETECTOR, DETECT_SIZE, DETECTORS, MTCNN_THRESHOLDS, create_detector
+from masktk.faces.detectors import (
+    DEFAULT_DETECTOR,
+    DETECT_SIZE,
+    DETECTORS,
+    MTCNN_THRESHOLDS,
+    create_detector,
+    detector_kind,
+    is_detector_file,
+)
 from masktk.files import write_json_atomic
 from masktk.images import center_crop, center_region
 
@@ -29,7 +37,7 @@ MARGINS = {"retinaface": (0.25, 0.1, 0.05)}
 
 
 def default_margin(detector):
-    return MARGINS.get(detector, DEFAULT_MARGIN)
+    return MARGINS.get(detector_kind(detector), DEFAULT_MARGIN)
 
 
 CROP_FILE = "crop.json"  # in each faces/ folder: the CropRecipe that cut it
@@ -57,8 +65,10 @@ class CropRecipe:
         naming the field that breaks them."""
         if not isinstance(d, dict):
             raise ValueError("a JSON object expected")
-        if d.get("detector") not in DETECTORS:
-            raise ValueError(f"detector {d.get('detector')!r} is none of {', '.join(sorted(DETECTORS))}")
+        if d.get("detector") not in DETECTORS and not (isinstance(d.get("detector"), str)
+                                                       and is_detector_file(d["detector"])):
+            raise ValueError(f"detector {d.get('detector')!r} is none of {', '.join(sorted(DETECTORS))}, nor a "
+                             "detector file (.onnx)")
         size = d.get("detect_size")
         margin, thresholds = _rule(d, "margin", MARGIN, 3), _rule(d, "thresholds", fraction, 3)
         flags = [d.get(k, False if k == "align" else None) for k in ("second_pass", "align")]

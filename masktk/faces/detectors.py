@@ -3,6 +3,9 @@ answering boxes, scores and landmarks per photo; create_detector builds one.
 """
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -121,9 +124,15 @@ def _ssd(device, detect_size, thresholds, second_pass):
     return SSDFaceDetector(device)
 
 
-def _retina(detect_size):
+# RetinaFace-0.25 fine-tuned on masked street faces by finetune_detector.py (docs/detectors.md, Fine-tuned on street
+# photos; README, Licences: trained on Kaggle's Face Mask Detection photos)
+STREET_WEIGHTS = Path(__file__).resolve().parent / "weights" / "retinaface_street.onnx"
+
+
+def _retina(detect_size, weights=None):
     from masktk.faces.retinaface import RetinaFaceDetector
-    return RetinaFaceDetector()  # its own size: at MTCNN's 256 px it misses most masked faces (docs/detectors.md)
+    # its own size: at MTCNN's 256 px it misses most masked faces (docs/detectors.md)
+    return RetinaFaceDetector(weights=None if weights is None else str(weights))
 
 
 def _retry(device, detect_size, second_pass):
@@ -145,6 +154,7 @@ DETECTORS = {
     "union": lambda dev, size, thr, second: CascadeDetector(
         UnionDetector(_ssd(dev, size, thr, second), _mtcnn(dev, size, thr, False)), *_retry(dev, size, second)),
     "retinaface": lambda dev, size, thr, second: _retina(size),
+    "retinaface_street": lambda dev, size, thr, second: _retina(size, STREET_WEIGHTS),
 }
 
 
@@ -159,8 +169,35 @@ DEFAULT_DETECTOR = "retinaface"
 UPSCALE_TO = 512
 
 
+def is_detector_file(name):
+    """A fine-tuned RetinaFace (finetune_detector.py's .onnx) named by its path, where a detector name may stand."""
+    return str(name).lower().endswith(".onnx")
+
+
+def detector_kind(name):
+    """The family a detector's margins and default score threshold come from: its name, or retinaface for a file
+    and for the fine-tuned RetinaFace shipped with the toolkit."""
+    return "retinaface" if is_detector_file(name) or name == "retinaface_street" else name
+
+
+def detector_arg(value):
+    """--detector's type: a detector's name, or the path of a detector file (kept absolute: crop.json and the
+    checkpoints record it, and are read from other folders)."""
+    if value in DETECTORS:
+        return value
+    if is_detector_file(value):
+        if not Path(value).is_file():
+            raise argparse.ArgumentTypeError(f"{value}: no such detector file")
+        return str(Path(value).resolve())
+    raise argparse.ArgumentTypeError(f"{value!r} is none of {', '.join(sorted(DETECTORS))}, nor a detector file "
+                                     "(.onnx, written by finetune_detector.py)")
+
+
 def create_detector(name=DEFAULT_DETECTOR, device="auto", detect_size=DETECT_SIZE, thresholds=MTCNN_THRESHOLDS,
                     second_pass=True):
+    if is_detector_file(name):
+        from masktk.faces.retinaface import RetinaFaceDetector
+        return RetinaFaceDetector(weights=name)
     if name not in DETECTORS:
-        raise UserError(f"unknown face detector {name!r}; valid: {', '.join(DETECTORS)}")
+        raise UserError(f"unknown face detector {name!r}; valid: {', '.join(DETECTORS)}, or a detector file (.onnx)")
     return DETECTORS[name](device, detect_size, tuple(thresholds), second_pass)

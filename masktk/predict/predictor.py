@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from masktk import distributed
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, crop_for_model, landmarks_of
-from masktk.faces.detectors import DEFAULT_DETECTOR, UPSCALE_TO
+from masktk.faces.detectors import DEFAULT_DETECTOR, UPSCALE_TO, detector_kind
 from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, side_size, too_large, upscaled, why_unreadable
 from masktk.labels import FULL, face_text
 from masktk.predict.backends import load_backend
@@ -106,7 +106,7 @@ class Predictor:
         default = None if any(m.crop == "none" for m in metas) else DEFAULT_DETECTOR
         recipe = replace(eval_crop_recipe(metas, detector or default), detect_size=detect_size or None)
         return cls(det=recipe.create_detector(device),
-                   min_score=MIN_SCORE[recipe.detector] if min_score is None else min_score,
+                   min_score=MIN_SCORE[detector_kind(recipe.detector)] if min_score is None else min_score,
                    recipe=recipe, groups=groups, models=models, tta=tta or run_tta(groups, models),
                    offsets=read_offsets(run_dir) if decision == "fitted" else None, device=device,
                    upscale_to=upscale_to, answer=run_answer(groups, models))
