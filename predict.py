@@ -19,14 +19,19 @@ from masktk.outputs import check_outputs, record_written
 from masktk.predict.backends import BACKENDS
 from masktk.predict.photos import CHUNK, collect, output_names, predict_chunk
 from masktk.predict.predictor import MIN_SCORE, Predictor
-from masktk.predict.video import VIDEO_EXTS, predict_video
+from masktk.predict.streams import BACKOFF, camera_source, file_source, is_stream, stream_source
+from masktk.predict.tracking import SMOOTH_S
+from masktk.predict.video import VIDEO_EXTS, StreamOptions, outputs_of, predict_stream
 from masktk.runs import add_run_flags, chosen_run
 from masktk.tta import TTA_VIEWS
 
 
 def build_parser():
     ap = make_parser(__doc__)
-    ap.add_argument("photos", nargs="+", help="photos, videos, or folders of them")
+    ap.add_argument("photos", nargs="*", help="photos, videos, folders of them, or streams (rtsp://, http://, "
+                    "https://: IP cameras)")
+    ap.add_argument("--camera", type=positive(int, 0, inclusive=True), action="append", default=[], metavar="N",
+                    help="watch webcam N (0: the first); repeatable")
     add_run_flags(ap)
     ap.add_argument("--pth_name", default="best.pth", help="checkpoint file in each run/fold/task folder")
     ap.add_argument("--output_dir", "--out", dest="output_dir", default="predictions", help="output folder")
@@ -48,6 +53,22 @@ def build_parser():
                     help="as inference.py: the run's macro-F1 offsets (decision.json) or plain argmax")
     ap.add_argument("--every", type=positive(int, 1, inclusive=True), default=1,
                     help="videos: predict every Nth frame (the others show the latest labels)")
+    g = ap.add_argument_group("videos, cameras and streams")
+    g.add_argument("--max_frames", type=positive(int, 1, inclusive=True), default=None,
+                   help="stop each video or stream after N frames")
+    g.add_argument("--duration", type=positive(float), default=None,
+                   help="stop each after S seconds (of video; of watching for a camera or stream)")
+    g.add_argument("--interval", type=positive(float), default=60.0, help="seconds per row of <name>_counts.csv")
+    g.add_argument("--smooth", type=positive(float), default=SMOOTH_S,
+                   help="seconds over which a person's labels are averaged (their track's probabilities)")
+    g.add_argument("--reconnect", type=positive(int, 0, inclusive=True, maximum=len(BACKOFF)), default=len(BACKOFF),
+                   help="times a dropped stream is reopened (waits " + ", ".join(f"{w:g}" for w in BACKOFF) + " s)")
+    g.add_argument("--alert", default=None, metavar="CMD", help="command run once per person who stays unmasked or "
+                   "wears the mask wrong for --alert_after seconds (the alert as JSON on its input, MASKTK_* "
+                   "variables)")
+    g.add_argument("--alert_url", default=None, metavar="URL", help="post each such alert as JSON to this URL")
+    g.add_argument("--alert_after", type=positive(float, 0, inclusive=True), default=5.0,
+                   help="seconds a person stays unmasked or wrongly masked before the alert")
     ap.add_argument("--backend", choices=sorted(BACKENDS), default="torch",
                     help="torch: the checkpoints; onnx: the model.onnx files export.py wrote, run with onnxruntime")
     return ap
@@ -58,12 +79,17 @@ def main(argv):
     load_dotenv_once()  # before the parser: SM_CHANNEL_MODEL from a .env file is --model_dir's default
     args = build_parser().parse_args(argv)
     out = writable_dir(args.output_dir, "--output_dir")
-    files = collect(args.photos)
+    paths = [x for x in args.photos if not is_stream(x)]
+    if not paths and not args.camera and not any(map(is_stream, args.photos)):
+        raise UserError("nothing to watch: give photos, videos, folders, stream addresses or --camera N")
+    files = collect(paths) if paths else []
     names = output_names(files)
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTS]
     photos = [f for f in files if f not in set(videos)]
+    sources = ([file_source(f, names[f]) for f in videos] + [stream_source(x) for x in args.photos if is_stream(x)]
+               + [camera_source(n) for n in args.camera])
     outputs = [n for f in photos for n in (f"{names[f]}_pred.jpg", f"{names[f]}.json")]
-    outputs += [n for f in videos for n in (f"{names[f]}_pred.mp4", f"{names[f]}.csv")]
+    outputs += [n for s in sources for n in outputs_of(s.name)]
     check_outputs(out, outputs, "--output_dir", inputs=files)
     pred = Predictor.from_run(chosen_run(args.model_dir, args.run_dir), args.device, args.detector, args.backend,
                               tta=args.tta, decision=args.decision, min_score=args.min_score,
@@ -73,26 +99,36 @@ def main(argv):
     for s in range(0, len(photos), CHUNK):
         done, faces, bad = predict_chunk(pred, photos[s:s + CHUNK], out, names)
         n_photos, n_faces, failed = n_photos + done, n_faces + faces, failed + bad
-    failed += predict_videos(pred, videos, out, names, args.every)
-    print(f"{n_photos} photo(s), {len(videos) - sum(f in failed for f in videos)} video(s), {n_faces} face(s) in "
+    bad_sources = predict_sources(pred, sources, out, stream_options(args))
+    print(f"{n_photos} photo(s), {len(sources) - len(bad_sources)} video(s) or stream(s), {n_faces} face(s) in "
           f"photos -> {out}", file=sys.stderr)
+    failed += bad_sources
     if failed:  # each was named as it failed; the others are done
-        print(f"failed: {len(failed)} of {len(files)} input(s): {', '.join(map(str, failed[:5]))}"
-              f"{', ...' if len(failed) > 5 else ''}", file=sys.stderr)
+        print(f"failed: {len(failed)} of {len(photos) + len(sources)} input(s): "
+              f"{', '.join(map(str, failed[:5]))}{', ...' if len(failed) > 5 else ''}", file=sys.stderr)
         sys.exit(2)
 
 
-def predict_videos(pred, videos, out, names, every):
-    """Each video in turn; one that cannot be read is named and skipped, the rest go on -> the failed ones."""
+def stream_options(args):
+    return StreamOptions(every=args.every, max_frames=args.max_frames, duration=args.duration, interval=args.interval,
+                         smooth_s=args.smooth, reconnect=args.reconnect, alert=args.alert, alert_url=args.alert_url,
+                         alert_after=args.alert_after)
+
+
+def predict_sources(pred, sources, out, opts):
+    """Each video, camera or stream in turn; one that cannot be read is named and skipped, the rest go on -> the
+    failed ones."""
     failed = []
-    for f in videos:
+    for src in sources:
         try:
-            frames, faces = predict_video(pred, f, out, names[f], every)
+            r = predict_stream(pred, src, out, opts)
         except UserError as e:
             print(f"error: {e}; skipped", file=sys.stderr)
-            failed.append(f)
+            failed.append(src.describe())
             continue
-        print(f"{f}: {frames} frame(s), {faces} face(s) in the sampled frames", file=sys.stderr)
+        dropped = f" ({r.dropped} dropped: prediction slower than the source)" if r.dropped else ""
+        print(f"{src.describe()}: {r.frames} frame(s){dropped}, {r.faces} face(s) in the sampled frames, {r.people} "
+              f"people, {r.alerts} alert(s)", file=sys.stderr)
     return failed
 
 

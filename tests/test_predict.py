@@ -93,11 +93,13 @@ def test_a_video_gets_an_annotated_copy_and_a_row_per_face_per_sampled_frame(tin
     out = tmp_path / "out"
     run("predict.py", clip, "--run_dir", tiny_runs["single"], "--output_dir", out)
     every = pd.read_csv(out / "clip.csv")
-    assert len(every) and list(every.columns[:7]) == ["frame", "time", "x1", "y1", "x2", "y2", "score"]
+    assert len(every) and list(every.columns[:8]) == ["frame", "time", "track", "x1", "y1", "x2", "y2", "score"]
     assert np.allclose(every["time"], every["frame"] / 5)
+    assert (out / "clip_tracks.csv").is_file() and (out / "clip_counts.csv").is_file()
     run("predict.py", clip, "--run_dir", tiny_runs["single"], "--output_dir", out, "--every", "2")
     sampled = pd.read_csv(out / "clip.csv")
-    assert len(sampled) and sampled.equals(every[every["frame"] % 2 == 0].reset_index(drop=True))
+    own = [c for c in every.columns if not c.startswith("track")]  # a frame's own answer; tracks see other frames
+    assert len(sampled) and sampled[own].equals(every[every["frame"] % 2 == 0][own].reset_index(drop=True))
     annotated = cv2.VideoCapture(str(out / "clip_pred.mp4"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     broken = tmp_path / "broken.mp4"
