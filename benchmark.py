@@ -306,6 +306,61 @@ def bench_onnx(args, raw, meta, n):
     return res
 
 
+def live_frames(face_dir, n_faces, n_frames=50, size=(640, 480)):
+    """JPEG frames of a 640 x 480 scene with n_faces drawn people side by side, panning a little each frame (what a
+    camera sends: each is decoded in the loop)."""
+    import cv2
+
+    from masktk.images import list_images
+    photos = [cv2.imread(str(Path(face_dir) / r)) for r in list_images(Path(face_dir))[:n_faces]]
+    w = size[0] // n_faces
+    tiles = [cv2.resize(p, (w, int(w * p.shape[0] / p.shape[1]))) for p in photos]
+    out = []
+    for k in range(n_frames):
+        f = np.full((size[1], size[0], 3), 100, np.uint8)
+        for i, t in enumerate(tiles):
+            h = min(t.shape[0], size[1] - 20)
+            f[10 + k % 10:10 + k % 10 + h, i * w:(i + 1) * w] = t[:h]
+        out.append(cv2.imencode(".jpg", f)[1])
+    return out
+
+
+def bench_live(args, face_dir):
+    """Frames per second of the whole live loop (decode, detect, classify, track, draw, write) on 640 x 480 frames
+    with 1 and 5 faces, beside the detector alone and the classifier alone on the same frames."""
+    import tempfile
+
+    import cv2
+
+    from masktk.predict.predictor import Predictor
+    from masktk.predict.tracking import FaceTracks
+    from masktk.predict.video import draw
+    pred = Predictor.from_run(args.live_run, "cpu", tta="none")
+    res = {}
+    for n in (1, 5):
+        jpegs = live_frames(face_dir, n)
+        rgb = [cv2.cvtColor(cv2.imdecode(j, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for j in jpegs]
+        found = [(None, im, pred.faces_in(im)) for im in rgb[:1]]
+        pred.classify(found)  # warm-up
+
+        def loop():
+            tracks = FaceTracks(25, pred.answer, pred.offsets)
+            path = Path(tempfile.mkdtemp(dir=args.cache_dir)) / "live.mp4"
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 480))
+            for k, j in enumerate(jpegs):
+                frame = cv2.imdecode(j, cv2.IMREAD_COLOR)
+                rows = tracks.update(pred.predict(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)), k / 25, frame)
+                writer.write(draw(frame, rows))
+            writer.release()
+        res[f"live_{n}_faces_fps"], _ = _timeit(loop, len(jpegs), args.repeat)
+        res[f"live_{n}_detector_fps"], _ = _timeit(lambda: [pred.faces_in(im) for im in rgb], len(rgb), args.repeat)
+        found = [(None, im, pred.faces_in(im)) for im in rgb]
+        res[f"live_{n}_classifier_fps"], _ = _timeit(lambda: [pred.classify([f]) for f in found], len(rgb),
+                                                     args.repeat)
+        res[f"live_{n}_faces_found"] = float(np.mean([len(f[2]) for f in found]))
+    return res
+
+
 def report(r):
     rows = [("train: model only (ceiling)", r.get("train_model_only"), "img/s"),
             ("train: toolkit end to end", r.get("train_toolkit"), "img/s"),
@@ -326,6 +381,12 @@ def report(r):
             ("faces: MTCNN batched, downscaled", r.get("face_batched"), "img/s"),
             ("faces: one at a time, full res", r.get("face_plain"), "img/s"),
             ("faces: --detector ssd_mtcnn, batched", r.get("face_ssd_mtcnn"), "img/s"),
+            ("live 640x480, 1 face: whole loop", r.get("live_1_faces_fps"), "fps"),
+            ("live 640x480, 1 face: detector alone", r.get("live_1_detector_fps"), "fps"),
+            ("live 640x480, 1 face: classifier alone", r.get("live_1_classifier_fps"), "fps"),
+            ("live 640x480, 5 faces: whole loop", r.get("live_5_faces_fps"), "fps"),
+            ("live 640x480, 5 faces: detector alone", r.get("live_5_detector_fps"), "fps"),
+            ("live 640x480, 5 faces: classifier alone", r.get("live_5_classifier_fps"), "fps"),
             ("peak resident memory", r.get("peak_rss_mib"), "MiB")]
     lines = [f"| {'measure':<38} | {'value':>9} | unit  |", f"|{'-' * 40}|{'-' * 11}|-------|"]
     lines += [f"| {k:<38} | {v:>9.1f} | {u:<5} |" for k, v, u in rows if v is not None]
@@ -346,8 +407,7 @@ def ratios(r):
     return {name: r[a] / (r[b] if b else 1.0) for name, a, b in pairs if r.get(a) is not None and (b is None or b in r)}
 
 
-@cli
-def main(argv):
+def build_parser():
     ap = make_parser(__doc__)
     count, count0 = positive(int, 1, inclusive=True), positive(int, 0, inclusive=True)
     ap.add_argument("--data_root", "--data_dir", dest="data_root", default="demo_data",
@@ -374,7 +434,14 @@ def main(argv):
     ap.add_argument("--skip", nargs="*", default=[], choices=("train", "plain", "infer", "cv5", "faces", "onnx"))
     ap.add_argument("--cache_dir", default="bench/.cache", help="where the run's temporary image caches go")
     ap.add_argument("--output", "--out", dest="output", default="bench/benchmark.json", help="where the figures go (JSON)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--live_run", default=None, metavar="RUN_DIR", help="a trained run: adds the live rows (a "
+                    "640x480 stream with 1 and 5 faces: the whole loop, the detector alone, the classifier alone)")
+    return ap
+
+
+@cli
+def main(argv):
+    args = build_parser().parse_args(argv)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     root = Path(args.data_root)
@@ -400,6 +467,8 @@ def main(argv):
         r.update(bench_infer(args, dev, root / "eval", raw, loop))
     if "faces" not in args.skip:
         r.update(bench_faces(args, dev, args.face_dir or root / "eval" / "images"))
+    if args.live_run:
+        r.update(bench_live(args, args.face_dir or root / "eval" / "images"))
     shutil.rmtree(own, ignore_errors=True)
     r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r["ratios"] = ratios(r)

@@ -37,7 +37,7 @@ class MjpegServer:
                         time.sleep(1 / fps)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-                threading.Thread(target=outer.server.shutdown, daemon=True).start()
+                threading.Thread(target=outer.go_away, daemon=True).start()
 
             def log_message(self, *a):
                 pass
@@ -48,9 +48,13 @@ class MjpegServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def close(self):
+    def go_away(self):
+        """Stop serving and stop listening: a reconnection is refused at once, as by a camera that is off."""
         self.server.shutdown()
         self.server.server_close()
+
+    def close(self):
+        self.go_away()
 
 
 def _frames(tiny_root, n=10):

@@ -56,9 +56,17 @@ def file_source(path, name):
     return Source(str(path), name, False)
 
 
+# a network stream that stops answering fails a read or an opening after this long instead of hanging on it
+STREAM_TIMEOUT_MS = 5000
+
+
 def open_capture(source):
     """-> an opened cv2.VideoCapture, or None."""
-    cap = cv2.VideoCapture(source.target)
+    if source.live and not isinstance(source.target, int):
+        cap = cv2.VideoCapture(source.target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                               cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+    else:
+        cap = cv2.VideoCapture(source.target)
     if not cap.isOpened():
         cap.release()
         return None
