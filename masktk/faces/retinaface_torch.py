@@ -73,8 +73,8 @@ def export_onnx(net, start, path, example):
         Path(tmp).write_bytes(model.SerializeToString())
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"input": example.numpy()})
     with torch.no_grad():
-        want = net.eval()(example)
-    return max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want))
+        want = net.eval()(example.to(next(net.parameters()).device))
+    return max(float(np.abs(g - w.float().cpu().numpy()).max()) for g, w in zip(got, want))
 
 
 @functools.lru_cache(maxsize=16)

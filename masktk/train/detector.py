@@ -40,6 +40,7 @@ class FinetuneSettings:
     min_face: int = 6  # annotated faces smaller than this (px, shorter side, after augmentation) are not learned
     landmark_weight: float = 1.0  # keeps the landmarks the starting detector gives (the boxes carry none)
     progress: bool = True
+    device: str = "auto"  # auto: CUDA where there is one
 
 
 # --- box sets --------------------------------------------------------------------------------------
@@ -138,9 +139,10 @@ def train_epoch(net, teacher, batches, cfg, opt, sched):
     net.train()
     anchors, sums, n = priors(cfg.size, cfg.size), {}, 0
     for views in batches:
-        x = to_input([v for v, _ in views])
-        which, target = (torch.stack(t) for t in zip(*[match(anchors, learnable(b, cfg.min_face, cfg.size))
-                                                        for _, b in views]))
+        dev = next(net.parameters()).device
+        x = to_input([v for v, _ in views]).to(dev)
+        which, target = (torch.stack(t).to(dev) for t in zip(*[match(anchors, learnable(b, cfg.min_face, cfg.size))
+                                                                for _, b in views]))
         loc, conf, marks = net(x)
         loss, parts = multibox_loss(loc, conf, which, target)
         with torch.no_grad():
@@ -171,8 +173,8 @@ def detect_torch(net, img, min_score=0.02, detect_size=1024):
         size = side_size(w, h, detect_size)
         s = s * [size[0] / w, size[1] / h]
         view = cv2.resize(view, size, interpolation=cv2.INTER_AREA)
-    x = to_input([view])
-    faces = postprocess([o.numpy() for o in net(x)], *x.shape, score_threshold=min_score)[0]
+    x = to_input([view]).to(next(net.parameters()).device)
+    faces = postprocess([o.float().cpu().numpy() for o in net(x)], *x.shape, score_threshold=min_score)[0]
     boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], float).reshape(-1, 4)
     return boxes / np.tile(s, 2), np.array([f.score for f in faces], float)
 
@@ -253,7 +255,7 @@ def check_same_settings(out, cfg):
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{saved}: not readable as JSON; delete {out} or choose another --out") from None
     now = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    changed = [k for k in now if k != "progress" and old.get(k) != now[k]]
+    changed = [k for k in now if k not in ("progress", "device") and old.get(k) != now[k]]  # how, not what
     if changed:
         was = ", ".join(f"--{k} {old.get(k)}" for k in changed)
         raise UserError(f"{out} holds a run started with other settings ({was}): resume it with those, or choose "
@@ -282,7 +284,9 @@ def finetune(cfg, log, say=print):
     say(f"{len(train)} training photos ({sum(len(boxes[p]) for p in train)} faces), {len(val)} validation photos "
         f"({sum(len(boxes[p]) for p in val)} faces)")
     start_weights = cfg.weights or shipped_weights()
-    net, teacher = to_torch(start_weights), to_torch(start_weights).eval().requires_grad_(False)
+    from masktk import distributed
+    dev = distributed.setup(cfg.device).device
+    net, teacher = to_torch(start_weights).to(dev), to_torch(start_weights).to(dev).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps = max(1, cfg.epochs * -(-len(train) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.1)
