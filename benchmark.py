@@ -313,14 +313,14 @@ def live_frames(face_dir, n_faces, n_frames=50, size=(640, 480)):
 
     from masktk.images import list_images
     photos = [cv2.imread(str(Path(face_dir) / r)) for r in list_images(Path(face_dir))[:n_faces]]
-    w = size[0] // n_faces
+    w = min(size[0] // n_faces, 200)  # a person a few metres from the camera
     tiles = [cv2.resize(p, (w, int(w * p.shape[0] / p.shape[1]))) for p in photos]
     out = []
     for k in range(n_frames):
         f = np.full((size[1], size[0], 3), 100, np.uint8)
         for i, t in enumerate(tiles):
-            h = min(t.shape[0], size[1] - 20)
-            f[10 + k % 10:10 + k % 10 + h, i * w:(i + 1) * w] = t[:h]
+            h = min(t.shape[0], size[1] - 110)
+            f[100 + k % 10:100 + k % 10 + h, i * w:(i + 1) * w] = t[:h]
         out.append(cv2.imencode(".jpg", f)[1])
     return out
 

