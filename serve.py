@@ -18,12 +18,15 @@ import ipaddress
 import os
 import socket
 import sys
+import threading
 
 from masktk.cli import cli, load_dotenv_once, make_parser, port, positive
 from masktk.errors import UserError
 from masktk.faces.detectors import detector_arg
 from masktk.predict.backends import BACKENDS
 from masktk.predict.predictor import Predictor
+from masktk.predict.streams import camera_source, is_stream, stream_source
+from masktk.predict.watcher import Watcher
 from masktk.runs import add_run_flags, chosen_run
 from masktk.web import PageLimits, create_app
 
@@ -44,6 +47,10 @@ def build_parser():
                     help="connections open at once; more wait in the system's queue")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     ap.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="as predict.py's")
+    ap.add_argument("--watch", default=None, metavar="SOURCE", help="a camera shown live at /live: a stream address "
+                    "(rtsp://, http://, https://) or a webcam's number (0: the first)")
+    ap.add_argument("--viewers", type=positive(int, 1, inclusive=True), default=20,
+                    help="browsers watching /live at once (more are answered 503)")
     ap.add_argument("--detector", type=detector_arg, metavar="NAME_OR_FILE", default=None,
                     help="face detector, as predict.py's (unset: the one the run's training crops were cut with)")
     return ap
@@ -66,6 +73,15 @@ def check_address(host, port):
         raise cannot_listen(host, port, e) from None
 
 
+def watch_source(text):
+    """--watch: a stream address, or a webcam's number."""
+    if text.isdigit():
+        return camera_source(int(text))
+    if is_stream(text):
+        return stream_source(text)
+    raise UserError(f"--watch {text}: give a stream address (rtsp://, http://, https://) or a webcam's number")
+
+
 def cannot_listen(host, port, e):
     return UserError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or --host")
 
@@ -82,10 +98,14 @@ def main(argv):
               file=sys.stderr, flush=True)
     predictor = Predictor.from_run(chosen_run(args.model_dir, args.run_dir), args.device, detector=args.detector,
                                    backend=args.backend)
-    app = create_app(predictor, PageLimits(args.max_mb, args.max_megapixels, token=token))
+    lock = threading.Lock()
+    watcher = Watcher(predictor, watch_source(args.watch), lock) if args.watch else None
+    app = create_app(predictor, PageLimits(args.max_mb, args.max_megapixels, token=token, max_viewers=args.viewers),
+                     watcher, lock)
     from waitress import create_server
-    try:
-        server = create_server(app, host=args.host, port=args.port, threads=4, channel_timeout=args.timeout,
+    try:  # each live viewer holds a thread for as long as it watches: the uploads keep 4 of their own
+        server = create_server(app, host=args.host, port=args.port, threads=4 + (args.viewers if watcher else 0),
+                               channel_timeout=args.timeout,
                                cleanup_interval=max(1, min(args.timeout / 2, 30)),
                                connection_limit=args.connections, max_request_header_size=64 << 10, ident="masktk",
                                # the page answers uploads over --max_mb in JSON; far beyond it waitress cuts them off

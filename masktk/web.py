@@ -58,6 +58,7 @@ class PageLimits:
     max_mb: float = 20  # the largest upload
     max_megapixels: float = 50  # the largest photo, by its header's width x height
     max_fields: int = 16  # form fields in one upload (the page sends one)
+    max_viewers: int = 20  # browsers watching the live stream at once; more are answered 503
     token: str | None = None  # when set, every request must carry it
 
 
@@ -86,15 +87,16 @@ def photo_or_refusal(raw, name, limits):
     return (None, not_photo) if img is None else (img, None)
 
 
-def create_app(predictor, limits=PageLimits()):
+def create_app(predictor, limits=PageLimits(), watcher=None, lock=None):
     """The Flask app over one Predictor. Photos are decoded and predicted one at a time (the models are not
-    shared by threads): memory holds one decoded photo, plus the raw uploads of the requests waiting."""
+    shared by threads): memory holds one decoded photo, plus the raw uploads of the requests waiting. With a
+    watcher (serve.py --watch), /live shows its camera (`lock`: the one it predicts under)."""
     from flask import Flask, jsonify, request
-    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=int(limits.max_mb * 2**20), MAX_FORM_PARTS=limits.max_fields)
-    lock = threading.Lock()
+    lock = lock or threading.Lock()
+    add_live_routes(app, watcher, limits)
 
     @app.before_request
     def check_token():
@@ -125,6 +127,15 @@ def create_app(predictor, limits=PageLimits()):
         return jsonify(tasks=list(predictor.answer.tasks), faces=faces,
                        annotated="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
 
+    add_error_handlers(app, limits)
+    return app
+
+
+def add_error_handlers(app, limits):
+    """Every error answered in JSON with its status; the page keeps serving after any of them."""
+    from flask import jsonify, request
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_):
         if (request.content_length or 0) > app.config["MAX_CONTENT_LENGTH"]:
@@ -145,4 +156,60 @@ def create_app(predictor, limits=PageLimits()):
         print(f"error: {request.method} {request.path}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
         return jsonify(error=f"the page failed on this request ({type(e).__name__}); it keeps serving"), 500
 
-    return app
+
+LIVE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Face-mask status, live</title>
+<style>body{font-family:sans-serif;margin:2em} #live{max-width:100%} dl{display:grid;grid-template-columns:auto auto;
+gap:.2em 1em;max-width:24em}</style></head>
+<body><h1>Live: <span id="source"></span></h1>
+<img id="live" src="live.mjpg" alt="the camera, every face boxed with its person's number and labels">
+<dl><dt>people seen</dt><dd id="people">0</dd><dt>without a mask</dt><dd id="without_mask">0</dd>
+<dt>mask worn incorrectly</dt><dd id="incorrect_mask">0</dd><dt>faces now</dt><dd id="now">0</dd>
+<dt>frames</dt><dd id="frames">0</dd><dt>frames dropped</dt><dd id="dropped">0</dd></dl>
+<p id="state"></p>
+<script>
+async function poll() {
+  const c = await (await fetch("live/counts")).json();
+  for (const k of ["source", "people", "without_mask", "incorrect_mask", "now", "frames", "dropped"])
+    document.getElementById(k).textContent = c[k];
+  document.getElementById("state").textContent = c.ended ? "the stream has ended" : "";
+  if (!c.ended) setTimeout(poll, 1000);
+}
+poll();
+</script></body></html>
+"""
+
+
+def add_live_routes(app, watcher, limits):
+    """/live (the page), /live.mjpg (the annotated stream, MJPEG: at most max_viewers at once, each given the
+    newest frame, none queued) and /live/counts (JSON); 404 without a watcher."""
+    from flask import Response, jsonify
+
+    viewers = threading.BoundedSemaphore(limits.max_viewers)
+    none = ("no camera is watched here: start serve.py with --watch SOURCE (a stream address, or a webcam's "
+            "number)", 404)
+
+    @app.get("/live")
+    def live_page():
+        return LIVE_PAGE if watcher else (jsonify(error=none[0]), none[1])
+
+    @app.get("/live/counts")
+    def live_counts():
+        return jsonify(watcher.counts) if watcher else (jsonify(error=none[0]), none[1])
+
+    @app.get("/live.mjpg")
+    def live_stream():
+        if not watcher:
+            return jsonify(error=none[0]), none[1]
+        if not viewers.acquire(blocking=False):
+            return jsonify(error=f"{limits.max_viewers} viewers already watch this stream: try again later"), 503
+
+        def parts():
+            try:
+                for jpeg in watcher.frames():
+                    yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode() \
+                        + b"\r\n\r\n" + jpeg + b"\r\n"
+            finally:
+                viewers.release()
+        return Response(parts(), mimetype="multipart/x-mixed-replace; boundary=frame")
+

@@ -140,3 +140,57 @@ def test_a_tracks_label_flickers_less_than_its_frames():
     flips = [sum(a != b for a, b in zip(x, x[1:])) for x in (per_frame, per_track)]
     assert len(tracks.tracks) == 1 and len(per_frame) == 49 and flips[0] == 48 and flips[1] == 0, flips
     assert set(per_track) == {"wear"}
+
+
+def test_the_live_page_shows_the_stream_and_its_counts_move_in_chromium(camera, tiny_runs):
+    """serve.py --watch: one reader for every viewer; the page's image is the annotated stream, its counts move;
+    viewers beyond --viewers are answered 503 while the page keeps serving."""
+    import os
+    import shutil
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    from conftest import REPO
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("no chromium and chromedriver here (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    with socketserver.TCPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as s:
+        port = s.server_address[1]
+    proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--run_dir", str(tiny_runs["single"]), "--port",
+                             str(port), "--watch", camera.url, "--viewers", "1"], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        opts.add_argument(a)
+    driver = None
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "live/counts", timeout=1).read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()[-2000:]
+                time.sleep(0.5)
+        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        driver.get(url + "live")
+        img = driver.find_element(By.ID, "live")
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return arguments[0].naturalWidth", img) == 640)
+        first = int(driver.find_element(By.ID, "frames").text)
+        WebDriverWait(driver, 60).until(lambda d: int(d.find_element(By.ID, "frames").text) > first)
+        assert int(driver.find_element(By.ID, "people").text) >= 1
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the page's own viewer holds the one place
+            urllib.request.urlopen(url + "live.mjpg", timeout=10)
+        assert refused.value.code == 503 and b"viewers" in refused.value.read()
+    finally:
+        if driver:
+            driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -225,3 +225,10 @@ def test_bad_ports_and_a_public_host_are_said(tiny_runs):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_without_a_watched_camera_the_live_routes_say_how_to_start_one(server):
+    for path in ("live", "live.mjpg", "live/counts"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(server.url + path, timeout=10)
+        assert e.value.code == 404 and b"--watch" in e.value.read()
