@@ -338,7 +338,7 @@ def bench_live(args, face_dir):
     pred = Predictor.from_run(args.live_run, "cpu", tta="none")
     res = {}
     for n in (1, 5):
-        jpegs = live_frames(face_dir, n)
+        jpegs = live_frames(face_dir, n, args.live_frames)
         rgb = [cv2.cvtColor(cv2.imdecode(j, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for j in jpegs]
         found = [(None, im, pred.faces_in(im)) for im in rgb[:1]]
         pred.classify(found)  # warm-up
@@ -436,6 +436,7 @@ def build_parser():
     ap.add_argument("--output", "--out", dest="output", default="bench/benchmark.json", help="where the figures go (JSON)")
     ap.add_argument("--live_run", default=None, metavar="RUN_DIR", help="a trained run: adds the live rows (a "
                     "640x480 stream with 1 and 5 faces: the whole loop, the detector alone, the classifier alone)")
+    ap.add_argument("--live_frames", type=count, default=50, help="frames of each live stream")
     return ap
 
 

@@ -10,7 +10,8 @@ def test_benchmark_runs_on_a_tiny_input(tiny_root, tiny_runs, tmp_path):
     out = tmp_path / "bench.json"
     p = run("benchmark.py", "--data_dir", tiny_root, "--model", "test_efficientnet", "--img_size", "32", "32",
             "--batch_size", "8", "--train_images", "32", "--eval_images", "16", "--face_images", "4", "--workers", "0",
-            "--cache_dir", tmp_path / "cache", "--out", out, "--live_run", tiny_runs["single"])
+            "--cache_dir", tmp_path / "cache", "--out", out, "--live_run", tiny_runs["single"],
+            "--live_frames", "4")
     r = json.loads(out.read_text())
     for k in ("train_model_only", "train_toolkit", "train_plain", "infer_model_only", "infer_toolkit", "infer_toolkit_warm",
               "cv5_tta_toolkit_s", "cv5_tta_redecode_s", "face_batched", "face_plain", "face_ssd_mtcnn", "face_retinaface",

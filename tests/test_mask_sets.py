@@ -19,34 +19,34 @@ from masktk.train.decisions import decide, fit_decision
 
 @pytest.fixture(scope="module")
 def mask_sets(tmp_path_factory):
-    """The three layouts drawn from the same 12 people (36 faces; VOC and YOLO: 12 photos of three faces)."""
+    """The three layouts drawn from the same 8 people (24 faces; VOC and YOLO: 8 photos of three faces)."""
     root = tmp_path_factory.mktemp("mask_sets")
     for layout in ("voc", "yolo", "folders"):
-        run("synthetic.py", "--layout", layout, "--out", root / layout, "--people", "12", "--seed", "5")
+        run("synthetic.py", "--layout", layout, "--out", root / layout, "--people", "8", "--seed", "5")
     return root
 
 
 def test_synthetic_writes_each_mask_set_layout_with_its_labels(mask_sets):
     assert [mask_only_layout(mask_sets / x) for x in ("voc", "yolo", "folders")] == ["boxes", "boxes", "folders"]
     voc, yolo = read_face_boxes(mask_sets / "voc"), read_face_boxes(mask_sets / "yolo")
-    assert len(voc) == len(yolo) == 36 and np.bincount(voc["mask"]).tolist() == [12, 12, 12]
-    assert voc["photo"].nunique() == 12  # three faces a photo
+    assert len(voc) == len(yolo) == 24 and np.bincount(voc["mask"]).tolist() == [8, 8, 8]
+    assert voc["photo"].nunique() == 8  # three faces a photo
     # the same boxes written two ways: VOC's whole pixels, YOLO's fractions
     corners = ["xmin", "ymin", "xmax", "ymax"]
     assert np.allclose(voc[corners].to_numpy(), yolo[corners].to_numpy(), atol=1.0)
     counts = {d.name: len(list(d.glob("*.jpg"))) for d in (mask_sets / "folders").iterdir() if d.is_dir()}
-    assert counts == {"with_mask": 12, "incorrect_mask": 12, "without_mask": 12}
+    assert counts == {"with_mask": 8, "incorrect_mask": 8, "without_mask": 8}
 
 
 def test_a_voc_set_alone_trains_a_mask_only_run_that_every_path_serves(mask_sets, tiny_root, tmp_path):
     md = tmp_path / "model"
     p = run("train.py", "--train_dir", mask_sets / "voc", "--model_dir", md, *TINY, "--cv", "True", "--k_folds", "2",
             "--run_dir", md / "voc")
-    assert "36 faces labelled with mask status only" in p.stdout + p.stderr
+    assert "24 faces labelled with mask status only" in p.stdout + p.stderr
     oof = pd.read_csv(md / "voc" / "oof.csv")
     assert list(oof.columns[3:6]) == ["mask0", "mask1", "mask2"] and "p0" not in oof.columns
     assert oof.groupby("people_path")["fold"].nunique().max() == 1  # a photo's three faces on one side of every split
-    assert oof["people_path"].nunique() == 12
+    assert oof["people_path"].nunique() == 8
     assert len(json.loads((md / "voc" / "decision.json").read_text())["offsets"]) == 3
     out = tmp_path / "pred"
     scene = sorted((mask_sets / "voc" / "images").glob("*.jpg"))[0]
