@@ -91,7 +91,10 @@ def test_fine_tuning_writes_a_detector_every_path_takes(box_set, tiny_root, tiny
              "--val_ratio", "0.25"]
     again = run("finetune_detector.py", *flags, "--lr", "1e-3")
     assert "resuming" in again.stdout and "epoch 1:" not in again.stdout  # finished: nothing trained again
-    assert_clean_error(run("finetune_detector.py", *flags, check=False), "other settings", "--lr 0.001")
+    from masktk.train.detector import FinetuneSettings, check_same_settings
+    with pytest.raises(UserError, match="other settings .*--lr 0.001"):  # the same flags with the default lr
+        check_same_settings(out, FinetuneSettings(data=(str(box_set),), out=str(out), epochs=2, batch_size=2, size=192,
+                                                  val_ratio=0.25))
 
 
 def test_a_broken_or_foreign_detector_file_is_one_error_line(tiny_runs, tmp_path):
