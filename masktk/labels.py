@@ -93,6 +93,11 @@ def task_targets(labels, tasks):
     return np.stack([parts[t] for t in tasks], axis=1).astype(np.int64)
 
 
+def prob_columns(task):
+    """Column names of a task's probabilities in valid_preds.csv and oof.csv: p0..p17, mask0..mask2, ..."""
+    return [f"{'p' if task == 'label' else task}{k}" for k in range(TASKS[task])]
+
+
 def class_names():
     return [f"{MASK_NAMES[m]}/{GENDER_NAMES[g]}/{AGE_NAMES[a]}" for m, g, a in zip(*decode(np.arange(18)))]
 

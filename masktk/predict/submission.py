@@ -14,10 +14,9 @@ from masktk.data.table import has_faces, read_eval
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, best_boxes, read_crop_recipe
 from masktk.images import why_unreadable
-from masktk.labels import FULL, MASK_ONLY
+from masktk.labels import FULL, MASK_ONLY, prob_columns
 from masktk.predict.pipeline import trained_crop_recipe
 from masktk.train.decisions import decide, fit_decision
-from masktk.train.oof import prob_columns
 
 
 def check_eval_crops(eval_dir, trained):

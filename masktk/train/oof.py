@@ -11,16 +11,11 @@ import torch
 from masktk.distributed import log_main
 from masktk.errors import UserError
 from masktk.files import write_csv_atomic, write_json_atomic
-from masktk.labels import FULL, MASK_ONLY, MULTI_TASKS, TASKS, answer_of
+from masktk.labels import FULL, MASK_ONLY, MULTI_TASKS, TASKS, answer_of, prob_columns
 from masktk.metrics.classification import score
 from masktk.probs import combine_probs
 from masktk.train.decisions import DECISION_FILE, fit_decision, write_decision
 from masktk.train.settings import read_run_config
-
-
-def prob_columns(task):
-    """Column names of a task's probabilities in valid_preds.csv and oof.csv: p0..p17, mask0..mask2, ..."""
-    return [f"{'p' if task == 'label' else task}{k}" for k in range(TASKS[task])]
 
 
 # --- cross-validation merge ----------------------------------------------------------------------
