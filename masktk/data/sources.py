@@ -20,9 +20,9 @@ from masktk.distributed import log_main
 from masktk.errors import UserError
 from masktk.faces.boxes import match_boxes
 from masktk.faces.crop import DEFAULT_MARGIN, CropRecipe, crop_for_model, read_crop_recipe, select_face
-from masktk.faces.detectors import UPSCALE_TO
+from masktk.faces.detectors import detect_upscaled
 from masktk.files import write_csv_atomic
-from masktk.images import list_images, read_rgb, upscaled, write_image
+from masktk.images import list_images, read_rgb, write_image
 from masktk.labels import AGE_MIN, age_class, decode, encode, mask_of_name
 
 PSEUDO_YEARS = (24, 45, 60)  # an age in years for each predicted band
@@ -276,8 +276,7 @@ def _face_cuts(img, faces, detector, recipe):
     cuts = [(box, DEFAULT_MARGIN, True, False) for _, box, _ in faces]
     if detector is None:
         return cuts
-    view, s = upscaled(img, UPSCALE_TO)
-    found = np.asarray(detector.detect([view])[0][0], float).reshape(-1, 4) / np.tile(s, 2)
+    found = detect_upscaled(detector, img)[0]
     for g, k in match_boxes(np.asarray([box for _, box, _ in faces], float), found, MATCH_IOU):
         cuts[g] = (tuple(found[k]), recipe.margin, True, True)
     return cuts

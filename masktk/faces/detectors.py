@@ -12,7 +12,7 @@ import torch
 
 from masktk.errors import UserError
 from masktk.faces.boxes import box_iou
-from masktk.images import side_size
+from masktk.images import side_size, upscaled
 
 DETECT_SIZE = 256  # longest side of the copy that MTCNN sees in face_image.py
 
@@ -167,6 +167,15 @@ DEFAULT_DETECTOR = "retinaface"
 # that it finds once they are larger; photos of the competition's 384 x 512, training crops' source, are seen as they
 # are (docs/results.md, Real masks as detections; docs/detectors.md, Small photos upscaled)
 UPSCALE_TO = 512
+
+
+def detect_upscaled(detector, img, side=UPSCALE_TO):
+    """One photo's faces as predict.py finds them: seen upscaled to `side` when smaller -> (boxes, scores, landmarks
+    or None) in the photo's own pixels."""
+    view, s = upscaled(img, side)
+    boxes, scores, marks = detector.detect([view])[0]
+    return (np.asarray(boxes, float).reshape(-1, 4) / np.tile(s, 2), np.asarray(scores, float),
+            None if marks is None else np.asarray(marks, float) / s)
 
 
 def is_detector_file(name):

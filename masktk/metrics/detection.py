@@ -169,7 +169,8 @@ def score_detection(root, detector, min_face=32, min_score=0.9, upscale_to=0):
     min_face is left out of it too, as neither right nor wrong (street photos annotate many such faces).
     upscale_to: photos smaller than it are seen upscaled (predict.py's view); boxes are scored in the photo's pixels.
     -> dict, with images per second."""
-    from masktk.images import read_rgb, upscaled  # here: scoring submissions (evaluation.py) needs no OpenCV
+    from masktk.faces.detectors import detect_upscaled  # here: scoring submissions (evaluation.py) needs no OpenCV
+    from masktk.images import read_rgb
     every = known_boxes(root)
     big = np.minimum(every["x2"] - every["x1"], every["y2"] - every["y1"]) >= min_face
     gt = every[big]
@@ -178,9 +179,8 @@ def score_detection(root, detector, min_face=32, min_score=0.9, upscale_to=0):
         img = read_rgb(photo)
         if img is None:
             raise UserError(f"{photo}: unreadable photo")
-        view, s = upscaled(img, upscale_to)
-        boxes, scores, _ = detector.detect([view])[0]
-        boxes = boxes[scores >= min_score] / np.tile(s, 2)
+        boxes, scores, _ = detect_upscaled(detector, img, upscale_to)
+        boxes = boxes[scores >= min_score]
         # detector boxes are tighter than annotated ones: half the size still counts for precision
         boxes = boxes[np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face / 2]
         pos, known = gt.index.get_indexer(faces.index), faces[["x1", "y1", "x2", "y2"]].to_numpy()

@@ -7,15 +7,14 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
 from masktk import distributed
 from masktk.errors import UserError
 from masktk.faces.crop import CropRecipe, crop_for_model, landmarks_of
-from masktk.faces.detectors import DEFAULT_DETECTOR, UPSCALE_TO, detector_kind
-from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, side_size, too_large, upscaled, why_unreadable
+from masktk.faces.detectors import DEFAULT_DETECTOR, UPSCALE_TO, detect_upscaled, detector_kind
+from masktk.images import MAX_MEGAPIXELS, prepare, read_rgb, side_size, too_large, why_unreadable
 from masktk.labels import FULL, face_text
 from masktk.predict.backends import load_backend
 from masktk.predict.pipeline import eval_crop_recipe, find_groups, run_answer, run_groups, run_tta
@@ -123,9 +122,7 @@ class Predictor:
     def faces_in(self, img):
         """[(box, score, landmarks or None)] in the photo's pixels of the faces the detector finds at min_score or
         more, in the photo upscaled to upscale_to where it is smaller (small faces are found far more often)."""
-        view, s = upscaled(img, self.upscale_to)
-        boxes, scores, marks = self.det.detect([view])[0]
-        boxes, marks = np.asarray(boxes, float) / np.tile(s, 2), None if marks is None else np.asarray(marks, float) / s
+        boxes, scores, marks = detect_upscaled(self.det, img, self.upscale_to)
         return [(boxes[i], scores[i], landmarks_of(marks, i)) for i in range(len(boxes)) if scores[i] >= self.min_score]
 
     def find(self, files):

@@ -73,6 +73,10 @@ class FaceTracks:
         from masktk.train.decisions import decide
         return self.answer.fields(int(decide(probs[None], self.offsets)[0]))
 
+    def mask_states(self, tracks=None):
+        """The smoothed mask state (0 wear, 1 incorrect, 2 none) of each track given (unset: every track)."""
+        return [self.decided(tr.probs)["mask"] for tr in (self.tracks.values() if tracks is None else tracks)]
+
     def rows(self):
         """One row per track: id, first and last time, frames, smoothed labels and their probability."""
         out = []
@@ -90,7 +94,7 @@ def interval_counts(tracks, interval, end):
     rows = []
     for start in np.arange(0, max(end, 1e-9), interval):
         seen = [tr for tr in tracks.tracks.values() if tr.first < start + interval and tr.last >= start]
-        masks = [tracks.decided(tr.probs)["mask"] for tr in seen]
+        masks = tracks.mask_states(seen)
         rows.append(dict(start=round(float(start), 3), end=round(float(min(start + interval, end)), 3),
                          people=len(seen), without_mask=masks.count(2), incorrect_mask=masks.count(1)))
     return rows

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from masktk.errors import UserError
 from masktk.files import atomic_path, write_csv_atomic
-from masktk.labels import face_text
+from masktk.labels import MASK_NAMES, face_text
 from masktk.predict.alerts import AlertRule, create_alerts
 from masktk.predict.predictor import COLOURS
 from masktk.predict.streams import BACKOFF, StopFlag, frames_of
@@ -64,7 +64,7 @@ def draw(frame, rows):
         x1, y1, x2, y2 = (int(round(v)) for v in r["box"])
         tracked = r.get("track", -1) >= 0
         shown = {k: r[f"track_{k}"] for k in ("mask_name", "gender_name", "age_name")} if tracked else r
-        colour = COLOURS_BGR[["wear", "incorrect", "not wear"].index(shown["mask_name"])]
+        colour = COLOURS_BGR[MASK_NAMES.index(shown["mask_name"])]
         cv2.rectangle(frame, (x1, y1), (x2, y2), colour, thick)
         text = (f"#{r['track']} " if tracked else "") + face_text(shown)
         cv2.putText(frame, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, max(1, thick // 2),
@@ -72,11 +72,11 @@ def draw(frame, rows):
     return frame
 
 
-def csv_rows(k, time_s, rows):
-    return [dict(frame=k, time=round(time_s, 3), track=r.get("track", -1), x1=r["box"][0], y1=r["box"][1],
+def csv_rows(frame, time_s, rows):
+    return [dict(frame=frame, time=round(time_s, 3), track=r.get("track", -1), x1=r["box"][0], y1=r["box"][1],
                  x2=r["box"][2], y2=r["box"][3], score=r["score"], label=r["label"], mask_name=r["mask_name"],
                  gender_name=r["gender_name"], age_name=r["age_name"], probability=round(max(r["probs"]), 5),
-                 **{f"track_{k}": r.get(f"track_{k}") for k in ("mask_name", "gender_name", "age_name")})
+                 **{f"track_{n}": r.get(f"track_{n}") for n in ("mask_name", "gender_name", "age_name")})
             for r in rows]
 
 

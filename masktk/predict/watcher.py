@@ -38,7 +38,7 @@ class Watcher:
                     rows = self.pred.predict(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
                 rows = tracks.update(rows, t, frame)
                 jpeg = cv2.imencode(".jpg", draw(frame, rows), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
-                masks = [tracks.decided(tr.probs)["mask"] for tr in tracks.tracks.values()]
+                masks = tracks.mask_states()
                 counts = {**self.counts, "frames": self.counts["frames"] + 1, "dropped": self.reader.dropped,
                           "people": len(masks), "now": len(rows), "without_mask": masks.count(2),
                           "incorrect_mask": masks.count(1), "time": round(t, 1)}

